@@ -1,0 +1,196 @@
+"""The `llmkit` command line: one thin command per recipe; heavy libraries load only inside commands."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+
+from llmkit.errors import UserError
+
+# command -> (recipe module, its config class, the section that identifies its configs)
+RECIPES = {
+    "finetune": ("llmkit.recipes.finetune", "FinetuneConfig", "task"),
+}
+
+app = typer.Typer(
+    help="Train and evaluate language models on the Hugging Face stack, driven by YAML configs.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
+)
+config_app = typer.Typer(help="Check and print configs.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+_state = {"debug": False}
+
+OVERRIDES_HELP = "Dotted overrides, e.g. train.learning_rate=3e-5 data.max_train_samples=1000."
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def guarded(fn: Callable[[], object]) -> object:
+    """Run a command body: user mistakes print one clear message and exit 2 (traceback only with --debug)."""
+    try:
+        return fn()
+    except UserError as e:
+        if _state["debug"]:
+            raise
+        _fail(str(e), e.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted.", 130)
+
+
+def recipe_config_class(command: str) -> type:
+    module, cls_name, _ = RECIPES[command]
+    return getattr(importlib.import_module(module), cls_name)
+
+
+def _load(command: str, config: Optional[Path], overrides: list[str]):
+    from llmkit.config import load_config
+
+    return load_config(recipe_config_class(command), config, overrides or [])
+
+
+@app.callback()
+def main_options(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
+) -> None:
+    _state["debug"] = debug
+    if not debug:
+        import os
+
+        # Quiet library chatter that buries llmkit's own messages; --debug keeps it.
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@app.command()
+def finetune(
+    config: Path = typer.Argument(..., help="YAML config (see configs/finetune/ or `llmkit init finetune`)."),
+    overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate, load data/tokenizer/model, print the plan; "
+                                                          "do not train."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Run directory (overrides "
+                                                                                "output_dir)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
+) -> None:
+    """Fine-tune a model for a task (sequence classification, single- or multi-label)."""
+
+    def body():
+        from llmkit.config import dump_config
+        from llmkit.recipes.finetune import run
+
+        cfg = _load("finetune", config, overrides or [])
+        if output_dir is not None:
+            cfg.output_dir = str(output_dir)
+        if dry_run:
+            typer.echo(dump_config(cfg, "finetune"))
+        run(cfg, config_path=str(config), overwrite=overwrite, dry_run=dry_run)
+
+    guarded(body)
+
+
+@app.command()
+def init(
+    command: str = typer.Argument(..., help=f"Which command's config to write: {', '.join(RECIPES)}."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where to write it (default: "
+                                                                       "COMMAND.yaml)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing file."),
+) -> None:
+    """Write a commented starter config."""
+
+    def body():
+        from llmkit.config.starter import starter_yaml
+
+        if command not in RECIPES:
+            raise UserError(f"init: unknown command {command!r}; choose one of: {', '.join(RECIPES)}.")
+        path = output or Path(f"{command}.yaml")
+        if path.exists() and not force:
+            raise UserError(f"init: {path} already exists; nothing was changed. Use --force to replace it, or "
+                            "--output for another file.")
+        path.write_text(starter_yaml(command, recipe_config_class(command)))
+        typer.echo(f"wrote {path}; run it with: llmkit {command} {path}")
+
+    guarded(body)
+
+
+def _infer_command(config: Path, command: Optional[str]) -> str:
+    from llmkit.config import read_yaml
+
+    if command:
+        if command not in RECIPES:
+            raise UserError(f"--command: unknown command {command!r}; choose one of: {', '.join(RECIPES)}.")
+        return command
+    data = read_yaml(config)
+    found = [name for name, (_, _, section) in RECIPES.items() if section in data]
+    if len(found) == 1:
+        return found[0]
+    parent = config.resolve().parent.name
+    if parent in RECIPES:
+        return parent
+    raise UserError(f"{config}: cannot tell which command this config is for; pass --command "
+                    f"({', '.join(RECIPES)}).")
+
+
+@config_app.command("validate")
+def config_validate(
+    config: Path = typer.Argument(..., help="YAML config to check."),
+    overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
+    command: Optional[str] = typer.Option(None, "--command", help="The command the config is for (default: "
+                                                                   "inferred from its sections)."),
+) -> None:
+    """Check a config: keys, types, files and settings, all problems at once."""
+
+    def body():
+        name = _infer_command(config, command)
+        _load(name, config, overrides or [])
+        typer.echo(f"{config}: valid {name} config")
+
+    guarded(body)
+
+
+@config_app.command("show")
+def config_show(
+    config: Path = typer.Argument(..., help="YAML config."),
+    overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
+    command: Optional[str] = typer.Option(None, "--command", help="The command the config is for."),
+) -> None:
+    """Print the resolved config (defaults and overrides applied)."""
+
+    def body():
+        from llmkit.config import dump_config
+
+        name = _infer_command(config, command)
+        typer.echo(dump_config(_load(name, config, overrides or []), name), nl=False)
+
+    guarded(body)
+
+
+@app.command()
+def info() -> None:
+    """Print versions, the device, and whether bf16 is fast here."""
+    from llmkit.info import collect_info
+
+    for key, value in collect_info().items():
+        typer.echo(f"{key:>22}: {value}")
+
+
+@app.command()
+def version() -> None:
+    """Print llmkit's version."""
+    import llmkit
+
+    typer.echo(llmkit.__version__)
+
+
+def main() -> None:
+    app(prog_name="llmkit")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

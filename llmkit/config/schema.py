@@ -1,0 +1,278 @@
+"""Strict mapping of plain dicts (from YAML) onto typed dataclasses.
+
+Every problem is collected as a `ConfigIssue` naming its dotted key, so that a
+config with five mistakes reports five lines at once. Sections are ordinary
+dataclasses with `field(metadata={"help": ...})`; a section may also:
+
+- define `validate(self) -> list[ConfigIssue]` for checks that span fields
+  (keys in the returned issues are relative to the section);
+- define `passthrough_fields()` (a classmethod returning `{name: (type, default)}`)
+  to accept the fields of another dataclass, e.g. HF `TrainingArguments`;
+  accepted values land in `self.passthrough`.
+
+This is written by hand because neither transformers' `HfArgumentParser` (flat,
+argparse-based, stops at the first error) nor a schema library gives nested
+sections, "did you mean", and all errors at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import types
+import typing
+from typing import Any, Literal, Union
+
+from llmkit.errors import ConfigIssue
+
+_MISSING = dataclasses.MISSING
+UNKNOWN_KEY = "unknown key"
+
+
+def help_of(f: dataclasses.Field) -> str:
+    return f.metadata.get("help", "")
+
+
+def join(prefix: str, key: str) -> str:
+    if not prefix or key == "":
+        return prefix or str(key)
+    return f"{prefix}.{key}"
+
+
+def describe_type(tp: Any) -> str:
+    """A short human name for a type hint: 'int', 'list of str', 'one of: a, b'."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return "any value"
+    if tp is type(None):
+        return "null"
+    if origin is Literal:
+        return "one of: " + ", ".join(repr(v) for v in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(describe_type(a) for a in typing.get_args(tp))
+    if origin in (list, tuple, set):
+        args = typing.get_args(tp)
+        return f"a list of {describe_type(args[0])}" if args else "a list"
+    if origin is dict:
+        return "a mapping"
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return "one of: " + ", ".join(repr(m.value) for m in tp)
+    if dataclasses.is_dataclass(tp):
+        return "a mapping (section)"
+    return getattr(tp, "__name__", str(tp))
+
+
+class _Mismatch(Exception):
+    """Raised inside coercion when a value does not fit a type."""
+
+
+def coerce(value: Any, tp: Any, key: str, issues: list[ConfigIssue], index: dict[str, list[str]]) -> Any:
+    """Check `value` against type hint `tp`; return the (possibly converted) value.
+
+    Raises `_Mismatch` when the value does not fit. Nested dataclasses record
+    their own issues and never raise.
+    """
+    origin = typing.get_origin(tp)
+    if tp is Any or tp is object:
+        return value
+    if tp is type(None):
+        if value is None:
+            return None
+        raise _Mismatch
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in sorted(args, key=_union_order):
+            try:
+                return coerce(value, arg, key, issues, index)
+            except _Mismatch:
+                continue
+        raise _Mismatch
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise _Mismatch
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, dict):
+            obj, sub = build(tp, value, key, index)
+            issues.extend(sub)
+            return obj
+        raise _Mismatch
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        if isinstance(value, tp):
+            return value.value
+        if value in {m.value for m in tp}:
+            return value
+        raise _Mismatch
+    if origin in (list, tuple, set) or tp in (list, tuple, set):
+        if not isinstance(value, (list, tuple)):
+            raise _Mismatch
+        args = typing.get_args(tp)
+        item = args[0] if args else Any
+        return [coerce(v, item, f"{key}[{i}]", issues, index) for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise _Mismatch
+        args = typing.get_args(tp)
+        kt, vt = args if args else (Any, Any)
+        return {coerce(k, kt, key, issues, index): coerce(v, vt, join(key, k), issues, index) for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _Mismatch
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise _Mismatch
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads `5e-5` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise _Mismatch from None
+        raise _Mismatch
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _Mismatch
+    if isinstance(tp, type):
+        if isinstance(value, tp):
+            return value
+        raise _Mismatch
+    return value  # a typing construct we do not check (Callable, TypeVar, ...): accept as is
+
+
+def _union_order(tp: Any) -> int:
+    # Try exact types before lenient ones so `int | str` keeps 5 as 5 and `float | str` keeps "abc" as a string.
+    if tp is str:
+        return 2
+    if tp is float:
+        return 1
+    return 0
+
+
+def suggest(key: str, candidates: list[str], index: dict[str, list[str]], here: str) -> str:
+    """A 'did you mean' hint: a close name in the same section, or the same name in another section."""
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    if close:
+        return f" Did you mean '{join(here, close[0])}'?"
+    elsewhere = [p for p in index.get(key, []) if p != join(here, key)]
+    if elsewhere:
+        return f" Did you mean '{elsewhere[0]}'? (it belongs to another section)"
+    return ""
+
+
+def build(cls: type, data: dict, prefix: str = "", index: dict[str, list[str]] | None = None):
+    """Build dataclass `cls` from `data`; return `(instance, issues)`.
+
+    Missing required keys, unknown keys and values of the wrong type are all
+    collected. The instance is built from the valid values and defaults, so
+    callers can keep validating after problems were found.
+    """
+    index = index if index is not None else key_index(cls)
+    issues: list[ConfigIssue] = []
+    if not isinstance(data, dict):
+        issues.append(ConfigIssue(prefix, f"expected a mapping (section), got {type(data).__name__} {data!r}."))
+        data = {}
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name != "passthrough"}
+    extra_fields = cls.passthrough_fields() if hasattr(cls, "passthrough_fields") else {}
+    renamed = cls.renamed_keys() if hasattr(cls, "renamed_keys") else {}
+    kwargs: dict[str, Any] = {}
+    passthrough: dict[str, Any] = {}
+    for key, value in data.items():
+        full = join(prefix, key)
+        if key in fields:
+            tp, target = hints[key], kwargs
+        elif key in extra_fields:
+            tp, target = extra_fields[key][0], passthrough
+        elif key in renamed:
+            issues.append(ConfigIssue(full, f"{UNKNOWN_KEY} here: {renamed[key]}"))
+            continue
+        else:
+            hint = suggest(str(key), list(fields) + list(extra_fields), index, prefix)
+            issues.append(ConfigIssue(full, f"{UNKNOWN_KEY}.{hint}"))
+            continue
+        try:
+            target[key] = coerce(value, tp, full, issues, index)
+        except _Mismatch:
+            issues.append(ConfigIssue(full, f"expected {describe_type(tp)}, got {value!r}."))
+    for name, f in fields.items():
+        if name in kwargs or f.default is not _MISSING or f.default_factory is not _MISSING:
+            continue
+        issues.append(ConfigIssue(join(prefix, name), f"required key is missing. {help_of(f)}".strip()))
+        kwargs[name] = _placeholder(hints[name])
+    obj = cls(**kwargs)
+    if extra_fields:
+        defaults = cls.passthrough_defaults() if hasattr(cls, "passthrough_defaults") else {}
+        obj.passthrough = {**defaults, **passthrough}
+    # Cross-field checks need well-typed values; an unknown key alone does not block them.
+    blocking = [i for i in issues if not i.message.startswith(UNKNOWN_KEY)]
+    if not blocking and hasattr(obj, "validate"):
+        issues.extend(ConfigIssue(join(prefix, i.key), i.message) for i in obj.validate())
+    return obj, issues
+
+
+def _placeholder(tp: Any) -> Any:
+    """A stand-in for a missing required value, so the rest of the config can still be checked."""
+    if dataclasses.is_dataclass(tp):
+        return tp(**{f.name: _placeholder(f.type) for f in dataclasses.fields(tp) if _required(f)})
+    return None
+
+
+def _required(f: dataclasses.Field) -> bool:
+    return f.init and f.default is _MISSING and f.default_factory is _MISSING
+
+
+def key_index(cls: type, prefix: str = "") -> dict[str, list[str]]:
+    """Map every leaf key name to the dotted paths where it is valid (for cross-section suggestions)."""
+    index: dict[str, list[str]] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if not f.init or f.name == "passthrough":
+            continue
+        path = join(prefix, f.name)
+        index.setdefault(f.name, []).append(path)
+        section = _section_type(hints[f.name])
+        if section is not None:
+            for k, paths in key_index(section, path).items():
+                index.setdefault(k, []).extend(paths)
+    if hasattr(cls, "passthrough_fields"):
+        for name in cls.passthrough_fields():
+            index.setdefault(name, []).append(join(prefix, name))
+    return index
+
+
+def _section_type(tp: Any) -> type | None:
+    """The dataclass inside `tp` (also inside `X | None`), if any."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    for arg in typing.get_args(tp):
+        if dataclasses.is_dataclass(arg):
+            return arg
+    return None
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass tree as plain dicts/lists (passthrough values merged in), ready for YAML."""
+    if dataclasses.is_dataclass(obj):
+        out = {}
+        for f in dataclasses.fields(obj):
+            if f.name == "passthrough":
+                continue
+            out[f.name] = to_dict(getattr(obj, f.name))
+        out.update({k: to_dict(v) for k, v in getattr(obj, "passthrough", {}).items()})
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    return obj

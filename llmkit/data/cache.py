@@ -1,0 +1,88 @@
+"""On-disk cache of prepared (tokenized) datasets.
+
+The key hashes the data files' contents, the tokenizer (its full serialised
+form, special tokens and padding/truncation sides), the preprocessing
+settings and llmkit's version, so a changed file, tokenizer or setting never
+reuses a stale cache (the axolotl #1265 failure). `datasets`' own map cache is
+keyed on fingerprints of in-process transforms and does not survive a new
+process for data loaded in memory, hence this small layer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import llmkit
+
+META_FILE = "llmkit_meta.json"
+
+
+def cache_root(cache_dir: str | None) -> Path:
+    root = cache_dir or os.environ.get("LLMKIT_CACHE") or Path.home() / ".cache" / "llmkit"
+    return Path(root).expanduser() / "data"
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file, or of every file under a directory (save_to_disk datasets)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def tokenizer_digest(tokenizer: Any) -> str:
+    """A hash of everything about a tokenizer that changes its output."""
+    h = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    h.update(backend.to_str().encode() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
+    h.update(json.dumps({
+        "class": type(tokenizer).__name__,
+        "special": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},
+        "padding_side": tokenizer.padding_side,
+        "truncation_side": tokenizer.truncation_side,
+        "model_max_length": min(tokenizer.model_max_length, 1 << 31),
+        "chat_template": getattr(tokenizer, "chat_template", None),
+    }, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def cache_key(parts: dict) -> str:
+    payload = json.dumps({"llmkit": llmkit.__version__, **parts}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+def cached_dataset(enabled: bool, cache_dir: str | None, parts: dict, build: Callable[[], tuple[Any, dict]]):
+    """Return `(dataset_dict, meta, hit)`: from the cache when present, else from `build()` (then stored).
+
+    `build` returns a `datasets.DatasetDict` and a JSON-serialisable `meta` dict
+    (label names, statistics) that is stored beside it.
+    """
+    import datasets
+
+    if not enabled:
+        ds, meta = build()
+        return ds, meta, False
+    target = cache_root(cache_dir) / cache_key(parts)
+    meta_path = target / META_FILE
+    if meta_path.is_file():
+        return datasets.load_from_disk(str(target)), json.loads(meta_path.read_text()), True
+    ds, meta = build()
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    ds.save_to_disk(str(tmp))
+    (tmp / META_FILE).write_text(json.dumps({**meta, "key_parts": parts}, indent=1, default=str))
+    try:
+        tmp.rename(target)  # atomic: a concurrent or interrupted run never sees a half-written cache
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # another process stored the same key first
+    return ds, meta, False

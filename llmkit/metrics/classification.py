@@ -1,0 +1,82 @@
+"""Classification metrics for Trainer and reports, computed by the metric scripts shipped in llmkit.
+
+One implementation for evaluation during training and after it: the same
+object is the Trainer's `compute_metrics` and produces the report's tables.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+METRICS_DIR = Path(__file__).resolve().parent
+
+
+def load_metric(name: str, config_name: str | None = None):
+    """Load a shipped metric script with `evaluate` (offline: nothing is fetched)."""
+    import evaluate
+
+    # keep_in_memory: no arrow cache files or file locks per compute() (a failed compute leaves a lock that
+    # costs the next call ~1 s).
+    return evaluate.load(str(METRICS_DIR / name), config_name, keep_in_memory=True)
+
+
+def metric_suffix(label: str) -> str:
+    """A label name made safe for a metric key: 'very good' -> 'very_good'."""
+    return re.sub(r"\W+", "_", str(label)).strip("_") or "label"
+
+
+class ClassificationMetrics:
+    """Accuracy, macro precision/recall/F1 and per-class scores for single- or multi-label classification."""
+
+    def __init__(self, label_names: list[str], multi_label: bool = False, threshold: float = 0.5):
+        self.label_names = list(label_names)
+        self.multi_label = multi_label
+        self.threshold = threshold
+        config = "multilabel" if multi_label else None
+        self._metrics = {name: load_metric(name, config) for name in ("accuracy", "precision", "recall", "f1")}
+        self._confusion = None if multi_label else load_metric("confusion_matrix")
+
+    def predictions_from_logits(self, logits: Any) -> Any:
+        """Class ids (argmax), or 0/1 vectors (sigmoid > threshold) for multi-label. Works on tensors and arrays."""
+        if self.multi_label:
+            import torch
+
+            logits = torch.as_tensor(logits)
+            return (torch.sigmoid(logits.float()) > self.threshold).long()
+        return logits.argmax(-1)
+
+    def preprocess_logits_for_metrics(self, logits: Any, labels: Any) -> Any:
+        """Keep only predictions per eval batch (Trainer hook): the full logits are never accumulated."""
+        if isinstance(logits, tuple):
+            logits = logits[0]
+        return self.predictions_from_logits(logits)
+
+    def compute(self, predictions: Any, references: Any) -> dict[str, float]:
+        preds = np.asarray(predictions).astype(np.int64).tolist()
+        refs = np.asarray(references).astype(np.int64).tolist()
+        ids = list(range(len(self.label_names)))
+        out = {"accuracy": self._metrics["accuracy"].compute(predictions=preds, references=refs)["accuracy"]}
+        for name in ("precision", "recall", "f1"):
+            metric = self._metrics[name]
+            out[name] = metric.compute(predictions=preds, references=refs, labels=ids, average="macro")[name]
+            if self.multi_label:
+                out[f"{name}_micro"] = metric.compute(predictions=preds, references=refs, average="micro")[name]
+            per_class = metric.compute(predictions=preds, references=refs, labels=ids, average=None)[name]
+            out.update({f"{name}_{metric_suffix(label)}": float(v) for label, v in zip(self.label_names, per_class)})
+        return {k: float(v) for k, v in out.items()}
+
+    def __call__(self, eval_pred: Any) -> dict[str, float]:
+        """Trainer's `compute_metrics`."""
+        return self.compute(eval_pred.predictions, eval_pred.label_ids)
+
+    def confusion_matrix(self, predictions: Any, references: Any) -> list[list[int]] | None:
+        if self._confusion is None:
+            return None
+        result = self._confusion.compute(predictions=np.asarray(predictions).tolist(),
+                                         references=np.asarray(references).tolist(),
+                                         labels=list(range(len(self.label_names))))
+        return result["confusion_matrix"]

@@ -1,0 +1,154 @@
+"""Load tokenizers and models from a `ModelConfig` / `TokenizerConfig`; build from_config models; freezing."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from llmkit.errors import UserError, first_line
+from llmkit.models.resolve import ModelNotFound, resolve_model_path
+
+# family -> (config class name, {llmkit size name: that class's argument name})
+FAMILIES = {
+    "bert": ("BertConfig", {"num_layers": "num_hidden_layers", "hidden_size": "hidden_size",
+                            "num_heads": "num_attention_heads", "intermediate_size": "intermediate_size",
+                            "max_position_embeddings": "max_position_embeddings"}),
+    "gpt2": ("GPT2Config", {"num_layers": "n_layer", "hidden_size": "n_embd", "num_heads": "n_head",
+                            "intermediate_size": "n_inner", "max_position_embeddings": "n_positions"}),
+    "llama": ("LlamaConfig", {"num_layers": "num_hidden_layers", "hidden_size": "hidden_size",
+                              "num_heads": "num_attention_heads", "intermediate_size": "intermediate_size",
+                              "max_position_embeddings": "max_position_embeddings"}),
+}
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silence transformers' load reports and progress bars; llmkit prints its own summary."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def _resolve(key: str, name: str) -> str:
+    try:
+        return resolve_model_path(name)
+    except ModelNotFound as e:
+        raise UserError(f"{key}: {e}") from None
+
+
+def load_tokenizer(model_cfg: Any, tok_cfg: Any):
+    """The tokenizer from `tokenizer.name_or_path`, else from the model; pad token set if missing."""
+    from transformers import AutoTokenizer
+
+    name = tok_cfg.name_or_path or model_cfg.name_or_path
+    key = "tokenizer.name_or_path" if tok_cfg.name_or_path else "model.name_or_path"
+    if not name:
+        raise UserError("tokenizer.name_or_path: model.from_config builds a new model, which has no tokenizer; set "
+                        "tokenizer.name_or_path to a tokenizer directory or hub id.")
+    path = _resolve(key, name)
+    kwargs = {"revision": model_cfg.revision, "trust_remote_code": model_cfg.trust_remote_code}
+    if tok_cfg.padding_side:
+        kwargs["padding_side"] = tok_cfg.padding_side
+    try:
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{key}: cannot load a tokenizer from {name!r}: {first_line(e)} If this is a hub id and "
+                        "you are offline, download it first or point to a local directory.") from None
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token  # decoder tokenizers often have none; batching needs one
+    return tokenizer
+
+
+def build_model_config(spec: Any, tokenizer: Any, **task_kwargs: Any):
+    """A transformers config for `model.from_config` (family + sizes + extra fields)."""
+    import transformers
+
+    class_name, names = FAMILIES[spec.family]
+    config_cls = getattr(transformers, class_name)
+    kwargs = {names[k]: getattr(spec, k) for k in names if getattr(spec, k) is not None}
+    kwargs["vocab_size"] = spec.vocab_size or len(tokenizer)
+    if spec.vocab_size and spec.vocab_size < len(tokenizer):
+        raise UserError(f"model.from_config.vocab_size: {spec.vocab_size} is smaller than the tokenizer's "
+                        f"{len(tokenizer)} tokens; raise it or leave it unset.")
+    for special in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        value = getattr(tokenizer, special, None)
+        if value is not None:
+            kwargs[special] = value
+    default = config_cls()
+    unknown = [k for k in spec.extra if not hasattr(default, k)]
+    if unknown:
+        raise UserError(f"model.from_config.extra: {', '.join(unknown)} {'is not a field' if len(unknown) == 1 else 'are not fields'} "
+                        f"of {class_name}; check the spelling against the transformers docs for {class_name}.")
+    return config_cls(**{**kwargs, **spec.extra, **task_kwargs})
+
+
+def load_model(auto_class_name: str, model_cfg: Any, tokenizer: Any, **task_kwargs: Any):
+    """Load (or build from config) a model with the given Auto class and task settings (num_labels, ...)."""
+    import transformers
+
+    auto_cls = getattr(transformers, auto_class_name)
+    common = {}
+    if model_cfg.attn_implementation:
+        common["attn_implementation"] = model_cfg.attn_implementation
+    if model_cfg.from_config is not None:
+        config = build_model_config(model_cfg.from_config, tokenizer, **task_kwargs)
+        return auto_cls.from_config(config, **common), set()
+    path = _resolve("model.name_or_path", model_cfg.name_or_path)
+    try:
+        with quiet_transformers():
+            model, info = auto_cls.from_pretrained(path, revision=model_cfg.revision, output_loading_info=True,
+                                                   trust_remote_code=model_cfg.trust_remote_code, **common,
+                                                   **task_kwargs)
+    except (OSError, ValueError) as e:
+        raise UserError(f"model.name_or_path: cannot load {model_cfg.name_or_path!r}: {first_line(e)} If this is "
+                        "a hub id and you are offline, download it first or point to a local directory.") from None
+    except RuntimeError as e:
+        raise UserError(f"model.name_or_path: {model_cfg.name_or_path!r} does not fit this task: "
+                        f"{first_line(e)}") from None
+    if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, set(info.get("missing_keys", ()))
+
+
+def transformer_blocks(model: Any):
+    """The ModuleList of transformer blocks (BERT `encoder.layer`, GPT-2 `h`, Llama `layers`)."""
+    import torch
+
+    n = getattr(model.config, "num_hidden_layers", None)
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
+            return module
+    return None
+
+
+def freeze(model: Any, embeddings: bool, first_layers: int) -> None:
+    """Freeze the embedding layer and/or the first N transformer blocks."""
+    if embeddings:
+        base = model.base_model
+        module = getattr(base, "embeddings", None) or model.get_input_embeddings()
+        for extra in ("wpe",):  # GPT-2 keeps position embeddings beside the token embeddings
+            if hasattr(base, extra):
+                getattr(base, extra).requires_grad_(False)
+        module.requires_grad_(False)
+    if first_layers:
+        blocks = transformer_blocks(model)
+        if blocks is None:
+            raise UserError("model.freeze_layers: cannot find the transformer blocks of this model; leave it at 0.")
+        if first_layers > len(blocks):
+            raise UserError(f"model.freeze_layers: {first_layers} is more than the model's {len(blocks)} layers.")
+        for block in blocks[:first_layers]:
+            block.requires_grad_(False)
+
+
+def count_parameters(model: Any) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total
+

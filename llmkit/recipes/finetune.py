@@ -1,0 +1,148 @@
+"""`llmkit finetune`: full fine-tuning for sequence classification (single- and multi-label).
+
+Reads top to bottom: tokenizer -> data -> model -> trainer -> train -> save -> metrics.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from llmkit.config.sections import DataConfig, ModelConfig, TokenizerConfig, TrainConfig, opt
+from llmkit.errors import ConfigIssue, UserError
+
+COMMAND = "finetune"
+
+
+@dataclass
+class TaskConfig:
+    """What to fine-tune the model for."""
+
+    type: Literal["sequence-classification"] = opt("The task. (token-classification and causal-lm arrive in "
+                                                   "later llmkit versions.)", default="sequence-classification")
+    multi_label: bool = opt("Each example may carry several labels (a list, or a string split on "
+                            "data.label_separator); trained with a sigmoid per class.", default=False)
+    threshold: float = opt("Multi-label only: a class is predicted when its probability exceeds this.",
+                           default=0.5)
+
+    def validate(self) -> list[ConfigIssue]:
+        if not 0 < self.threshold < 1:
+            return [ConfigIssue("threshold", f"must be between 0 and 1, got {self.threshold}.")]
+        return []
+
+
+@dataclass
+class FinetuneConfig:
+    """`llmkit finetune` config."""
+
+    model: ModelConfig = opt("The model to fine-tune.")
+    data: DataConfig = opt("The data to fine-tune on.")
+    task: TaskConfig = opt("The task.", default_factory=TaskConfig)
+    tokenizer: TokenizerConfig = opt("The tokenizer (default: the model's).", default_factory=TokenizerConfig)
+    train: TrainConfig = opt("Training settings: any HF TrainingArguments field plus precision and resume.",
+                             default_factory=TrainConfig)
+    output_dir: str | None = opt("Run directory (default: runs/finetune-<config name>-<time>).", default=None)
+
+
+def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool = False,
+        dry_run: bool = False) -> dict:
+    """Fine-tune and evaluate; return the final metrics (also written to OUTPUT_DIR/metrics.json)."""
+    from transformers import DataCollatorWithPadding, set_seed
+
+    from llmkit.data.classification import prepare_classification_data
+    from llmkit.metrics.classification import ClassificationMetrics
+    from llmkit.models.loading import count_parameters, freeze, load_model, load_tokenizer
+    from llmkit.training import rundir
+    from llmkit.training.arguments import TrainingArgumentsError, make_training_arguments, resolve_precision
+    from llmkit.training.loop import train_and_save
+
+    set_seed(cfg.train.seed)
+    tokenizer = load_tokenizer(cfg.model, cfg.tokenizer)
+    data = prepare_classification_data(cfg.data, tokenizer, cfg.task.multi_label, cfg.train.seed)
+    labels = data.label_names
+    print(f"data: {_describe_splits(data.stats)}; {len(labels)} classes ({', '.join(labels[:10])}"
+          f"{', ...' if len(labels) > 10 else ''}); {'from cache' if data.from_cache else 'prepared'} in "
+          f"{data.seconds:.1f} s")
+
+    model, missing = load_model(
+        "AutoModelForSequenceClassification", cfg.model, tokenizer, num_labels=len(labels),
+        id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
+        problem_type="multi_label_classification" if cfg.task.multi_label else "single_label_classification")
+    freeze(model, cfg.model.freeze_embeddings, cfg.model.freeze_layers)
+    trainable, total = count_parameters(model)
+    new_head = f"; newly initialised: {', '.join(sorted(missing))}" if missing else ""
+    print(f"model: {type(model).__name__}, {total / 1e6:.2f} M parameters, {trainable / 1e6:.2f} M trainable "
+          f"({100 * trainable / total:.1f} %){new_head}")
+
+    has_eval = "validation" in data.splits
+    eval_overrides = {} if has_eval else {"eval_strategy": "no", "load_best_model_at_end": False}
+    run_dir = None if dry_run else rundir.prepare_run_dir(
+        Path(cfg.output_dir) if cfg.output_dir else rundir.default_run_dir(COMMAND, config_path),
+        overwrite, cfg.train.resume)
+    try:
+        args = make_training_arguments(cfg.train, str((run_dir or Path("dry-run")) / rundir.CHECKPOINTS),
+                                       **eval_overrides)
+    except TrainingArgumentsError as e:
+        raise UserError(f"train.{e.key}: {e.message}" if e.key else f"train: {e.message}") from None
+    steps = _planned_steps(args, len(data.splits["train"]))
+    precision = resolve_precision(cfg.train.precision)
+    print(f"plan: {steps} optimizer steps, batch {args.per_device_train_batch_size} x accumulation "
+          f"{args.gradient_accumulation_steps} x {args.world_size} process(es), precision {precision}")
+    if dry_run:
+        return {"dry_run": True, "train_steps": steps, "trainable_params": trainable, "total_params": total,
+                "data": data.stats, "label_names": labels}
+
+    metrics_fn = ClassificationMetrics(labels, cfg.task.multi_label, cfg.task.threshold)
+    result = train_and_save(
+        cfg=cfg, command=COMMAND, run_dir=run_dir, args=args, model=model, tokenizer=tokenizer,
+        train_dataset=data.splits["train"], eval_dataset=data.splits.get("validation"),
+        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if precision != "fp32" else None),
+        compute_metrics=metrics_fn, preprocess_logits_for_metrics=metrics_fn.preprocess_logits_for_metrics,
+        precision=precision)
+    trainer, metrics = result.trainer, result.metrics
+    metrics.update(trainable_params=trainable, total_params=total,
+                   trainable_percent=round(100 * trainable / total, 4))
+
+    sections = []
+    for split in ("validation", "test"):
+        if split not in data.splits:
+            continue
+        prefix = "eval" if split == "validation" else "test"
+        out = trainer.predict(data.splits[split], metric_key_prefix=prefix)
+        metrics.update({k: v for k, v in out.metrics.items() if not k.endswith(("_runtime", "_per_second"))})
+        sections += _classification_sections(split, metrics_fn, out.predictions, out.label_ids, prefix, metrics)
+    return result.finish(metrics, sections, summary={
+        "model": cfg.model.name_or_path or f"from_config ({cfg.model.from_config.family})",
+        "task": cfg.task.type + (" (multi-label)" if cfg.task.multi_label else ""),
+        "classes": ", ".join(labels),
+        "data": _describe_splits(data.stats),
+    }, headline=[k for k in ("eval_accuracy", "eval_f1", "test_accuracy", "test_f1") if k in metrics])
+
+
+def _planned_steps(args, n_train: int) -> int:
+    if args.max_steps and args.max_steps > 0:
+        return args.max_steps
+    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
+    return math.ceil(n_train / per_step * args.num_train_epochs)
+
+
+def _describe_splits(stats: dict) -> str:
+    return ", ".join(f"{name} {s['examples']} examples / {s['tokens']} tokens" for name, s in stats.items())
+
+
+def _classification_sections(split: str, metrics_fn, predictions, label_ids, prefix: str, metrics: dict):
+    """Per-class scores and the confusion matrix for report.md."""
+    from llmkit.metrics.classification import metric_suffix
+    from llmkit.training.report import markdown_table
+
+    names = metrics_fn.label_names
+    rows = [[name] + [metrics.get(f"{prefix}_{m}_{metric_suffix(name)}") for m in ("precision", "recall", "f1")]
+            for name in names]
+    sections = [(f"Per-class scores ({split})", markdown_table(["class", "precision", "recall", "f1"], rows))]
+    matrix = metrics_fn.confusion_matrix(predictions, label_ids)
+    if matrix is not None:
+        body = markdown_table(["true \\ predicted"] + names, [[n] + row for n, row in zip(names, matrix)])
+        sections.append((f"Confusion matrix ({split})", body))
+    return sections

@@ -1,0 +1,1 @@
+"""Training pieces around HF Trainer: arguments, precision, Trainer subclasses, callbacks, run directories."""

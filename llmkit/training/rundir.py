@@ -1,0 +1,100 @@
+"""The run directory: creation rules, resume lookup, and the files every run writes (SPEC §6)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from llmkit.errors import UserError
+
+CHECKPOINTS = "checkpoints"
+
+
+def default_run_dir(command: str, config_path: str | None) -> Path:
+    name = Path(config_path).stem if config_path else "run"
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{command}-{name}-{stamp}"
+
+
+def prepare_run_dir(path: Path, overwrite: bool, resume: str | None) -> Path:
+    """Create the run directory; never touch an existing one unless asked (--overwrite or train.resume)."""
+    path = path.expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"output_dir: {path} exists and is a file, not a directory. Choose another --output-dir.")
+    if path.is_dir() and any(path.iterdir()):
+        if resume:
+            return path
+        if not overwrite:
+            raise UserError(f"output_dir: {path} already exists and is not empty; nothing was changed. Use "
+                            "--overwrite to replace it, train.resume=auto to continue that run, or --output-dir "
+                            "for a new one.")
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def find_resume_checkpoint(run_dir: Path, resume: str | None) -> str | None:
+    """The checkpoint to resume from: newest in the run (`auto`), a given path, or None."""
+    if not resume:
+        return None
+    if resume == "auto":
+        from transformers.trainer_utils import get_last_checkpoint
+
+        ckpt_dir = run_dir / CHECKPOINTS
+        last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+        if last is None:
+            print(f"train.resume=auto: no checkpoint in {ckpt_dir} yet; starting from the beginning.")
+        return last
+    path = Path(resume).expanduser()
+    if not path.is_dir():
+        raise UserError(f"train.resume: no checkpoint directory at {resume!r}. Use auto, or a checkpoint-N folder.")
+    state = path / "trainer_state.json"
+    try:
+        json.loads(state.read_text())
+    except (OSError, ValueError):
+        raise UserError(f"train.resume: {path} is not a usable checkpoint (its trainer_state.json is missing or "
+                        "corrupt). Point to another checkpoint-N folder.") from None
+    return str(path.resolve())
+
+
+def environment(precision: str, world_size: int) -> dict:
+    """Versions, device and precision, for env.json."""
+    import importlib.metadata as md
+
+    import torch
+
+    versions = {}
+    for pkg in ("llmkit", "torch", "transformers", "datasets", "accelerate", "evaluate", "peft", "tokenizers"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"
+    return {
+        "versions": {"python": sys.version.split()[0], **versions},
+        "device": device,
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "gpus": torch.cuda.device_count(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "precision": precision,
+        "world_size": world_size,
+        "platform": platform.platform(),
+        "command": " ".join(sys.argv),
+        "started": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def write_log_history(path: Path, history: list[dict]) -> None:
+    """Rewrite log_history.jsonl from the Trainer's state (exact after a resume)."""
+    path.write_text("".join(json.dumps(record) + "\n" for record in history))

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Install llmkit with its test tools (scripts/setup.sh dev) and run the test suite, offline.
+#   bash scripts/test.sh [pytest args]
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+bash "$here/setup.sh" dev
+source "$here/_python.sh"
+cd "$root"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
+exec "$PY" -m pytest -q "$@"

@@ -1,0 +1,136 @@
+"""The CLI as a user meets it: help, init, config validate/show, dry runs, and bad input (exit code 2)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
+
+from llmkit.cli import app
+from tests.conftest import write_csv, write_yaml
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_help_lists_commands_and_does_not_import_heavy_libraries():
+    code = ("import sys; from llmkit.cli import app; heavy = [m for m in ('torch', 'transformers', 'datasets', "
+            "'evaluate', 'peft') if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for command in ("finetune", "init", "config", "info"):
+        assert command in result.output
+
+
+def test_init_writes_a_commented_config_that_loads(tmp_path, monkeypatch, sentiment_data):
+    monkeypatch.chdir(sentiment_data)  # the starter config names train.csv / dev.csv
+    out = tmp_path / "starter.yaml"
+    result = invoke("init", "finetune", "--output", out)
+    assert result.exit_code == 0, result.output
+    text = out.read_text()
+    assert "# Column holding the text." in text and "learning_rate: 5.0e-05" in text
+    assert invoke("config", "validate", out).exit_code in (0, 2)  # the MiniLM package may be absent in CI
+    again = invoke("init", "finetune", "--output", out)
+    assert again.exit_code == 2 and "already exists" in again.output
+
+
+def test_config_validate_and_show(tmp_path, tiny_config):
+    cfg = write_yaml(tmp_path / "cfg.yaml", tiny_config)
+    result = invoke("config", "validate", cfg)
+    assert result.exit_code == 0 and "valid finetune config" in result.output
+    shown = invoke("config", "show", cfg, "train.seed=5")
+    assert shown.exit_code == 0
+    assert yaml.safe_load(shown.output)["train"]["seed"] == 5
+
+
+def test_config_validate_reports_every_problem(tmp_path, tiny_config):
+    tiny_config["data"]["txt_column"] = "text"
+    tiny_config["train"]["learning_rate"] = "fast"
+    cfg = write_yaml(tmp_path / "cfg.yaml", tiny_config)
+    result = invoke("config", "validate", cfg)
+    assert result.exit_code == 2
+    assert "2 problems" in result.output
+    assert "data.txt_column: unknown key. Did you mean 'data.text_column'?" in result.output
+    assert "train.learning_rate: expected float, got 'fast'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_missing_config_file(tmp_path):
+    result = invoke("finetune", tmp_path / "nope.yaml")
+    assert result.exit_code == 2 and "Config file not found" in result.output
+
+
+def test_dry_run_prints_plan_and_writes_nothing(tmp_path, tiny_config):
+    cfg = write_yaml(tmp_path / "cfg.yaml", tiny_config)
+    result = invoke("finetune", cfg, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "plan: 64 optimizer steps" in result.output  # 64 examples / batch 8 x 8 epochs
+    assert "train 64 examples" in result.output and "M trainable" in result.output
+    assert not Path(tiny_config["output_dir"]).exists()
+
+
+def test_unknown_column_lists_the_real_ones(tmp_path, tiny_config):
+    cfg = write_yaml(tmp_path / "cfg.yaml", tiny_config)
+    result = invoke("finetune", cfg, "data.text_column=review", "--dry-run")
+    assert result.exit_code == 2
+    assert "data.text_column: 'review' is not a column of the train data" in result.output
+    assert "Its columns are: text, label" in result.output
+
+
+def test_label_outside_the_label_set(tmp_path, tiny_config, sentiment_data):
+    rows = [{"text": "great fun", "label": "positive"}, {"text": "so so", "label": "neutral"}]
+    write_csv(sentiment_data / "dev.csv", rows)
+    cfg = write_yaml(tmp_path / "cfg.yaml", tiny_config)
+    result = invoke("finetune", cfg, "--dry-run")
+    assert result.exit_code == 2
+    assert "labels outside the label set: 'neutral' (1 row)" in result.output
+    assert "negative, positive" in result.output
+
+
+def test_integer_labels_beyond_configured_names(tmp_path, tiny_config, sentiment_data):
+    write_csv(sentiment_data / "train.csv", [{"text": "a", "label": 0}, {"text": "b", "label": 2}])
+    cfg = write_yaml(tmp_path / "cfg.yaml", tiny_config)
+    result = invoke("finetune", cfg, "data.label_names=[neg, pos]", "--dry-run")
+    assert result.exit_code == 2 and "labels outside the label set: 2 (1 row)" in result.output
+
+
+def test_empty_dataset(tmp_path, tiny_config, sentiment_data):
+    (sentiment_data / "train.csv").write_text("text,label\n")
+    cfg = write_yaml(tmp_path / "cfg.yaml", tiny_config)
+    result = invoke("finetune", cfg, "--dry-run")
+    assert result.exit_code == 2 and "empty (0 rows)" in result.output
+
+
+def test_missing_data_file(tmp_path, tiny_config):
+    cfg = write_yaml(tmp_path / "cfg.yaml", tiny_config)
+    result = invoke("finetune", cfg, "data.validation_file=missing.csv")
+    assert result.exit_code == 2
+    assert "data.validation_file: file not found: 'missing.csv'" in result.output
+
+
+def test_existing_run_directory_is_never_overwritten(tmp_path, tiny_config):
+    run = Path(tiny_config["output_dir"])
+    run.mkdir()
+    (run / "precious.txt").write_text("keep me")
+    cfg = write_yaml(tmp_path / "cfg.yaml", tiny_config)
+    result = invoke("finetune", cfg, "train.max_steps=1")
+    assert result.exit_code == 2 and "already exists" in result.output and "--overwrite" in result.output
+    assert (run / "precious.txt").read_text() == "keep me"
+
+
+def test_debug_flag_shows_the_traceback(tmp_path):
+    result = invoke("--debug", "finetune", tmp_path / "nope.yaml")
+    assert result.exit_code != 0 and result.exception is not None
+
+
+def test_python_dash_m_entry_point():
+    out = subprocess.run([sys.executable, "-m", "llmkit", "version"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == __import__("llmkit").__version__

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import typer
 
@@ -50,7 +50,7 @@ def recipe_config_class(command: str) -> type:
     return getattr(importlib.import_module(module), cls_name)
 
 
-def _load(command: str, config: Optional[Path], overrides: list[str]):
+def _load(command: str, config: Path | None, overrides: list[str]):
     from llmkit.config import load_config
 
     return load_config(recipe_config_class(command), config, overrides or [])
@@ -72,10 +72,10 @@ def main_options(
 @app.command()
 def finetune(
     config: Path = typer.Argument(..., help="YAML config (see configs/finetune/ or `llmkit init finetune`)."),
-    overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
+    overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate, load data/tokenizer/model, print the plan; "
                                                           "do not train."),
-    output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Run directory (overrides "
+    output_dir: Path | None = typer.Option(None, "--output-dir", "-o", help="Run directory (overrides "
                                                                                 "output_dir)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
 ) -> None:
@@ -98,7 +98,7 @@ def finetune(
 @app.command()
 def init(
     command: str = typer.Argument(..., help=f"Which command's config to write: {', '.join(RECIPES)}."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where to write it (default: "
+    output: Path | None = typer.Option(None, "--output", "-o", help="Where to write it (default: "
                                                                        "COMMAND.yaml)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing file."),
 ) -> None:
@@ -119,7 +119,7 @@ def init(
     guarded(body)
 
 
-def _infer_command(config: Path, command: Optional[str]) -> str:
+def _infer_command(config: Path, command: str | None) -> str:
     from llmkit.config import read_yaml
 
     if command:
@@ -140,8 +140,8 @@ def _infer_command(config: Path, command: Optional[str]) -> str:
 @config_app.command("validate")
 def config_validate(
     config: Path = typer.Argument(..., help="YAML config to check."),
-    overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
-    command: Optional[str] = typer.Option(None, "--command", help="The command the config is for (default: "
+    overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
+    command: str | None = typer.Option(None, "--command", help="The command the config is for (default: "
                                                                    "inferred from its sections)."),
 ) -> None:
     """Check a config: keys, types, files and settings, all problems at once."""
@@ -157,8 +157,8 @@ def config_validate(
 @config_app.command("show")
 def config_show(
     config: Path = typer.Argument(..., help="YAML config."),
-    overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
-    command: Optional[str] = typer.Option(None, "--command", help="The command the config is for."),
+    overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
+    command: str | None = typer.Option(None, "--command", help="The command the config is for."),
 ) -> None:
     """Print the resolved config (defaults and overrides applied)."""
 

@@ -13,7 +13,9 @@ clause after "but" decides ("the acting was fine but the plot was a mess"),
 "although" clauses, two-sentence reviews whose second sentence gives the
 verdict, "my only complaint" / "the only thing I liked" sentences and verdict
 phrases that share words across classes ("I can't recommend it enough" vs
-"I can't recommend it"). A bag-of-words model therefore cannot reach 100 %.
+"I can't recommend it"). About 40 % of the reviews need such composition; the
+rest are plain one-clause statements ("the hotel was spotless"). A bag-of-words
+model therefore cannot reach 100 %.
 
 Only the standard library is used, so the output is identical everywhere for a
 given seed and set of sizes. Regenerate the committed files with:
@@ -46,14 +48,21 @@ LABELS = ("positive", "negative")
 GENERIC = {
     "positive": [
         "great", "excellent", "wonderful", "fantastic", "superb", "lovely", "impressive",
-        "solid", "outstanding", "terrific", "brilliant", "good", "first-rate", "top-notch",
-        "enjoyable", "pleasant", "fine",
+        "outstanding", "brilliant", "good",
     ],
     "negative": [
-        "terrible", "awful", "disappointing", "mediocre", "poor", "weak", "dreadful", "bad",
-        "horrible", "lousy", "underwhelming", "subpar", "second-rate", "a mess", "a letdown",
-        "unpleasant", "sloppy",
+        "terrible", "awful", "disappointing", "mediocre", "poor", "dreadful", "bad",
+        "horrible", "lousy", "a mess",
     ],
+}
+
+# Mild adjectives, typical of the half of a review that the other half
+# overrides ("the acting was fine but ..."). They fit any subject or aspect.
+MILD = {
+    "positive": ["fine", "decent", "okay", "nice enough", "competent", "passable", "pleasant enough",
+                 "perfectly fine"],
+    "negative": ["a bit dull", "so-so", "nothing special", "a bit rough", "slightly disappointing",
+                 "somewhat uneven", "just average", "forgettable"],
 }
 
 # Each domain: subjects (what the whole review is about), adjectives that fit
@@ -187,17 +196,23 @@ DOMAINS = {
 }
 
 PLURAL = {
-    "these headphones", "the special effects", "the portions", "the characters", "the recipes",
+    "these headphones", "the special effects", "the portions", "the characters",
     "the controls", "the graphics", "the boss fights", "the load times",
 }
 
 INTENSIFIERS = [
-    "", "", "", "", "really ", "very ", "truly ", "absolutely ", "genuinely ", "pretty ",
+    "", "", "", "", "really ", "very ", "truly ", "genuinely ", "pretty ",
     "surprisingly ", "remarkably ", "rather ", "quite ", "incredibly ", "so ",
 ]
 
-# Intensifiers that read badly in front of a noun phrase such as "a mess".
-_NOUNISH = {"a mess", "a letdown"}
+# Extreme adjectives take only these intensifiers ("absolutely superb", not
+# "very superb"); adjectives of several words ("a mess", "well made") take none.
+EXTREME = {
+    "excellent", "wonderful", "fantastic", "superb", "outstanding", "brilliant", "terrible", "awful",
+    "dreadful", "horrible", "perfect", "stunning", "breathtaking", "heavenly", "gorgeous", "hilarious",
+    "filthy", "delicious",
+}
+EXTREME_INTENSIFIERS = ["", "", "absolutely ", "truly ", "really ", "simply "]
 
 # Negation patterns that work in both directions: "was not great" is negative
 # and "was not terrible" is positive. {be}/{bent} are "was"/"wasn't" etc.
@@ -210,9 +225,9 @@ NEGATIONS_BOTH = [
 # of the negated adjective.
 NEGATIONS_ONE = {
     "positive": ["{be} hardly {adj}", "{bent} particularly {adj}", "{bent} as {adj} as I had hoped",
-                 "{be} not exactly {adj}", "{bent} very {adj}"],
+                 "{be} not exactly {adj}"],
     "negative": ["{bent} as {adj} as I had feared", "{bent} nearly as {adj} as people said",
-                 "{be} not {adj}, not even a little", "{bent} {adj}, despite the reviews"],
+                 "{bent} {adj} in any way", "{bent} {adj}, despite the reviews"],
 }
 
 # Whole verdict phrases. Many share words across the two classes.
@@ -240,14 +255,14 @@ VERDICTS = {
 # Neutral filler that carries no sentiment.
 PREFIXES = [
     "", "", "", "", "", "", "Honestly, ", "To be honest, ", "I have to say ", "For what it's worth, ",
-    "We went last weekend and ", "After two weeks, ", "In my opinion, ", "Frankly, ",
-    "As someone who tries everything, ", "My partner agrees that ", "I think ", "Well, ",
+    "Short version: ", "After two weeks, ", "In my opinion, ", "Frankly, ",
+    "As someone who tries everything, I think ", "My partner agrees that ", "I think ", "Well, ",
 ]
 
 TRANSITIONS = ["Still,", "That said,", "Even so,", "In the end,", "Overall,", "On the whole,", "All in all,",
                "But honestly,", "Having said that,"]
 
-BUT = ["but", "but", ", but", "but then again", "yet"]
+BUT = ["but", "but", ", but", ", but honestly", "yet"]
 
 ALTHOUGH = ["Although", "Even though", "While", "Though"]
 
@@ -268,7 +283,7 @@ def verbs(np: str, tense: str) -> tuple[str, str]:
 
 
 def pick_adj(rng: random.Random, polarity: str, specific: list[str]) -> str:
-    if specific and rng.random() < 0.4:
+    if specific and rng.random() < 0.15:
         return rng.choice(specific)
     return rng.choice(GENERIC[polarity])
 
@@ -281,21 +296,28 @@ def aspect_adj(rng: random.Random, aspect: tuple, polarity: str) -> str:
     return pick_adj(rng, polarity, aspect[1] if polarity == "positive" else aspect[2])
 
 
-def predicate(rng: random.Random, np: str, tense: str, polarity: str, negate: bool, adj_for) -> str:
+def predicate(rng: random.Random, np: str, tense: str, polarity: str, negate: bool, adj_for,
+              mild: float = 0.0) -> str:
     """A predicate of sentiment `polarity` about `np`, e.g. "was not terrible".
 
     `adj_for(polarity)` picks an adjective of that polarity that fits `np`.
-    With `negate` the adjective has the opposite polarity and is negated.
+    With `negate` the adjective has the opposite polarity and is negated;
+    otherwise, with probability `mild`, a mild adjective is used ("decent").
     """
     be, bent = verbs(np, tense)
+    if not negate and mild and rng.random() < mild:
+        return f"{be} {rng.choice(MILD[polarity])}"
     if not negate:
         adj = adj_for(polarity)
-        intens = "" if adj in _NOUNISH else rng.choice(INTENSIFIERS)
+        if " " in adj:
+            intens = ""
+        else:
+            intens = rng.choice(EXTREME_INTENSIFIERS if adj in EXTREME else INTENSIFIERS)
         return f"{be} {intens}{adj}"
     negated = other(polarity)
     adj = adj_for(negated)
     patterns = NEGATIONS_BOTH + NEGATIONS_ONE[negated]
-    if adj in _NOUNISH:
+    if adj.startswith("a "):
         patterns = ["{be} not {adj}", "{bent} {adj}", "{bent} {adj} at all", "{be} far from {adj}"]
     return rng.choice(patterns).format(be=be, bent=bent, adj=adj)
 
@@ -311,15 +333,15 @@ def finish(text: str) -> str:
     return capitalize(text)
 
 
-def subject_clause(rng, domain, polarity, negate, tense=None):
+def subject_clause(rng, domain, polarity, negate, tense=None, mild=0.0):
     np = rng.choice(domain["subjects"])
     tense = tense or rng.choice(["past", "past", "present"])
-    return f"{np} " + predicate(rng, np, tense, polarity, negate, lambda p: subject_adj(rng, domain, p))
+    return f"{np} " + predicate(rng, np, tense, polarity, negate, lambda p: subject_adj(rng, domain, p), mild)
 
 
-def aspect_clause(rng, aspect, polarity, negate, tense):
+def aspect_clause(rng, aspect, polarity, negate, tense, mild=0.0):
     np = aspect[0]
-    return f"{np} " + predicate(rng, np, tense, polarity, negate, lambda p: aspect_adj(rng, aspect, p))
+    return f"{np} " + predicate(rng, np, tense, polarity, negate, lambda p: aspect_adj(rng, aspect, p), mild)
 
 
 def two_aspects(rng, domain):
@@ -335,10 +357,10 @@ def two_aspects(rng, domain):
 def t_simple(rng, domain, label):
     """The film was really gripping."""
     if rng.random() < 0.5:
-        clause = subject_clause(rng, domain, label, negate=False)
+        clause = subject_clause(rng, domain, label, negate=False, mild=0.15)
     else:
         aspect = rng.choice(domain["aspects"])
-        clause = aspect_clause(rng, aspect, label, negate=False, tense=rng.choice(["past", "present"]))
+        clause = aspect_clause(rng, aspect, label, negate=False, tense=rng.choice(["past", "present"]), mild=0.15)
     return finish(rng.choice(PREFIXES) + clause)
 
 
@@ -356,21 +378,23 @@ def t_but(rng, domain, label):
     """The acting was fine but the plot was a mess.  (label of the clause after "but")"""
     a, b = two_aspects(rng, domain)
     tense = rng.choice(["past", "past", "present"])
-    first = aspect_clause(rng, a, other(label), negate=rng.random() < 0.25, tense=tense)
+    first = aspect_clause(rng, a, other(label), negate=rng.random() < 0.25, tense=tense, mild=0.8)
     if rng.random() < 0.25:
-        np = rng.choice(["it", "overall it", "as a whole it"])
+        np = rng.choice(["it", "overall it", "on the whole it", "all in all it"])
         second = np + " " + predicate(rng, "it", tense, label, rng.random() < 0.3,
                                        lambda p: subject_adj(rng, domain, p))
+        but = rng.choice(["but", ", but", "yet"])
     else:
-        second = aspect_clause(rng, b, label, negate=rng.random() < 0.3, tense=tense)
-    return finish(f"{first} {rng.choice(BUT)} {second}")
+        second = aspect_clause(rng, b, label, negate=rng.random() < 0.3, tense=tense, mild=0.15)
+        but = rng.choice(BUT)
+    return finish(f"{first} {but} {second}")
 
 
 def t_although(rng, domain, label):
     """Although the room was cramped, the staff were wonderful.  (label of the main clause)"""
     a, b = two_aspects(rng, domain)
     tense = rng.choice(["past", "present"])
-    sub = aspect_clause(rng, a, other(label), negate=rng.random() < 0.2, tense=tense)
+    sub = aspect_clause(rng, a, other(label), negate=rng.random() < 0.2, tense=tense, mild=0.8)
     main = aspect_clause(rng, b, label, negate=rng.random() < 0.25, tense=tense)
     if rng.random() < 0.8:
         return finish(f"{rng.choice(ALTHOUGH)} {sub}, {main}")
@@ -381,7 +405,7 @@ def t_two_sentences(rng, domain, label):
     """The pacing was sluggish. Still, the ending was satisfying."""
     a, b = two_aspects(rng, domain)
     tense = rng.choice(["past", "past", "present"])
-    first = finish(aspect_clause(rng, a, other(label), negate=rng.random() < 0.2, tense=tense))
+    first = finish(aspect_clause(rng, a, other(label), negate=rng.random() < 0.2, tense=tense, mild=0.8))
     r = rng.random()
     if r < 0.4:
         second = aspect_clause(rng, b, label, negate=rng.random() < 0.3, tense=tense)
@@ -397,10 +421,8 @@ def t_verdict(rng, domain, label):
     np = rng.choice(domain["subjects"])
     opener = rng.choice([
         f"We tried {np} last month.", f"I finally got around to {np}.", f"About {np}:",
-        f"So, {np}?", f"A friend told me about {np}.", f"Two words about {np}:",
+        f"So, {np}?", f"A friend told me about {np}.", f"A few words about {np}:",
     ])
-    if opener.startswith("Two words"):
-        opener = f"A few words about {np}:"
     verdict = rng.choice(VERDICTS[label])
     if not opener.endswith(":"):
         verdict = capitalize(verdict)
@@ -410,7 +432,7 @@ def t_verdict(rng, domain, label):
 def t_only(rng, domain, label):
     """My only complaint is that the coffee was bitter.  /  The only thing I liked was the view."""
     aspect = rng.choice(domain["aspects"])
-    tense = rng.choice(["past", "present"])
+    tense = "past"
     if label == "positive":
         lead = rng.choice(["My only complaint is that", "The only problem was that", "The one downside:",
                            "If I had to nitpick,"])
@@ -429,7 +451,7 @@ def t_expectation(rng, domain, label):
     adj = subject_adj(rng, domain, adj_pol)
     be, bent = verbs(np, "past")
     it = "they" if np in PLURAL else "it"
-    lead = rng.choice(["I expected", "Everyone told me", "The reviews said", "I was warned"])
+    lead = rng.choice(["I expected", "Everyone told me", "The reviews said", "I was told"])
     if lead == "I expected":
         start = f"I expected {np} to be {adj}"
     else:
@@ -442,12 +464,12 @@ def t_expectation(rng, domain, label):
 
 
 TEMPLATES = [
-    (t_simple, 40),
-    (t_negated, 18),
-    (t_but, 16),
-    (t_two_sentences, 10),
-    (t_verdict, 8),
-    (t_expectation, 4),
+    (t_simple, 80),
+    (t_negated, 16),
+    (t_but, 14),
+    (t_verdict, 10),
+    (t_two_sentences, 8),
+    (t_expectation, 3),
     (t_although, 3),
     (t_only, 3),
 ]

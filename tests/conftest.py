@@ -53,9 +53,8 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("LLMKIT_CACHE", str(tmp_path_factory.mktemp("llmkit-cache")))
 
 
-@pytest.fixture(scope="session")
-def tokenizer_dir(tmp_path_factory) -> str:
-    """A small WordPiece tokenizer (BERT-style special tokens) trained on the fixture vocabulary."""
+def train_tokenizer(out: Path, vocab_size: int = 200) -> str:
+    """Train a small WordPiece tokenizer (BERT-style special tokens) on the fixture vocabulary; save it to `out`."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -65,14 +64,20 @@ def tokenizer_dir(tmp_path_factory) -> str:
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
-    tok.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=200, special_tokens=specials))
+    tok.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials))
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
-    out = tmp_path_factory.mktemp("tokenizer")
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
     PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
                             sep_token="[SEP]", mask_token="[MASK]", model_max_length=128).save_pretrained(out)
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory) -> str:
+    """The tests' tokenizer: WordPiece, 200 tokens, trained on the fixture vocabulary."""
+    return train_tokenizer(tmp_path_factory.mktemp("tokenizer"))
 
 
 @pytest.fixture

@@ -134,3 +134,16 @@ def test_debug_flag_shows_the_traceback(tmp_path):
 def test_python_dash_m_entry_point():
     out = subprocess.run([sys.executable, "-m", "llmkit", "version"], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == __import__("llmkit").__version__
+
+
+def test_max_length_beyond_the_models_positions(tmp_path, tiny_config):
+    tiny_config["model"]["from_config"]["max_position_embeddings"] = 8
+    result = invoke("finetune", write_yaml(tmp_path / "cfg.yaml", tiny_config), "--dry-run")
+    assert result.exit_code == 2
+    assert "the model has only 8 positions; set data.max_length=8" in result.output
+
+
+def test_info_reports_versions_and_precision():
+    result = invoke("info")
+    assert result.exit_code == 0
+    assert "transformers" in result.output and "precision: auto ->" in result.output

@@ -30,7 +30,8 @@ def read_yaml(path: str | Path) -> dict:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UserError(f"{path} must hold a mapping of sections (model:, data:, train:, ...), got {type(data).__name__}.")
+        raise UserError(f"{path} must hold a mapping of sections (model:, data:, train:, ...), got "
+                        f"{type(data).__name__}.")
     return data
 
 
@@ -40,7 +41,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            issues.append(ConfigIssue(item, "an override must look like key.path=value, e.g. train.learning_rate=3e-5."))
+            issues.append(ConfigIssue(item, "an override must look like key.path=value, e.g. "
+                                            "train.learning_rate=3e-5."))
             continue
         try:
             value = yaml.safe_load(raw) if raw != "" else None
@@ -53,7 +55,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                issues.append(ConfigIssue(".".join(parts[: depth + 1]), f"is {child!r}, not a section; cannot set {key}."))
+                where = ".".join(parts[: depth + 1])
+                issues.append(ConfigIssue(where, f"is {child!r}, not a section; cannot set {key}."))
                 break
             node = child
         else:

@@ -48,7 +48,8 @@ class FromConfigSpec:
             if getattr(self, name) < 1:
                 issues.append(ConfigIssue(name, f"must be >= 1, got {getattr(self, name)}."))
         if self.num_heads >= 1 and self.hidden_size % self.num_heads:
-            issues.append(ConfigIssue("hidden_size", f"{self.hidden_size} is not divisible by num_heads={self.num_heads}."))
+            issues.append(ConfigIssue("hidden_size", f"{self.hidden_size} is not divisible by "
+                                                     f"num_heads={self.num_heads}."))
         return issues
 
 
@@ -234,6 +235,7 @@ TRAIN_DEFAULTS = {
     "save_strategy": "epoch",
     "save_total_limit": 2,
     "include_num_input_tokens_seen": "non_padding",
+    "logging_nan_inf_filter": False,  # show a NaN loss as NaN (llmkit then stops the run and says at which step)
     "report_to": "none",
 }
 

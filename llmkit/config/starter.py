@@ -45,7 +45,8 @@ def _section_lines(cls: type, values: dict, indent: str) -> list[str]:
             default = None
         value = values.get(f.name, default)
         lines += _comment(help_of(f), indent)
-        nested = next((t for t in (hints[f.name], *typing.get_args(hints[f.name])) if dataclasses.is_dataclass(t)), None)
+        candidates = (hints[f.name], *typing.get_args(hints[f.name]))
+        nested = next((t for t in candidates if dataclasses.is_dataclass(t)), None)
         if nested is not None and value is None:
             lines.append(f"{indent}{f.name}: null")
         elif nested is not None:

@@ -14,8 +14,9 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import llmkit
 
@@ -44,7 +45,12 @@ def tokenizer_digest(tokenizer: Any) -> str:
     """A hash of everything about a tokenizer that changes its output."""
     h = hashlib.sha256()
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    h.update(backend.to_str().encode() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        state["truncation"] = state["padding"] = None  # per-call settings that every tokenizer(...) call changes
+        h.update(json.dumps(state, sort_keys=True).encode())
+    else:
+        h.update(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
     h.update(json.dumps({
         "class": type(tokenizer).__name__,
         "special": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},

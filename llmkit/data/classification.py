@@ -23,6 +23,9 @@ class PreparedData:
 
 
 def _label_list(value: Any, separator: str | None) -> list:
+    """The labels of one multi-label example: a list as is, a string split on the separator, none for empty."""
+    if value is None:
+        return []  # an empty csv cell
     if isinstance(value, (list, tuple)):
         return list(value)
     if isinstance(value, str) and separator is not None:
@@ -93,7 +96,8 @@ def encode_labels(splits: dict, label_names: list[str], cfg: Any, multi_label: b
         if bad:
             shown = ", ".join(f"{v} ({n} row{'s' if n > 1 else ''})" for v, n in list(bad.items())[:5])
             origin = "data.label_names" if cfg.label_names else "the training data"
-            raise UserError(f"data.label_column: the {name} data ({getattr(cfg, SPLIT_KEYS[name]) or cfg.dataset_name}) "
+            source = getattr(cfg, SPLIT_KEYS[name]) or cfg.dataset_name
+            raise UserError(f"data.label_column: the {name} data ({source}) "
                             f"has labels outside the label set: {shown}. The label set (from {origin}) is: "
                             f"{', '.join(label_names)}. Fix the data, or list every class in data.label_names.")
         out[name] = ds.remove_columns([cfg.label_column]).add_column("labels", encoded)

@@ -83,8 +83,8 @@ def build_model_config(spec: Any, tokenizer: Any, **task_kwargs: Any):
     default = config_cls()
     unknown = [k for k in spec.extra if not hasattr(default, k)]
     if unknown:
-        raise UserError(f"model.from_config.extra: {', '.join(unknown)} {'is not a field' if len(unknown) == 1 else 'are not fields'} "
-                        f"of {class_name}; check the spelling against the transformers docs for {class_name}.")
+        raise UserError(f"model.from_config.extra: {', '.join(unknown)} not found among the fields of "
+                        f"{class_name}; check the spelling against the transformers docs for {class_name}.")
     return config_cls(**{**kwargs, **spec.extra, **task_kwargs})
 
 
@@ -144,6 +144,16 @@ def freeze(model: Any, embeddings: bool, first_layers: int) -> None:
             raise UserError(f"model.freeze_layers: {first_layers} is more than the model's {len(blocks)} layers.")
         for block in blocks[:first_layers]:
             block.requires_grad_(False)
+
+
+def check_sequence_length(model: Any, stats: dict) -> None:
+    """Refuse data whose longest tokenized example exceeds the model's position embeddings (an index error
+    deep inside the forward pass otherwise)."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    longest = max((s["max_tokens"] for s in stats.values()), default=0)
+    if limit and longest > limit:
+        raise UserError(f"data.max_length: the longest example has {longest} tokens but the model has only {limit} "
+                        f"positions; set data.max_length={limit} (or lower).")
 
 
 def count_parameters(model: Any) -> tuple[int, int]:

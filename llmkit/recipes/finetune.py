@@ -6,7 +6,7 @@ Reads top to bottom: tokenizer -> data -> model -> trainer -> train -> save -> m
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -53,7 +53,7 @@ def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool 
 
     from llmkit.data.classification import prepare_classification_data
     from llmkit.metrics.classification import ClassificationMetrics
-    from llmkit.models.loading import count_parameters, freeze, load_model, load_tokenizer
+    from llmkit.models.loading import check_sequence_length, count_parameters, freeze, load_model, load_tokenizer
     from llmkit.training import rundir
     from llmkit.training.arguments import TrainingArgumentsError, make_training_arguments, resolve_precision
     from llmkit.training.loop import train_and_save
@@ -70,6 +70,7 @@ def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool 
         "AutoModelForSequenceClassification", cfg.model, tokenizer, num_labels=len(labels),
         id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
         problem_type="multi_label_classification" if cfg.task.multi_label else "single_label_classification")
+    check_sequence_length(model, data.stats)
     freeze(model, cfg.model.freeze_embeddings, cfg.model.freeze_layers)
     trainable, total = count_parameters(model)
     new_head = f"; newly initialised: {', '.join(sorted(missing))}" if missing else ""

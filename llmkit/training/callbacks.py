@@ -31,9 +31,15 @@ class NanGuardCallback(TrainerCallback):
         self.bad_value: float | None = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        loss = (logs or {}).get("loss")
+        logs = logs or {}
+        loss, grad_norm = logs.get("loss"), logs.get("grad_norm")
+        # A NaN gradient norm means the weights are NaN from here on, even when HF's logging_nan_inf_filter
+        # hides the loss; an infinite one alone is fp16 loss scaling skipping a step, not a failure.
         if loss is not None and not math.isfinite(loss):
             self.bad_step, self.bad_value = state.global_step, loss
+        elif grad_norm is not None and math.isnan(grad_norm):
+            self.bad_step, self.bad_value = state.global_step, grad_norm
+        if self.bad_step is not None:
             control.should_training_stop = True
 
 

@@ -15,8 +15,7 @@ from typing import Any
 from llmkit.config.loader import save_config
 from llmkit.errors import UserError, first_line
 from llmkit.training import rundir
-from llmkit.training.callbacks import (InterruptCallback, JsonlLogCallback, NanGuardCallback,
-                                       TrainingStartedCallback)
+from llmkit.training.callbacks import InterruptCallback, JsonlLogCallback, NanGuardCallback, TrainingStartedCallback
 from llmkit.training.report import write_report
 from llmkit.training.trainer import MeanLossTrainer
 
@@ -86,7 +85,8 @@ def train_and_save(*, cfg: Any, command: str, run_dir: Path, args: Any, model: A
         raise
     wall = time.perf_counter() - start
     if nan_guard.bad_step is not None:
-        raise UserError(f"training stopped: the loss became {nan_guard.bad_value} at step {nan_guard.bad_step}. "
+        raise UserError(f"training stopped: the loss (or its gradient) became {nan_guard.bad_value} at step "
+                        f"{nan_guard.bad_step}. "
                         "Lower train.learning_rate, use train.precision: fp32 or bf16 instead of fp16, or check the "
                         f"data for broken rows. Logs so far are in {run_dir}.")
     if interrupt.requested:

@@ -75,7 +75,8 @@ def environment(precision: str, world_size: int) -> dict:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             versions[pkg] = None
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"
+    cpu = f"cpu ({platform.processor() or platform.machine()})"
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else cpu
     return {
         "versions": {"python": sys.version.split()[0], **versions},
         "device": device,

@@ -103,8 +103,8 @@ def test_pkg_model_reference_that_is_not_installed(tiny_config):
 
 
 def test_overrides_parse_yaml_values_and_create_sections():
-    data = apply_overrides({"train": {"seed": 1}}, ["train.seed=7", "train.learning_rate=3e-5", "data.label_names=[a, b]",
-                                                    "output_dir=null"])
+    overrides = ["train.seed=7", "train.learning_rate=3e-5", "data.label_names=[a, b]", "output_dir=null"]
+    data = apply_overrides({"train": {"seed": 1}}, overrides)
     assert data == {"train": {"seed": 7, "learning_rate": "3e-5"}, "data": {"label_names": ["a", "b"]},
                     "output_dir": None}
 

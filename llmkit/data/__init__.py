@@ -1,0 +1,1 @@
+"""Data: loading, label handling, tokenization and the on-disk cache."""

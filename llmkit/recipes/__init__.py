@@ -1,0 +1,1 @@
+"""Recipes: one module per command, each a Config class and run(cfg) -> metrics."""

@@ -1,0 +1,18 @@
+"""Helpers for recipe tests."""
+
+from __future__ import annotations
+
+
+def initial_weights(config: dict) -> dict:
+    """The state dict a from_config model starts with under the config's seed (as llmkit builds it)."""
+    from transformers import AutoTokenizer, set_seed
+
+    from llmkit.config import load_config
+    from llmkit.models.loading import load_model
+    from llmkit.recipes.finetune import FinetuneConfig
+
+    cfg = load_config(FinetuneConfig, None, data=config)
+    set_seed(cfg.train.seed)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer.name_or_path)
+    model, _ = load_model("AutoModelForSequenceClassification", cfg.model, tokenizer, num_labels=2)
+    return {k: v.clone() for k, v in model.state_dict().items()}

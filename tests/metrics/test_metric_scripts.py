@@ -7,6 +7,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import functools  # noqa: E402
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import evaluate  # noqa: E402
 import numpy as np  # noqa: E402
@@ -18,10 +19,11 @@ sklearn_metrics = pytest.importorskip("sklearn.metrics")
 
 METRICS_DIR = Path(llmkit.metrics.__file__).parent
 SEEDS = (0, 1, 2)
+# precision_recall_f1's keys, in its order, and the scikit-learn function each must equal.
 PRF_SCORES = {
-    "f1": sklearn_metrics.f1_score,
     "precision": sklearn_metrics.precision_score,
     "recall": sklearn_metrics.recall_score,
+    "f1": sklearn_metrics.f1_score,
 }
 
 
@@ -81,21 +83,27 @@ def test_multilabel_accuracy_is_subset_accuracy(seed: int) -> None:
     assert_matches(ours["accuracy"], float(expected))
 
 
-@pytest.mark.parametrize("name", PRF_SCORES)
+def assert_prf_matches(ours: dict[str, float | list[float]], y_true: Any, y_pred: Any, **kwargs: Any) -> None:
+    """precision_recall_f1 returns exactly precision, recall and f1, each equal to scikit-learn's score."""
+    assert list(ours) == list(PRF_SCORES)
+    for name, score in PRF_SCORES.items():
+        expected = score(y_true, y_pred, **kwargs)
+        assert_matches(ours[name], expected if isinstance(expected, np.ndarray) else float(expected))
+
+
 @pytest.mark.parametrize("average", ["micro", "macro", "weighted", None])
 @pytest.mark.parametrize("zero_division", [0.0, 1.0, np.nan])
-def test_multiclass_scores_match_sklearn(name: str, average: str | None, zero_division: float) -> None:
+def test_multiclass_scores_match_sklearn(average: str | None, zero_division: float) -> None:
     for seed in SEEDS:
         predictions, references = multiclass_data(seed)
         weights = np.random.default_rng(seed).random(len(references)).tolist()
         # labels=None, a subset in a custom order, and a superset with a label that never occurs (0/0 for f1).
         for labels, sample_weight in ((None, None), ([3, 1, 4], None), ([0, 1, 2, 3, 4, 5, 6], weights)):
             kwargs = dict(labels=labels, average=average, sample_weight=sample_weight, zero_division=zero_division)
-            ours = load(name).compute(predictions=predictions, references=references, **kwargs)
-            assert_matches(ours[name], PRF_SCORES[name](references, predictions, **kwargs))
+            ours = load("precision_recall_f1").compute(predictions=predictions, references=references, **kwargs)
+            assert_prf_matches(ours, references, predictions, **kwargs)
 
 
-@pytest.mark.parametrize("name", PRF_SCORES)
 @pytest.mark.parametrize(
     ("predictions", "references", "pos_label"),
     [
@@ -106,25 +114,39 @@ def test_multiclass_scores_match_sklearn(name: str, average: str | None, zero_di
         ([0, 0, 0, 0], [1, 0, 1, 0], 1),  # pos_label never predicted
     ],
 )
-def test_binary_scores_match_sklearn(name: str, predictions: list[int], references: list[int], pos_label: int) -> None:
-    for zero_division in (0.0, 1.0):
-        kwargs = dict(pos_label=pos_label, zero_division=zero_division)
-        ours = load(name).compute(predictions=predictions, references=references, **kwargs)
-        assert_matches(ours[name], float(PRF_SCORES[name](references, predictions, **kwargs)))
+def test_binary_scores_match_sklearn(predictions: list[int], references: list[int], pos_label: int) -> None:
+    weights = np.random.default_rng(0).random(len(references)).tolist()
+    for zero_division, sample_weight in ((0.0, None), (1.0, None), (np.nan, None), (0.0, weights)):
+        kwargs = dict(pos_label=pos_label, zero_division=zero_division, sample_weight=sample_weight)
+        ours = load("precision_recall_f1").compute(predictions=predictions, references=references, **kwargs)
+        assert_prf_matches(ours, references, predictions, **kwargs)
 
 
-@pytest.mark.parametrize("name", PRF_SCORES)
 @pytest.mark.parametrize("average", ["micro", "macro", "weighted", None])
-def test_multilabel_scores_match_sklearn(name: str, average: str | None) -> None:
+@pytest.mark.parametrize("zero_division", [0.0, 1.0, np.nan])
+def test_multilabel_scores_match_sklearn(average: str | None, zero_division: float) -> None:
     for seed in SEEDS:
         predictions, references = multilabel_data(seed)
-        for labels in (None, [4, 0, 3]):
-            kwargs = dict(labels=labels, average=average, zero_division=1.0)
-            ours = load(name, "multilabel").compute(predictions=predictions, references=references, **kwargs)
-            assert_matches(ours[name], PRF_SCORES[name](np.array(references), np.array(predictions), **kwargs))
+        weights = np.random.default_rng(seed).random(len(references)).tolist()
+        for labels, sample_weight in ((None, None), ([4, 0, 3], None), (None, weights)):
+            kwargs = dict(labels=labels, average=average, sample_weight=sample_weight, zero_division=zero_division)
+            metric = load("precision_recall_f1", "multilabel")
+            ours = metric.compute(predictions=predictions, references=references, **kwargs)
+            assert_prf_matches(ours, np.array(references), np.array(predictions), **kwargs)
 
 
-@pytest.mark.parametrize("name", PRF_SCORES)
+def test_scores_equal_sklearn_precision_recall_fscore_support() -> None:
+    """The one-pass result is scikit-learn's precision_recall_fscore_support (support left out)."""
+    predictions, references = multiclass_data(0)
+    for average in ("micro", "macro", "weighted", None):
+        ours = load("precision_recall_f1").compute(predictions=predictions, references=references, average=average)
+        precision, recall, f1, _ = sklearn_metrics.precision_recall_fscore_support(
+            references, predictions, average=average, zero_division=0.0
+        )
+        for name, expected in (("precision", precision), ("recall", recall), ("f1", f1)):
+            assert_matches(ours[name], expected if average is None else float(expected))
+
+
 @pytest.mark.parametrize(
     ("config_name", "predictions", "references", "kwargs"),
     [
@@ -132,16 +154,19 @@ def test_multilabel_scores_match_sklearn(name: str, average: str | None) -> None
         (None, [3, 7], [3, 3], {}),  # pos_label=1 is not one of the two labels
         (None, [0, 1], [0, 1], {"average": "samples"}),
         (None, [0, 1], [0, 1], {"zero_division": "warn"}),
+        (None, [0, 1], [0, 1], {"zero_division": 0.5}),
+        (None, [0, 1], [0, 1], {"average": "macro", "labels": []}),
         ("multilabel", [[0, 1]], [[0, 1]], {}),  # multilabel data with average="binary"
         ("multilabel", [[0, 1]], [[0, 1]], {"average": "macro", "labels": [2]}),
+        ("multilabel", [[0, 1]], [[0, 1]], {"average": "macro", "labels": [-1]}),
         ("multilabel", [[0, 2]], [[0, 1]], {"average": "macro"}),
     ],
 )
 def test_scores_reject_bad_arguments(
-    name: str, config_name: str | None, predictions: list, references: list, kwargs: dict
+    config_name: str | None, predictions: list, references: list, kwargs: dict
 ) -> None:
     with pytest.raises(ValueError):
-        load(name, config_name).compute(predictions=predictions, references=references, **kwargs)
+        load("precision_recall_f1", config_name).compute(predictions=predictions, references=references, **kwargs)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -164,10 +189,10 @@ def test_confusion_matrix_rejects_bad_arguments(kwargs: dict) -> None:
         load("confusion_matrix").compute(predictions=[0, 1], references=[0, 1], **kwargs)
 
 
-def test_combine_accuracy_and_f1() -> None:
+def test_combine_accuracy_and_precision_recall_f1() -> None:
     predictions, references = [0, 1, 1, 0, 1], [0, 1, 0, 0, 0]
-    combined = evaluate.combine([str(METRICS_DIR / "accuracy"), str(METRICS_DIR / "f1")])
+    combined = evaluate.combine([str(METRICS_DIR / "accuracy"), str(METRICS_DIR / "precision_recall_f1")])
     result = combined.compute(predictions=predictions, references=references)
-    assert result.keys() == {"accuracy", "f1"}
+    assert result.keys() == {"accuracy", "precision", "recall", "f1"}
     assert_matches(result["accuracy"], float(sklearn_metrics.accuracy_score(references, predictions)))
-    assert_matches(result["f1"], float(sklearn_metrics.f1_score(references, predictions)))
+    assert_prf_matches({name: result[name] for name in PRF_SCORES}, references, predictions)

@@ -1,13 +1,16 @@
-"""Recall, loadable offline with `evaluate.load("<path to this directory>")`."""
+"""Precision, recall and F1 in one pass, loadable offline with `evaluate.load("<path to this directory>")`."""
 
 import datasets
 import evaluate
 import numpy as np
 
 _DESCRIPTION = """
-Recall is the fraction of actual positives that are found: recall = TP / (TP + FN).
+Precision, recall and F1 from one set of per-label counts. Precision is the fraction of predicted
+positives that are correct: TP / (TP + FP). Recall is the fraction of actual positives that are
+found: TP / (TP + FN). F1 is their harmonic mean: 2 * TP / (2 * TP + FP + FN).
 The computation is hand-written with numpy to avoid a scikit-learn dependency; it follows
-scikit-learn's `recall_score` definitions (labels, pos_label, average, sample_weight, zero_division).
+scikit-learn's `precision_recall_fscore_support` definitions (labels, pos_label, average,
+sample_weight, zero_division), i.e. what `precision_score`, `recall_score` and `f1_score` return.
 """
 
 _KWARGS_DESCRIPTION = """
@@ -17,18 +20,21 @@ Args:
     labels (`list` of `int`, optional): labels to score (column indices for "multilabel"). Defaults to
         the sorted union of the labels in predictions and references (every column for "multilabel").
     pos_label (`int`): the positive class when `average="binary"`. Defaults to 1.
-    average (`str` or `None`): "binary" (default, the score of `pos_label` on binary data), "micro"
+    average (`str` or `None`): "binary" (default, the scores of `pos_label` on binary data), "micro"
         (global counts), "macro" (unweighted mean over labels), "weighted" (mean weighted by support)
         or None (one score per label).
     sample_weight (`list` of `float`, optional): one weight per example.
-    zero_division (`float`): recall of a label that never occurs in the references (0/0): 0.0
-        (default), 1.0 or nan (nan scores are then left out of the average).
+    zero_division (`float`): score of a label whose score is 0/0 (precision: never predicted; recall:
+        never in the references; F1: neither): 0.0 (default), 1.0 or nan (nan scores are then left
+        out of the average).
 Returns:
+    precision (`float`, or `list` of `float` when `average` is None): between 0 and 1, higher is better.
     recall (`float`, or `list` of `float` when `average` is None): between 0 and 1, higher is better.
+    f1 (`float`, or `list` of `float` when `average` is None): between 0 and 1, higher is better.
 Examples:
-    >>> recall = evaluate.load("<path to this directory>")
-    >>> recall.compute(predictions=[0, 1, 1], references=[0, 1, 0])
-    {'recall': 1.0}
+    >>> precision_recall_f1 = evaluate.load("<path to this directory>")
+    >>> precision_recall_f1.compute(predictions=[0, 1, 1], references=[0, 1, 0])
+    {'precision': 0.5, 'recall': 1.0, 'f1': 0.6666666666666666}
 """
 
 _CITATION = """
@@ -43,9 +49,6 @@ _CITATION = """
 """
 
 _AVERAGES = ("binary", "micro", "macro", "weighted", None)
-
-# The helpers below are the same in f1.py, precision.py and recall.py: evaluate copies each
-# metric script on its own, so the scripts cannot share a module.
 
 
 def _to_arrays(
@@ -129,13 +132,21 @@ def _average(scores: np.ndarray, support: np.ndarray, average: str | None) -> fl
     return float(np.average(scores[kept], weights=weights))
 
 
-def _recall(tp: np.ndarray, actual: np.ndarray, zero_division: float) -> np.ndarray:
-    """Recall = TP / (TP + FN) = TP / actual positives."""
-    return _divide(tp, actual, zero_division)
+def _scores(
+    tp: np.ndarray, predicted: np.ndarray, actual: np.ndarray, zero_division: float
+) -> dict[str, np.ndarray]:
+    """Per-label precision = TP / predicted positives, recall = TP / actual positives and
+    F1 = 2 TP / (2 TP + FP + FN) = 2 TP / (predicted positives + actual positives)."""
+    return {
+        "precision": _divide(tp, predicted, zero_division),
+        "recall": _divide(tp, actual, zero_division),
+        "f1": _divide(2 * tp, predicted + actual, zero_division),
+    }
 
 
-class Recall(evaluate.Metric):
-    """Recall for single-label ("default" config) or multi-hot multilabel ("multilabel" config) classification."""
+class PrecisionRecallF1(evaluate.Metric):
+    """Precision, recall and F1 for single-label ("default" config) or multi-hot multilabel ("multilabel" config)
+    classification."""
 
     def _info(self) -> evaluate.MetricInfo:
         feature = datasets.Value("int64")
@@ -146,7 +157,9 @@ class Recall(evaluate.Metric):
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
             features=datasets.Features({"predictions": feature, "references": feature}),
-            reference_urls=["https://scikit-learn.org/stable/modules/generated/sklearn.metrics.recall_score.html"],
+            reference_urls=[
+                "https://scikit-learn.org/stable/modules/generated/sklearn.metrics.precision_recall_fscore_support.html"
+            ],
         )
 
     def _compute(
@@ -165,5 +178,5 @@ class Recall(evaluate.Metric):
         tp, predicted, actual = _label_counts(y_true, y_pred, selected, sample_weight)
         if average == "micro":
             tp, predicted, actual = tp.sum(keepdims=True), predicted.sum(keepdims=True), actual.sum(keepdims=True)
-        scores = _recall(tp, actual, zero_division)
-        return {"recall": _average(scores, actual, average)}
+        scores = _scores(tp, predicted, actual, zero_division)
+        return {name: _average(values, actual, average) for name, values in scores.items()}

@@ -36,3 +36,6 @@ else
   "$PY" -m pip install --disable-pip-version-check -e "$target"
   echo "$want" > "$stamp"
 fi
+
+# pyenv only sees new console scripts (llmkit) after a rehash; `python -m llmkit` works regardless.
+if command -v pyenv >/dev/null 2>&1; then pyenv rehash 2>/dev/null || true; fi

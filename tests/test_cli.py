@@ -147,3 +147,13 @@ def test_info_reports_versions_and_precision():
     result = invoke("info")
     assert result.exit_code == 0
     assert "transformers" in result.output and "precision: auto ->" in result.output
+
+
+def test_hub_dataset_offline_is_a_clear_error(tmp_path, tiny_config, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tiny_config["data"] = {"dataset_name": "someone/some-dataset"}
+    result = invoke("finetune", write_yaml(tmp_path / "cfg.yaml", tiny_config), "--dry-run")
+    assert result.exit_code == 2
+    assert "data.dataset_name: cannot load 'someone/some-dataset'" in result.output
+    assert "use local files" in result.output

@@ -14,6 +14,7 @@ from llmkit.errors import UserError
 # command -> (recipe module, its config class, the section that identifies its configs)
 RECIPES = {
     "finetune": ("llmkit.recipes.finetune", "FinetuneConfig", "task"),
+    "eval": ("llmkit.recipes.evaluation", "EvalConfig", "eval"),
 }
 
 app = typer.Typer(
@@ -96,6 +97,47 @@ def finetune(
         run(cfg, config_path=str(config), overwrite=overwrite, dry_run=dry_run)
 
     guarded(body)
+
+
+@app.command("eval")
+def eval_command(
+    target: str = typer.Argument(..., help="A YAML config; or a run/model directory (short form, with --data); "
+                                           "or `compare` followed by run directories."),
+    args: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP + " After `compare`: the run "
+                                                          "directories.", show_default=False),
+    data: Path | None = typer.Option(None, "--data", help="The data to evaluate (sets data.validation_file)."),
+    output_dir: Path | None = typer.Option(None, "--output-dir", "-o", help="Where eval.json and the report "
+                                                                                "go."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory."),
+) -> None:
+    """Evaluate a model or run directory (classification metrics, perplexity); `eval compare RUN...` tabulates runs."""
+
+    def body():
+        from llmkit.recipes import evaluation
+
+        if target == "compare":
+            if not args:
+                raise UserError("eval compare: give one or more run directories.")
+            typer.echo(evaluation.compare_runs(list(args)))
+            return
+        cfg = _load_eval_config(Path(target), list(args or []), data)
+        if output_dir is not None:
+            cfg.output_dir = str(output_dir)
+        evaluation.run(cfg, config_path=None if Path(target).is_dir() else target, overwrite=overwrite)
+
+    guarded(body)
+
+
+def _load_eval_config(target: Path, overrides: list[str], data: Path | None):
+    """`llmkit eval CONFIG [k=v]` or the short form `llmkit eval RUN_DIR --data PATH [k=v]`."""
+    from llmkit.config import apply_overrides, load_config, read_yaml
+    from llmkit.recipes.evaluation import EvalConfig, inherit_from_run
+
+    raw = {"model": {"name_or_path": str(target)}} if target.is_dir() else read_yaml(target)
+    if data is not None:
+        overrides = [f"data.validation_file={data}", *overrides]
+    raw = inherit_from_run(apply_overrides(raw, overrides))
+    return load_config(EvalConfig, None, data=raw)
 
 
 @app.command()

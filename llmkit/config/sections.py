@@ -152,10 +152,14 @@ class DataConfig:
     def file_keys(self) -> list[str]:
         return ["train_file", "validation_file", "test_file"]
 
+    def require_training_data(self) -> list[ConfigIssue]:
+        """For training commands: a training split must come from somewhere."""
+        if self.train_file is None and self.dataset_name is None:
+            return [ConfigIssue("data.train_file", "no training data: set data.train_file (or data.dataset_name).")]
+        return []
+
     def validate(self) -> list[ConfigIssue]:
         issues = []
-        if self.train_file is None and self.dataset_name is None:
-            issues.append(ConfigIssue("train_file", "no training data: set data.train_file (or data.dataset_name)."))
         for key in self.file_keys():
             value = getattr(self, key)
             if value is None:

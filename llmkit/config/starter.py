@@ -20,6 +20,10 @@ STARTER_VALUES = {
                   "per_device_eval_batch_size": 64, "gradient_accumulation_steps": 1, "warmup_steps": 0.1,
                   "weight_decay": 0.01, "seed": 42},
     },
+    "eval": {
+        "model": {"name_or_path": "runs/quickstart"},
+        "data": {"validation_file": "dev.csv"},
+    },
 }
 
 

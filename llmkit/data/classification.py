@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,9 @@ def infer_label_names(train: Any, cfg: Any, multi_label: bool) -> list[str]:
     """Class names: from data.label_names, else the sorted distinct labels of the training data."""
     if cfg.label_names:
         return [str(n) for n in cfg.label_names]
+    if train is None:
+        raise UserError("data.label_names: there is no training data to read the label set from; list the "
+                        "classes in data.label_names.")
     values = train[cfg.label_column]
     if multi_label:
         values = [v for row in values for v in _label_list(row, cfg.label_separator)]
@@ -130,16 +134,23 @@ def token_stats(splits: Any) -> dict:
     return stats
 
 
-def prepare_classification_data(cfg: Any, tokenizer: Any, multi_label: bool, seed: int) -> PreparedData:
-    """Load, label and tokenize the data (or take it from the cache)."""
+def prepare_classification_data(cfg: Any, tokenizer: Any, multi_label: bool, seed: int,
+                                label_names: list[str] | None = None) -> PreparedData:
+    """Load, label and tokenize the data (or take it from the cache).
+
+    `label_names` fixes the label set (e.g. a trained model's `id2label` for
+    evaluation); otherwise it comes from data.label_names or the training data.
+    """
     import datasets
 
     start = time.perf_counter()
+    if label_names is not None:
+        cfg = dataclasses.replace(cfg, label_names=list(label_names))
 
     def build():
         raw = load_raw_splits(cfg, seed)
         require_columns(raw, cfg, ["text_column", "text_pair_column", "label_column"])
-        names = infer_label_names(raw["train"], cfg, multi_label)
+        names = infer_label_names(raw.get("train"), cfg, multi_label)
         if len(names) < 2 and not multi_label:
             raise UserError(f"data.label_column: the training data has only one class ({', '.join(names)}); "
                             "classification needs at least two.")

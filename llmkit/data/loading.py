@@ -88,7 +88,7 @@ def load_hub_splits(cfg: Any) -> dict:
 
 def load_raw_splits(cfg: Any, seed: int) -> dict:
     """All splits as `datasets.Dataset`s: files or hub, plus validation_split and sample limits."""
-    if cfg.train_file is None:
+    if cfg.dataset_name is not None and cfg.train_file is None:
         splits = load_hub_splits(cfg)
     else:
         splits = {name: load_file_split(key, getattr(cfg, key), cfg)
@@ -96,12 +96,12 @@ def load_raw_splits(cfg: Any, seed: int) -> dict:
     for name, ds in splits.items():
         if len(ds) == 0:
             raise UserError(f"data.{SPLIT_KEYS[name]}: the {name} data is empty (0 rows). Check the file.")
-    if cfg.validation_split is not None:
+    if cfg.validation_split is not None and "train" in splits:
         if "validation" in splits:
             raise UserError("data.validation_split: the data already has a validation split; drop one of them.")
         parts = splits["train"].train_test_split(test_size=cfg.validation_split, seed=seed)
         splits["train"], splits["validation"] = parts["train"], parts["test"]
-    if cfg.max_train_samples is not None and cfg.max_train_samples < len(splits["train"]):
+    if "train" in splits and cfg.max_train_samples is not None and cfg.max_train_samples < len(splits["train"]):
         splits["train"] = splits["train"].shuffle(seed=seed).select(range(cfg.max_train_samples))
     for name in ("validation", "test"):
         if name in splits and cfg.max_eval_samples is not None and cfg.max_eval_samples < len(splits[name]):

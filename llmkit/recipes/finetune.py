@@ -45,6 +45,9 @@ class FinetuneConfig:
                              default_factory=TrainConfig)
     output_dir: str | None = opt("Run directory (default: runs/finetune-<config name>-<time>).", default=None)
 
+    def validate(self) -> list[ConfigIssue]:
+        return self.data.require_training_data()
+
 
 def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool = False,
         dry_run: bool = False) -> dict:
@@ -113,7 +116,7 @@ def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool 
         prefix = "eval" if split == "validation" else "test"
         out = trainer.predict(data.splits[split], metric_key_prefix=prefix)
         metrics.update({k: v for k, v in out.metrics.items() if not k.endswith(("_runtime", "_per_second"))})
-        sections += _classification_sections(split, metrics_fn, out.predictions, out.label_ids, prefix, metrics)
+        sections += classification_sections(split, metrics_fn, out.predictions, out.label_ids, prefix, metrics)
     return result.finish(metrics, sections, summary={
         "model": cfg.model.name_or_path or f"from_config ({cfg.model.from_config.family})",
         "task": cfg.task.type + (" (multi-label)" if cfg.task.multi_label else ""),
@@ -133,7 +136,7 @@ def _describe_splits(stats: dict) -> str:
     return ", ".join(f"{name} {s['examples']} examples / {s['tokens']} tokens" for name, s in stats.items())
 
 
-def _classification_sections(split: str, metrics_fn, predictions, label_ids, prefix: str, metrics: dict):
+def classification_sections(split: str, metrics_fn, predictions, label_ids, prefix: str, metrics: dict):
     """Per-class scores and the confusion matrix for report.md."""
     from llmkit.metrics.classification import metric_suffix
     from llmkit.training.report import markdown_table

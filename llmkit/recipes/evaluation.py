@@ -1,0 +1,383 @@
+"""`llmkit eval`: evaluate a model, a model directory or an llmkit run directory.
+
+Classification (accuracy, macro and per-class precision/recall/F1, confusion
+matrix) and perplexity (sliding window for causal LMs, fixed-seed masking for
+masked LMs). Reads top to bottom: model source -> task -> data -> metrics ->
+eval.json + report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from llmkit.config.sections import DataConfig, ModelConfig, TokenizerConfig, opt
+from llmkit.errors import ConfigIssue, UserError
+
+COMMAND = "eval"
+# Data settings an eval of a run directory inherits from the run's config unless the eval config sets them.
+ENCODER_TYPES = ("bert", "roberta", "distilbert", "electra", "deberta", "deberta-v2", "xlm-roberta")
+INHERITED_DATA_KEYS = ("text_column", "text_pair_column", "label_column", "label_separator", "max_length", "format",
+                       "column_names")
+
+
+@dataclass
+class PerplexitySpec:
+    """Perplexity settings."""
+
+    max_length: int = opt("Tokens per window (causal LMs) or per block (masked LMs).", default=512)
+    stride: int = opt("Causal LMs: step between windows; each window scores only the tokens no earlier window "
+                      "scored, with up to max_length - stride tokens of context.", default=256)
+    mlm_probability: float = opt("Masked LMs: share of tokens masked (and scored), with a fixed seed.", default=0.15)
+    seed: int = opt("Masked LMs: seed of the masking.", default=0)
+
+    def validate(self) -> list[ConfigIssue]:
+        issues = []
+        if self.max_length < 2:
+            issues.append(ConfigIssue("max_length", f"must be >= 2, got {self.max_length}."))
+        if self.stride < 1 or self.stride > self.max_length:
+            issues.append(ConfigIssue("stride", f"must be between 1 and max_length={self.max_length}, got "
+                                                f"{self.stride}: a stride larger than the window would skip tokens."))
+        if not 0 < self.mlm_probability < 1:
+            issues.append(ConfigIssue("mlm_probability", f"must be between 0 and 1, got {self.mlm_probability}."))
+        return issues
+
+
+@dataclass
+class EvalSection:
+    """What to evaluate and how."""
+
+    task: Literal["auto", "classification", "perplexity"] = opt(
+        "auto: from the run directory's config, else from the model's architecture (classification head -> "
+        "classification, language-model head -> perplexity).", default="auto")
+    batch_size: int = opt("Examples (or windows) per forward pass; batches are sorted by length.", default=32)
+    precision: Literal["fp32", "bf16"] = opt("fp32 gives exact figures; bf16 autocast is faster on CPUs with "
+                                             "AVX512-BF16/AMX and on GPUs.", default="fp32")
+    threshold: float | None = opt("Multi-label: probability above which a class is predicted (default: the "
+                                  "run's task.threshold, else 0.5).", default=None)
+    perplexity: PerplexitySpec = opt("Perplexity settings.", default_factory=PerplexitySpec)
+
+    def validate(self) -> list[ConfigIssue]:
+        if self.batch_size < 1:
+            return [ConfigIssue("batch_size", f"must be >= 1, got {self.batch_size}.")]
+        return []
+
+
+@dataclass
+class EvalConfig:
+    """`llmkit eval` config."""
+
+    model: ModelConfig = opt("The model: a run directory, a model directory, a hub id or pkg:MODULE.")
+    data: DataConfig = opt("The data to evaluate: data.validation_file (and data.test_file), or --data PATH.")
+    eval: EvalSection = opt("What to evaluate.", default_factory=EvalSection)
+    tokenizer: TokenizerConfig = opt("The tokenizer (default: the model's).", default_factory=TokenizerConfig)
+    output_dir: str | None = opt("Where eval.json and the report go (default: runs/eval-<model>-<time>).",
+                                 default=None)
+
+    def validate(self) -> list[ConfigIssue]:
+        if self.data.validation_file is None and self.data.test_file is None and self.data.dataset_name is None:
+            return [ConfigIssue("data.validation_file", "nothing to evaluate: set data.validation_file (or "
+                                                        "data.test_file), or pass --data PATH.")]
+        return []
+
+
+# ---------------------------------------------------------------- run directories
+
+
+@dataclass
+class RunDirectory:
+    """An llmkit run directory: its saved config and its model folder."""
+
+    path: Path
+    config: dict
+
+    @property
+    def model_dir(self) -> Path:
+        return self.path / "model"
+
+
+def find_run_directory(name: str | None) -> RunDirectory | None:
+    """The run directory `name` points to, or None for an ordinary model reference."""
+    if not name:
+        return None
+    path = Path(name).expanduser()
+    if not (path / "config.yaml").is_file():
+        return None
+    import yaml
+
+    if not (path / "model" / "config.json").is_file():
+        raise UserError(f"model.name_or_path: {path} is an llmkit run directory without a model (no "
+                        "model/config.json): the run did not finish. Resume it with train.resume=auto, or point "
+                        "to a checkpoint folder under checkpoints/.")
+    return RunDirectory(path=path.resolve(), config=yaml.safe_load((path / "config.yaml").read_text()) or {})
+
+
+def inherit_from_run(raw: dict) -> dict:
+    """Fill the data settings of an eval config from the run directory it evaluates (explicit keys win)."""
+    run = find_run_directory((raw.get("model") or {}).get("name_or_path"))
+    if run is None:
+        return raw
+    saved = run.config.get("data") or {}
+    data = dict(raw.get("data") or {})
+    for key in INHERITED_DATA_KEYS:
+        if key not in data and saved.get(key) is not None:
+            data[key] = saved[key]
+    return {**raw, "data": data}
+
+
+# ---------------------------------------------------------------- the recipe
+
+
+def run(cfg: EvalConfig, *, config_path: str | None = None, overwrite: bool = False) -> dict:
+    """Evaluate; write eval.json and report.md; return the figures."""
+    from llmkit.models.loading import load_tokenizer
+
+    run_dir = find_run_directory(cfg.model.name_or_path)
+    model_cfg = dataclasses.replace(cfg.model, name_or_path=str(run_dir.model_dir)) if run_dir else cfg.model
+    tokenizer = load_tokenizer(model_cfg, cfg.tokenizer)
+    task, model_kind = detect_task(cfg, model_cfg, run_dir)
+    start = time.perf_counter()
+    if task == "classification":
+        metrics, sections, extra = evaluate_classification(cfg, model_cfg, tokenizer, run_dir)
+    else:
+        metrics, sections, extra = evaluate_perplexity(cfg, model_cfg, tokenizer, model_kind)
+    metrics["eval_seconds"] = round(time.perf_counter() - start, 3)
+    return write_outputs(cfg, config_path, overwrite, task, metrics, sections, extra, run_dir)
+
+
+def detect_task(cfg: EvalConfig, model_cfg: ModelConfig, run_dir: RunDirectory | None) -> tuple[str, str]:
+    """(task, model kind): classification/seq-cls, or perplexity/causal|masked."""
+    kind = _model_kind(model_cfg)
+    task = cfg.eval.task
+    if task == "auto":
+        saved_task = ((run_dir.config.get("task") or {}).get("type") if run_dir else None)
+        task = "classification" if saved_task == "sequence-classification" or kind == "seq-cls" else "perplexity"
+    if task == "classification" and kind != "seq-cls":
+        raise UserError(f"eval.task: classification needs a model with a classification head; "
+                        f"{model_cfg.name_or_path} is a {kind} model. Use eval.task=perplexity.")
+    if task == "perplexity" and kind == "seq-cls":
+        raise UserError(f"eval.task: {model_cfg.name_or_path} is a classification model; perplexity needs a "
+                        "language model. Use eval.task=classification.")
+    return task, kind
+
+
+def _model_kind(model_cfg: ModelConfig) -> str:
+    """'seq-cls', 'causal' or 'masked', from the model's saved architecture."""
+    from transformers import AutoConfig
+
+    from llmkit.models.loading import quiet_transformers
+    from llmkit.models.resolve import resolve_model_path
+
+    if model_cfg.from_config is not None:
+        return "masked" if model_cfg.from_config.family == "bert" else "causal"
+    try:
+        with quiet_transformers():
+            config = AutoConfig.from_pretrained(resolve_model_path(model_cfg.name_or_path),
+                                                trust_remote_code=model_cfg.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UserError(f"model.name_or_path: cannot read the model config of {model_cfg.name_or_path!r}: "
+                        f"{e}".splitlines()[0]) from None
+    archs = " ".join(config.architectures or [])
+    if "SequenceClassification" in archs:
+        return "seq-cls"
+    if "MaskedLM" in archs:
+        return "masked"
+    if "CausalLM" in archs or "LMHead" in archs:
+        return "causal"
+    return "masked" if config.model_type in ENCODER_TYPES else "causal"
+
+
+# ---------------------------------------------------------------- classification
+
+
+def evaluate_classification(cfg: EvalConfig, model_cfg: ModelConfig, tokenizer: Any, run_dir: RunDirectory | None):
+    """Accuracy, macro and per-class scores and the confusion matrix on every given split."""
+    from llmkit.data.classification import prepare_classification_data
+    from llmkit.metrics.classification import ClassificationMetrics
+    from llmkit.models.loading import check_sequence_length, load_model
+    from llmkit.recipes.finetune import classification_sections
+
+    model, _ = load_model("AutoModelForSequenceClassification", model_cfg, tokenizer)
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    multi_label = model.config.problem_type == "multi_label_classification"
+    saved_threshold = ((run_dir.config.get("task") or {}).get("threshold") if run_dir else None)
+    threshold = cfg.eval.threshold or saved_threshold or 0.5
+    data = prepare_classification_data(cfg.data, tokenizer, multi_label, seed=0, label_names=labels)
+    check_sequence_length(model, data.stats)
+    metrics_fn = ClassificationMetrics(labels, multi_label, threshold)
+    metrics, sections, extra = {}, [], {"confusion_matrices": {}}
+    for split, ds in data.splits.items():
+        prefix = "eval" if split == "validation" else split
+        logits, tokens, seconds = predict_logits(model, tokenizer, ds, cfg.eval.batch_size, cfg.eval.precision)
+        preds = metrics_fn.predictions_from_logits(logits)
+        refs = ds["labels"]
+        scores = metrics_fn.compute(preds, refs)
+        metrics.update({f"{prefix}_{k}": v for k, v in scores.items()})
+        metrics.update({f"{prefix}_examples": len(ds), f"{prefix}_tokens": tokens,
+                        f"{prefix}_tokens_per_second": round(tokens / seconds, 1)})
+        sections += classification_sections(split, metrics_fn, preds, refs, prefix, metrics)
+        extra["confusion_matrices"][split] = metrics_fn.confusion_matrix(preds, refs)
+    extra.update(labels=labels, multi_label=multi_label, threshold=threshold if multi_label else None)
+    return metrics, sections, extra
+
+
+def predict_logits(model: Any, tokenizer: Any, dataset: Any, batch_size: int, precision: str):
+    """Logits for every example, in dataset order; batches sorted by length to cut padding.
+
+    Returns (logits tensor, real tokens processed, seconds spent in forward passes).
+    """
+    import torch
+    from transformers import DataCollatorWithPadding
+
+    collate = DataCollatorWithPadding(tokenizer)
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    features = [{k: v for k, v in row.items() if k != "labels"} for row in dataset]
+    device = next(model.parameters()).device
+    model.eval()
+    out: list[Any] = [None] * len(order)
+    seconds = 0.0
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            batch = {k: v.to(device) for k, v in collate([features[j] for j in idx]).items()}
+            start = time.perf_counter()
+            logits = model(**batch).logits.float().cpu()
+            seconds += time.perf_counter() - start
+            for j, row in zip(idx, logits):
+                out[j] = row
+    return torch.stack(out), sum(lengths), max(seconds, 1e-9)
+
+
+# ---------------------------------------------------------------- perplexity
+
+
+def read_eval_text(cfg: DataConfig) -> tuple[str, str]:
+    """The text to score and where it came from: a whole text file, or the text column joined by blank lines."""
+    from llmkit.data.loading import load_file_split, require_columns
+
+    key = "validation_file" if cfg.validation_file is not None else "test_file"
+    files = getattr(cfg, key)
+    files = [files] if isinstance(files, str) else list(files)
+    if all(Path(f).suffix.lower() == ".txt" for f in files) and cfg.format in ("auto", "text"):
+        return "".join(Path(f).read_text(encoding="utf-8") for f in files), ", ".join(files)
+    ds = load_file_split(key, files, cfg)
+    require_columns({"validation": ds}, cfg, ["text_column"])
+    return "\n\n".join(str(t) for t in ds[cfg.text_column] if t is not None), ", ".join(files)
+
+
+def evaluate_perplexity(cfg: EvalConfig, model_cfg: ModelConfig, tokenizer: Any, kind: str):
+    """Perplexity, NLL, tokens scored and bits per byte of the evaluation text."""
+    import torch
+
+    from llmkit.metrics import perplexity as ppl
+    from llmkit.models.loading import load_model
+
+    spec = cfg.eval.perplexity
+    text, source = read_eval_text(cfg.data)
+    if not text.strip():
+        raise UserError(f"data.validation_file: {source} holds no text to score.")
+    n_bytes = len(text.encode("utf-8"))
+    ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    auto = "AutoModelForCausalLM" if kind == "causal" else "AutoModelForMaskedLM"
+    model, missing = load_model(auto, model_cfg, tokenizer)
+    if missing and any("lm_head" in k or "predictions" in k or "cls." in k for k in missing):
+        raise UserError(f"model.name_or_path: {model_cfg.name_or_path} has no trained language-model head "
+                        f"(missing: {', '.join(sorted(missing)[:3])}); its perplexity would be meaningless.")
+    limit = getattr(model.config, "max_position_embeddings", None) or spec.max_length
+    if spec.max_length > limit:
+        raise UserError(f"eval.perplexity.max_length: {spec.max_length} is more than the model's {limit} "
+                        f"positions; set eval.perplexity.max_length={limit} (or lower).")
+    model.eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.eval.precision == "bf16"):
+        if kind == "causal":
+            bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+            result = ppl.causal_lm_perplexity(model, bos + ids, spec.max_length, spec.stride, cfg.eval.batch_size)
+            settings = {"method": "sliding window", "max_length": spec.max_length, "stride": spec.stride,
+                        "bos_prepended": bool(bos)}
+        else:
+            body = spec.max_length - 2
+            blocks = [tokenizer.build_inputs_with_special_tokens(ids[i:i + body]) for i in range(0, len(ids), body)]
+            result = ppl.masked_lm_perplexity(
+                model, blocks, lambda b: tokenizer.get_special_tokens_mask(b, already_has_special_tokens=True),
+                tokenizer.mask_token_id, len(tokenizer), spec.mlm_probability, spec.seed, cfg.eval.batch_size,
+                pad_token_id=tokenizer.pad_token_id or 0)
+            settings = {"method": "fixed-seed masking", "block_size": spec.max_length,
+                        "mlm_probability": spec.mlm_probability, "seed": spec.seed}
+    metrics = result.as_dict(prefix="eval_", n_bytes=n_bytes)
+    metrics.update(eval_bytes=n_bytes, eval_text_tokens=len(ids))
+    return metrics, [], {"perplexity_settings": {**settings, "model_kind": kind, "source": source}}
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def write_outputs(cfg: EvalConfig, config_path: str | None, overwrite: bool, task: str, metrics: dict,
+                  sections: list, extra: dict, run_dir: RunDirectory | None) -> dict:
+    """eval.json (figures + the settings that produced them), config.yaml, env.json, report.md, a table."""
+    from llmkit.config.loader import save_config
+    from llmkit.config.schema import to_dict
+    from llmkit.training import rundir
+    from llmkit.training.report import plot_confusion_matrix, write_report
+
+    name = run_dir.path.name if run_dir else Path(str(cfg.model.name_or_path or "model")).name
+    out = rundir.prepare_run_dir(Path(cfg.output_dir) if cfg.output_dir else
+                                 rundir.default_run_dir(COMMAND, config_path or name), overwrite, resume=None)
+    save_config(cfg, out / "config.yaml", COMMAND)
+    rundir.write_json(out / "env.json", rundir.environment(cfg.eval.precision, 1))
+    for split, matrix in (extra.get("confusion_matrices") or {}).items():
+        if matrix is not None:
+            plot_confusion_matrix(matrix, extra["labels"], out / f"confusion_matrix_{split}.png", split)
+    record = {"task": task, "model": cfg.model.name_or_path, "run_directory": str(run_dir.path) if run_dir else None,
+              "metrics": metrics, "settings": {"eval": to_dict(cfg.eval), "data": to_dict(cfg.data)},
+              **{k: v for k, v in extra.items()}}
+    rundir.write_json(out / "eval.json", record)
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    write_report(out, f"llmkit eval ({task})", {"model": cfg.model.name_or_path, "output": str(out)}, numbers,
+                 sections, history=[])
+    print_table(numbers)
+    for heading, body in sections:
+        if heading.startswith("Confusion matrix"):
+            print(f"\n{heading}\n{body}")
+    print(f"\neval: {out / 'eval.json'}")
+    return metrics
+
+
+def print_table(metrics: dict) -> None:
+    width = max(len(k) for k in metrics) if metrics else 0
+    for key, value in metrics.items():
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        print(f"  {key:<{width}}  {shown}")
+
+
+# ---------------------------------------------------------------- compare
+
+HEADLINE = ("eval_accuracy", "eval_f1", "test_accuracy", "test_f1", "eval_loss", "eval_perplexity",
+            "eval_bits_per_byte", "eval_exact_match", "train_runtime", "trainable_params")
+
+
+def compare_runs(paths: list[str]) -> str:
+    """One markdown table across run or eval directories (eval.json preferred, else metrics.json)."""
+    rows = []
+    for p in paths:
+        path = Path(p)
+        for name in ("eval.json", "metrics.json"):
+            if (path / name).is_file():
+                data = json.loads((path / name).read_text())
+                rows.append((path.name, data.get("metrics", data)))
+                break
+        else:
+            raise UserError(f"compare: {p} holds neither eval.json nor metrics.json; give llmkit run or eval "
+                            "directories.")
+    present = [k for k in HEADLINE if any(k in m for _, m in rows)]
+    if not present:
+        raise UserError("compare: these directories share no headline metric to compare.")
+    lines = ["| run | " + " | ".join(present) + " |", "|---|" + "---|" * len(present)]
+    for name, m in rows:
+        cells = [(f"{m[k]:.4f}" if isinstance(m[k], float) else str(m[k])) if k in m else "–" for k in present]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

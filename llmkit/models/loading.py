@@ -41,16 +41,42 @@ def _resolve(key: str, name: str) -> str:
         raise UserError(f"{key}: {e}") from None
 
 
+def model_source(model_cfg: Any) -> str:
+    """The path (or hub id) to load the model from: the converted directory for `model.gguf_file` (converted
+    on first use), else the resolved `model.name_or_path`."""
+    if getattr(model_cfg, "gguf_file", None):
+        from llmkit.models.gguf import convert_gguf, gguf_path
+
+        try:
+            source = gguf_path(model_cfg)
+        except ModelNotFound as e:
+            raise UserError(f"model.name_or_path: {e}") from None
+        return str(convert_gguf(source))
+    return _resolve("model.name_or_path", model_cfg.name_or_path)
+
+
+def model_label(model_cfg: Any) -> str:
+    """How a model is named in messages and reports: its reference, GGUF file, or from_config family."""
+    gguf_file = getattr(model_cfg, "gguf_file", None)
+    if gguf_file:
+        return f"{model_cfg.name_or_path}/{gguf_file}" if model_cfg.name_or_path else gguf_file
+    if model_cfg.name_or_path:
+        return model_cfg.name_or_path
+    return f"from_config ({model_cfg.from_config.family})" if model_cfg.from_config else "model"
+
+
 def load_tokenizer(model_cfg: Any, tok_cfg: Any):
     """The tokenizer from `tokenizer.name_or_path`, else from the model; pad token set if missing."""
     from transformers import AutoTokenizer
 
-    name = tok_cfg.name_or_path or model_cfg.name_or_path
-    key = "tokenizer.name_or_path" if tok_cfg.name_or_path else "model.name_or_path"
+    gguf_file = getattr(model_cfg, "gguf_file", None)
+    name = tok_cfg.name_or_path or model_label(model_cfg)
+    key = ("tokenizer.name_or_path" if tok_cfg.name_or_path else
+           "model.gguf_file" if gguf_file else "model.name_or_path")
     if not name:
         raise UserError("tokenizer.name_or_path: model.from_config builds a new model, which has no tokenizer; set "
                         "tokenizer.name_or_path to a tokenizer directory or hub id.")
-    path = _resolve(key, name)
+    path = _resolve(key, tok_cfg.name_or_path) if tok_cfg.name_or_path else model_source(model_cfg)
     kwargs = {"revision": model_cfg.revision, "trust_remote_code": model_cfg.trust_remote_code}
     if tok_cfg.padding_side:
         kwargs["padding_side"] = tok_cfg.padding_side
@@ -99,18 +125,20 @@ def load_model(auto_class_name: str, model_cfg: Any, tokenizer: Any, **task_kwar
     if model_cfg.from_config is not None:
         config = build_model_config(model_cfg.from_config, tokenizer, **task_kwargs)
         return auto_cls.from_config(config, **common), set()
-    path = _resolve("model.name_or_path", model_cfg.name_or_path)
+    path = model_source(model_cfg)
+    key = "model.gguf_file" if getattr(model_cfg, "gguf_file", None) else "model.name_or_path"
+    label = model_label(model_cfg)
+    revision = None if key == "model.gguf_file" else model_cfg.revision  # the converted directory is local
     try:
         with quiet_transformers():
-            model, info = auto_cls.from_pretrained(path, revision=model_cfg.revision, output_loading_info=True,
+            model, info = auto_cls.from_pretrained(path, revision=revision, output_loading_info=True,
                                                    trust_remote_code=model_cfg.trust_remote_code, **common,
                                                    **task_kwargs)
     except (OSError, ValueError) as e:
-        raise UserError(f"model.name_or_path: cannot load {model_cfg.name_or_path!r}: {first_line(e)} If this is "
+        raise UserError(f"{key}: cannot load {label!r}: {first_line(e)} If this is "
                         "a hub id and you are offline, download it first or point to a local directory.") from None
     except RuntimeError as e:
-        raise UserError(f"model.name_or_path: {model_cfg.name_or_path!r} does not fit this task: "
-                        f"{first_line(e)}") from None
+        raise UserError(f"{key}: {label!r} does not fit this task: {first_line(e)}") from None
     if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, set(info.get("missing_keys", ()))

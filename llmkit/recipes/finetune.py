@@ -56,7 +56,14 @@ def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool 
 
     from llmkit.data.classification import prepare_classification_data
     from llmkit.metrics.classification import ClassificationMetrics, classification_report
-    from llmkit.models.loading import check_sequence_length, count_parameters, freeze, load_model, load_tokenizer
+    from llmkit.models.loading import (
+        check_sequence_length,
+        count_parameters,
+        freeze,
+        load_model,
+        load_tokenizer,
+        model_label,
+    )
     from llmkit.training import rundir
     from llmkit.training.arguments import TrainingArgumentsError, make_training_arguments, resolve_precision
     from llmkit.training.loop import train_and_save
@@ -119,7 +126,7 @@ def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool 
         sections += classification_report(split, metrics_fn, out.predictions, out.label_ids, prefix, metrics,
                                           run_dir if trainer.is_world_process_zero() else None)[0]
     return result.finish(metrics, sections, summary={
-        "model": cfg.model.name_or_path or f"from_config ({cfg.model.from_config.family})",
+        "model": model_label(cfg.model),
         "task": cfg.task.type + (" (multi-label)" if cfg.task.multi_label else ""),
         "classes": ", ".join(labels),
         "data": _describe_splits(data.stats),

@@ -1,0 +1,166 @@
+"""`model.gguf_file`: convert a local GGUF file once into a cached safetensors directory.
+
+Loading a GGUF file through transformers dequantises every tensor (about 15 s for
+a 135M model); the converted directory under `$LLMKIT_CACHE/gguf/<content hash>`
+loads in well under a second, so only the first run pays. No heavy imports here:
+the config validation uses `gguf_path`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from llmkit.errors import UserError, first_line
+
+MARKER = "llmkit-gguf.json"  # written last: a directory without it is an interrupted conversion
+INDEX = "index.json"  # (path, size, mtime) -> sha256, so big files are not re-hashed on every run
+CHUNK = 1 << 20
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("LLMKIT_CACHE") or Path.home() / ".cache" / "llmkit").expanduser() / "gguf"
+
+
+def gguf_path(model_cfg: Any) -> Path:
+    """The GGUF file a `ModelConfig` names: `gguf_file` alone, or inside the `name_or_path` directory."""
+    from llmkit.models.resolve import resolve_model_path
+
+    path = Path(model_cfg.gguf_file).expanduser()
+    if model_cfg.name_or_path and not path.is_absolute():
+        path = Path(resolve_model_path(model_cfg.name_or_path)) / path
+    return path.resolve()
+
+
+def _read_index(root: Path) -> dict:
+    try:
+        return json.loads((root / INDEX).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Write atomically (temp file + rename) so concurrent runs never read half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=1)
+    os.replace(tmp, path)
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of the file's content (1 MiB chunks), remembered by (path, size, mtime) in the cache index."""
+    path = Path(path).resolve()
+    st = path.stat()
+    root = cache_root()
+    index = _read_index(root)
+    entry = index.get(str(path))
+    if entry and entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns:
+        return entry["sha256"]
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(CHUNK), b""):
+            h.update(chunk)
+    digest = h.hexdigest()
+    index = _read_index(root)  # re-read: another run may have added entries meanwhile
+    index[str(path)] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+    with contextlib.suppress(OSError):
+        _write_json(root / INDEX, index)
+    return digest
+
+
+def gguf_cache_dir(gguf_path: str | Path) -> Path:
+    """Where the conversion of this file lives: `$LLMKIT_CACHE/gguf/<first 16 hex of its sha256>`."""
+    return cache_root() / file_digest(gguf_path)[:16]
+
+
+def is_converted(target: Path) -> bool:
+    return (target / MARKER).is_file()
+
+
+def require_gguf_package() -> None:
+    if importlib.util.find_spec("gguf") is None:
+        raise UserError("model.gguf_file: reading GGUF files needs the gguf package; pip install gguf "
+                        "(or pip install 'llmkit[gguf]').")
+
+
+@contextlib.contextmanager
+def _no_progress_bars():
+    """No progress bars while converting (the GGUF reader's own tqdm bar cannot be switched off otherwise), so
+    llmkit's report stays one line."""
+    from transformers.utils import logging as hf_logging
+
+    try:
+        import transformers.modeling_gguf_pytorch_utils as reader
+    except ImportError:
+        reader = None
+    original = getattr(reader, "tqdm", None)
+    if original is not None:
+        reader.tqdm = lambda iterable, *args, **kwargs: iterable
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # "Loading weights" / "Writing model shards"
+    try:
+        yield
+    finally:
+        if original is not None:
+            reader.tqdm = original
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def convert_gguf(gguf_path: str | Path) -> Path:
+    """The cached safetensors directory (model + tokenizer) for a GGUF file; converts it on first use."""
+    source = Path(gguf_path).expanduser().resolve()
+    if not source.is_file():
+        raise UserError(f"model.gguf_file: no GGUF file at {str(source)!r}. Check the path.")
+    target = gguf_cache_dir(source)
+    if is_converted(target):
+        return target
+    require_gguf_package()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmkit.models.loading import quiet_transformers
+
+    print(f"converting {source.name} (once) -> {target}", end="", flush=True)
+    start = time.perf_counter()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f"{target.name}.tmp-"))
+    try:
+        try:
+            with quiet_transformers(), _no_progress_bars():
+                model = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name)
+                tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
+        except (OSError, ValueError, RuntimeError, KeyError) as e:
+            print()
+            raise UserError(f"model.gguf_file: cannot load {str(source)!r}: {first_line(e)} transformers reads "
+                            "GGUF files of the architectures it supports (llama, mistral, qwen2, gpt2, ...).") from None
+        # The dequantised weights are plain tensors; transformers refuses to save while it still sees the
+        # gguf quantizer, so drop it.
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.hf_quantizer = None
+        model.is_quantized = False
+        with quiet_transformers(), _no_progress_bars():
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        _write_json(tmp / MARKER, {"source": str(source), "sha256": file_digest(source),
+                                   "converted": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        if target.exists() and not is_converted(target):
+            shutil.rmtree(target, ignore_errors=True)  # an interrupted conversion from an earlier run
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not is_converted(target):  # another run finished first: use its result
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f" ({time.perf_counter() - start:.1f} s)", flush=True)
+    return target

@@ -157,3 +157,16 @@ def test_hub_dataset_offline_is_a_clear_error(tmp_path, tiny_config, monkeypatch
     assert result.exit_code == 2
     assert "data.dataset_name: cannot load 'someone/some-dataset'" in result.output
     assert "use local files" in result.output
+
+
+def test_init_covers_every_command(tmp_path):
+    from llmkit.cli import RECIPES
+
+    for command in RECIPES:
+        out = tmp_path / f"{command}.yaml"
+        result = invoke("init", command, "--output", out)
+        assert result.exit_code == 0, result.output
+        text = out.read_text()
+        assert text.startswith(f"# llmkit {command} config.")
+        assert yaml.safe_load(text)["model"]["name_or_path"]  # a starting model is filled in
+    assert invoke("init", "nonsense").exit_code == 2

@@ -16,8 +16,9 @@ from typing import Any, Literal
 from llmkit.errors import ConfigIssue
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
-DATA_FORMATS = ("csv", "tsv", "json", "jsonl", "parquet", "text", "disk")
+DATA_FORMATS = ("csv", "tsv", "json", "jsonl", "parquet", "text", "disk", "conll")
 EXTENSION_FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet",
+                     ".conll": "conll",
                      ".txt": "text"}
 
 
@@ -154,13 +155,18 @@ class DataConfig:
                             default="train")
     eval_split: str = opt("Split used for validation when it exists.", default="validation")
     test_split: str | None = opt("Split used for testing when it exists.", default="test")
-    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "text", "disk"] = opt(
-        "File format; auto infers it from the extension.", default="auto")
+    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "text", "disk", "conll"] = opt(
+        "File format; auto infers it from the extension (.conll: CoNLL-style, one token per line with its tag "
+        "in the last column, blank lines between sentences).", default="auto")
     column_names: list[str] | None = opt("Column names for a csv/tsv file without a header row.", default=None)
     text_column: str = opt("Column holding the text.", default="text")
     text_pair_column: str | None = opt("Column holding the second text of a pair (NLI, paraphrase).",
                                         default=None)
     label_column: str = opt("Column holding the label.", default="label")
+    tokens_column: str = opt("Token classification: column holding each sentence's words (a list).",
+                             default="tokens")
+    tags_column: str = opt("Token classification: column holding one tag per word (a list; BIO/IOB2 tags "
+                           "for entity scores).", default="tags")
     label_names: list[str] | None = opt(
         "Class names in label-id order. Default: read from the training data (sorted). Integer labels index into "
         "this list.", default=None)

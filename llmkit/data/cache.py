@@ -41,6 +41,13 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def files_digest(value: str | list[str] | None) -> list[str] | None:
+    """Digests of a data setting's file(s) (None when unset), for cache keys."""
+    if value is None:
+        return None
+    return [file_digest(v) for v in ([value] if isinstance(value, str) else value)]
+
+
 def tokenizer_digest(tokenizer: Any) -> str:
     """A hash of everything about a tokenizer that changes its output."""
     h = hashlib.sha256()

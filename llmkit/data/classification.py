@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmkit.data.cache import cached_dataset, file_digest, tokenizer_digest
+from llmkit.data.cache import cached_dataset, files_digest, tokenizer_digest
 from llmkit.data.loading import SPLIT_KEYS, load_raw_splits, require_columns
 from llmkit.errors import UserError
 
@@ -159,7 +159,7 @@ def prepare_classification_data(cfg: Any, tokenizer: Any, multi_label: bool, see
 
     parts = {
         "kind": "sequence-classification", "multi_label": multi_label, "seed": seed,
-        "files": {key: _digests(getattr(cfg, key)) for key in SPLIT_KEYS.values()},
+        "files": {key: files_digest(getattr(cfg, key)) for key in SPLIT_KEYS.values()},
         "hub": [cfg.dataset_name, cfg.dataset_config, cfg.train_split, cfg.eval_split, cfg.test_split],
         "tokenizer": tokenizer_digest(tokenizer),
         "settings": {k: getattr(cfg, k) for k in ("format", "column_names", "text_column", "text_pair_column",
@@ -172,8 +172,3 @@ def prepare_classification_data(cfg: Any, tokenizer: Any, multi_label: bool, see
     return PreparedData(splits=splits, label_names=meta["label_names"], from_cache=hit,
                         seconds=time.perf_counter() - start, stats=meta["stats"])
 
-
-def _digests(value: str | list[str] | None) -> list[str] | None:
-    if value is None:
-        return None
-    return [file_digest(v) for v in ([value] if isinstance(value, str) else value)]

@@ -27,6 +27,10 @@ def load_file_split(key: str, files: str | list[str], cfg: Any):
     kinds = {cfg.format if cfg.format != "auto" else detect_format(f) for f in files}
     if len(kinds) > 1:
         raise UserError(f"data.{key}: the files mix formats ({', '.join(sorted(map(str, kinds)))}); use one format.")
+    if fmt == "conll":
+        from llmkit.data.token_classification import read_conll
+
+        return read_conll(key, files, cfg)
     if fmt == "disk":
         if len(files) > 1:
             raise UserError(f"data.{key}: give one save_to_disk directory, not {len(files)}.")

@@ -1,4 +1,5 @@
-"""`llmkit finetune`: full fine-tuning for sequence classification (single- and multi-label).
+"""`llmkit finetune`: full fine-tuning for sequence classification (single- and multi-label) and token
+classification (NER-style, entity-level scores).
 
 Reads top to bottom: tokenizer -> data -> model -> trainer -> train -> save -> metrics.
 """
@@ -20,8 +21,10 @@ COMMAND = "finetune"
 class TaskConfig:
     """What to fine-tune the model for."""
 
-    type: Literal["sequence-classification"] = opt("The task. (token-classification and causal-lm arrive in "
-                                                   "later llmkit versions.)", default="sequence-classification")
+    type: Literal["sequence-classification", "token-classification"] = opt(
+        "sequence-classification: one label (or several) per text; token-classification: one tag per word "
+        "(data.tokens_column / data.tags_column, or a .conll file). (causal-lm arrives in a later llmkit "
+        "version.)", default="sequence-classification")
     multi_label: bool = opt("Each example may carry several labels (a list, or a string split on "
                             "data.label_separator); trained with a sigmoid per class.", default=False)
     threshold: float = opt("Multi-label only: a class is predicted when its probability exceeds this.",
@@ -49,13 +52,78 @@ class FinetuneConfig:
         return self.data.require_training_data()
 
 
+class SequenceClassificationTask:
+    """The pieces that differ per task: data, model class, collator, metrics, report."""
+
+    auto_class = "AutoModelForSequenceClassification"
+    unit = "classes"
+
+    def __init__(self, cfg: FinetuneConfig):
+        self.cfg = cfg
+
+    def prepare(self, tokenizer, seed: int):
+        from llmkit.data.classification import prepare_classification_data
+
+        return prepare_classification_data(self.cfg.data, tokenizer, self.cfg.task.multi_label, seed)
+
+    def model_kwargs(self) -> dict:
+        return {"problem_type": "multi_label_classification" if self.cfg.task.multi_label
+                else "single_label_classification"}
+
+    def collator(self, tokenizer, pad_to_multiple_of: int | None):
+        from transformers import DataCollatorWithPadding
+
+        return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
+
+    def metrics(self, labels: list[str]):
+        from llmkit.metrics.classification import ClassificationMetrics
+
+        return ClassificationMetrics(labels, self.cfg.task.multi_label, self.cfg.task.threshold)
+
+    def report(self, split: str, metrics_fn, output, prefix: str, metrics: dict, out_dir: Path | None):
+        from llmkit.metrics.classification import classification_report
+
+        return classification_report(split, metrics_fn, output.predictions, output.label_ids, prefix, metrics,
+                                     out_dir)[0]
+
+
+class TokenClassificationTask(SequenceClassificationTask):
+    auto_class = "AutoModelForTokenClassification"
+    unit = "tags"
+
+    def prepare(self, tokenizer, seed: int):
+        from llmkit.data.token_classification import prepare_token_classification_data
+
+        return prepare_token_classification_data(self.cfg.data, tokenizer, seed)
+
+    def model_kwargs(self) -> dict:
+        return {}
+
+    def collator(self, tokenizer, pad_to_multiple_of: int | None):
+        from transformers import DataCollatorForTokenClassification
+
+        return DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
+
+    def metrics(self, labels: list[str]):
+        from llmkit.metrics.token_classification import TokenClassificationMetrics
+
+        return TokenClassificationMetrics(labels)
+
+    def report(self, split: str, metrics_fn, output, prefix: str, metrics: dict, out_dir: Path | None):
+        from llmkit.training.report import markdown_table
+
+        header, rows = metrics_fn.entity_table(metrics, prefix)
+        return [(f"Per-entity scores ({split})", markdown_table(header, rows))]
+
+
+TASKS = {"sequence-classification": SequenceClassificationTask, "token-classification": TokenClassificationTask}
+
+
 def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool = False,
         dry_run: bool = False) -> dict:
     """Fine-tune and evaluate; return the final metrics (also written to OUTPUT_DIR/metrics.json)."""
-    from transformers import DataCollatorWithPadding, set_seed
+    from transformers import set_seed
 
-    from llmkit.data.classification import prepare_classification_data
-    from llmkit.metrics.classification import ClassificationMetrics, classification_report
     from llmkit.models.loading import (
         check_sequence_length,
         count_parameters,
@@ -68,18 +136,18 @@ def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool 
     from llmkit.training.arguments import TrainingArgumentsError, make_training_arguments, resolve_precision
     from llmkit.training.loop import train_and_save
 
+    task = TASKS[cfg.task.type](cfg)
     set_seed(cfg.train.seed)
     tokenizer = load_tokenizer(cfg.model, cfg.tokenizer)
-    data = prepare_classification_data(cfg.data, tokenizer, cfg.task.multi_label, cfg.train.seed)
+    data = task.prepare(tokenizer, cfg.train.seed)
     labels = data.label_names
-    print(f"data: {_describe_splits(data.stats)}; {len(labels)} classes ({', '.join(labels[:10])}"
+    print(f"data: {_describe_splits(data.stats)}; {len(labels)} {task.unit} ({', '.join(labels[:10])}"
           f"{', ...' if len(labels) > 10 else ''}); {'from cache' if data.from_cache else 'prepared'} in "
           f"{data.seconds:.1f} s")
 
     model, missing = load_model(
-        "AutoModelForSequenceClassification", cfg.model, tokenizer, num_labels=len(labels),
-        id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
-        problem_type="multi_label_classification" if cfg.task.multi_label else "single_label_classification")
+        task.auto_class, cfg.model, tokenizer, num_labels=len(labels), id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)}, **task.model_kwargs())
     check_sequence_length(model, data.stats)
     freeze(model, cfg.model.freeze_embeddings, cfg.model.freeze_layers)
     trainable, total = count_parameters(model)
@@ -105,11 +173,11 @@ def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool 
         return {"dry_run": True, "train_steps": steps, "trainable_params": trainable, "total_params": total,
                 "data": data.stats, "label_names": labels}
 
-    metrics_fn = ClassificationMetrics(labels, cfg.task.multi_label, cfg.task.threshold)
+    metrics_fn = task.metrics(labels)
     result = train_and_save(
         cfg=cfg, command=COMMAND, run_dir=run_dir, args=args, model=model, tokenizer=tokenizer,
         train_dataset=data.splits["train"], eval_dataset=data.splits.get("validation"),
-        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if precision != "fp32" else None),
+        data_collator=task.collator(tokenizer, 8 if precision != "fp32" else None),
         compute_metrics=metrics_fn, preprocess_logits_for_metrics=metrics_fn.preprocess_logits_for_metrics,
         precision=precision)
     trainer, metrics = result.trainer, result.metrics
@@ -123,8 +191,8 @@ def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool 
         prefix = "eval" if split == "validation" else "test"
         out = trainer.predict(data.splits[split], metric_key_prefix=prefix)
         metrics.update({k: v for k, v in out.metrics.items() if not k.endswith(("_runtime", "_per_second"))})
-        sections += classification_report(split, metrics_fn, out.predictions, out.label_ids, prefix, metrics,
-                                          run_dir if trainer.is_world_process_zero() else None)[0]
+        sections += task.report(split, metrics_fn, out, prefix, metrics,
+                                run_dir if trainer.is_world_process_zero() else None)
     return result.finish(metrics, sections, summary={
         "model": model_label(cfg.model),
         "task": cfg.task.type + (" (multi-label)" if cfg.task.multi_label else ""),

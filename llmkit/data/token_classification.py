@@ -1,0 +1,125 @@
+"""Token-classification data (NER-style): CoNLL files or jsonl word/tag lists, tags aligned to sub-tokens."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from llmkit.data.cache import cached_dataset, files_digest, tokenizer_digest
+from llmkit.data.classification import PreparedData, token_stats
+from llmkit.data.loading import SPLIT_KEYS, load_raw_splits, require_columns
+from llmkit.errors import UserError
+
+IGNORE_INDEX = -100
+DOCSTART = "-DOCSTART-"
+
+
+def read_conll(key: str, files: list[str], cfg: Any):
+    """CoNLL-style files: one word per line, its tag in the last whitespace-separated column, blank lines
+    between sentences, `-DOCSTART-` lines skipped. Returns a Dataset with data.tokens_column / tags_column."""
+    import datasets
+
+    tokens, tags = [], []
+    for f in files:
+        words, labels = [], []
+        for number, line in enumerate(Path(f).read_text(encoding="utf-8").splitlines(), 1):
+            parts = line.split()
+            if not parts or parts[0] == DOCSTART:
+                if words:
+                    tokens.append(words)
+                    tags.append(labels)
+                words, labels = [], []
+                continue
+            if len(parts) < 2:
+                raise UserError(f"data.{key}: {f} line {number} has a word but no tag ({line.strip()!r}); CoNLL "
+                                "lines hold the word first and its tag last, separated by whitespace.")
+            words.append(parts[0])
+            labels.append(parts[-1])
+        if words:
+            tokens.append(words)
+            tags.append(labels)
+    return datasets.Dataset.from_dict({cfg.tokens_column: tokens, cfg.tags_column: tags})
+
+
+def align_labels(word_ids: list[int | None], word_labels: list[int]) -> list[int]:
+    """Label the first sub-token of each word; later sub-tokens and special tokens get -100 (ignored)."""
+    labels, previous = [], None
+    for word in word_ids:
+        labels.append(IGNORE_INDEX if word is None or word == previous else word_labels[word])
+        previous = word
+    return labels
+
+
+def tag_names(splits: dict, cfg: Any) -> list[str]:
+    """Tag set: data.label_names, else the sorted distinct tags of the training data."""
+    if cfg.label_names:
+        return [str(n) for n in cfg.label_names]
+    if "train" not in splits:
+        raise UserError("data.label_names: there is no training data to read the tag set from; list the tags in "
+                        "data.label_names.")
+    return sorted({str(t) for row in splits["train"][cfg.tags_column] for t in row})
+
+
+def encode(splits: dict, tokenizer: Any, names: list[str], cfg: Any) -> dict:
+    """Tokenize word lists (is_split_into_words) and align tag ids to sub-tokens."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise UserError("tokenizer: token classification needs a fast tokenizer (word_ids); this one is not.")
+    ids = {name: i for i, name in enumerate(names)}
+    integers_index = bool(cfg.label_names)
+
+    def to_id(tag: Any, split: str) -> int:
+        if integers_index and isinstance(tag, int) and not isinstance(tag, bool) and 0 <= tag < len(names):
+            return tag
+        if str(tag) not in ids:
+            raise UserError(f"data.tags_column: the {split} data has the tag {tag!r}, which is not in the tag set "
+                            f"({', '.join(names)}). Fix the data, or list every tag in data.label_names.")
+        return ids[str(tag)]
+
+    out = {}
+    for split, ds in splits.items():
+        for i, (words, tags) in enumerate(zip(ds[cfg.tokens_column], ds[cfg.tags_column])):
+            if len(words) != len(tags):
+                raise UserError(f"data.tags_column: sentence {i} of the {split} data has {len(words)} words but "
+                                f"{len(tags)} tags; they must pair up one to one.")
+
+        def batch_encode(batch: dict, split=split) -> dict:
+            enc = tokenizer(batch[cfg.tokens_column], is_split_into_words=True, truncation=True,
+                            max_length=cfg.max_length)
+            enc["labels"] = [align_labels(enc.word_ids(i), [to_id(t, split) for t in tags])
+                             for i, tags in enumerate(batch[cfg.tags_column])]
+            return enc
+
+        out[split] = ds.map(batch_encode, batched=True, remove_columns=ds.column_names,
+                            num_proc=cfg.preprocessing_num_workers, desc=f"tokenizing {split}")
+    return out
+
+
+def prepare_token_classification_data(cfg: Any, tokenizer: Any, seed: int,
+                                      label_names: list[str] | None = None) -> PreparedData:
+    """Load, tag-align and tokenize the data (or take it from the cache)."""
+    import datasets
+
+    start = time.perf_counter()
+    if label_names is not None:
+        cfg = dataclasses.replace(cfg, label_names=list(label_names))
+
+    def build():
+        raw = load_raw_splits(cfg, seed)
+        require_columns(raw, cfg, ["tokens_column", "tags_column"])
+        names = tag_names(raw, cfg)
+        splits = datasets.DatasetDict(encode(raw, tokenizer, names, cfg))
+        return splits, {"label_names": names, "stats": token_stats(splits)}
+
+    parts = {
+        "kind": "token-classification", "seed": seed,
+        "files": {key: files_digest(getattr(cfg, key)) for key in SPLIT_KEYS.values()},
+        "tokenizer": tokenizer_digest(tokenizer),
+        "settings": {k: getattr(cfg, k) for k in ("format", "tokens_column", "tags_column", "label_names",
+                                                  "validation_split", "max_train_samples", "max_eval_samples",
+                                                  "max_length", "column_names")},
+    }
+    splits, meta, hit = cached_dataset(cfg.cache and cfg.dataset_name is None, cfg.cache_dir, parts, build)
+    return PreparedData(splits=splits, label_names=meta["label_names"], from_cache=hit,
+                        seconds=time.perf_counter() - start, stats=meta["stats"])

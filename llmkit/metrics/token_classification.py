@@ -30,7 +30,8 @@ class TokenClassificationMetrics:
     def to_tags(self, predictions: Any, label_ids: Any) -> tuple[list[list[str]], list[list[str]]]:
         """Tag strings per sentence for the positions that carry a label (first sub-token of each word)."""
         preds, refs = [], []
-        for p_row, l_row in zip(np.asarray(predictions), np.asarray(label_ids)):
+        for p_row, l_row in zip(predictions, label_ids):  # rows may differ in length (eval) or be padded (Trainer)
+            p_row, l_row = np.asarray(p_row), np.asarray(l_row)
             keep = l_row != IGNORE_INDEX
             preds.append([self.label_names[i] for i in p_row[keep]])
             refs.append([self.label_names[i] for i in l_row[keep]])

@@ -22,7 +22,7 @@ COMMAND = "eval"
 # Data settings an eval of a run directory inherits from the run's config unless the eval config sets them.
 ENCODER_TYPES = ("bert", "roberta", "distilbert", "electra", "deberta", "deberta-v2", "xlm-roberta")
 INHERITED_DATA_KEYS = ("text_column", "text_pair_column", "label_column", "label_separator", "max_length", "format",
-                       "column_names")
+                       "column_names", "tokens_column", "tags_column")
 
 
 @dataclass
@@ -99,10 +99,10 @@ class GenerationSpec:
 class EvalSection:
     """What to evaluate and how."""
 
-    task: Literal["auto", "classification", "perplexity", "generation"] = opt(
+    task: Literal["auto", "classification", "token-classification", "perplexity", "generation"] = opt(
         "auto: from the run directory's config, else from the model's architecture (classification head -> "
-        "classification, language-model head -> perplexity). generation: generate for each prompt and score "
-        "exact match.", default="auto")
+        "classification, token-classification head -> token-classification, language-model head -> "
+        "perplexity). generation: generate for each prompt and score exact match.", default="auto")
     batch_size: int = opt("Examples (or windows) per forward pass; batches are sorted by length.", default=32)
     precision: Literal["fp32", "bf16"] = opt("fp32 gives exact figures; bf16 autocast is faster on CPUs with "
                                              "AVX512-BF16/AMX and on GPUs.", default="fp32")
@@ -189,10 +189,12 @@ def run(cfg: EvalConfig, *, config_path: str | None = None, overwrite: bool = Fa
     run_dir = find_run_directory(cfg.model.name_or_path)
     model_cfg = dataclasses.replace(cfg.model, name_or_path=str(run_dir.model_dir)) if run_dir else cfg.model
     tokenizer = load_tokenizer(model_cfg, cfg.tokenizer)
-    task, model_kind = detect_task(cfg, model_cfg, run_dir)
+    task, model_kind = detect_task(cfg, model_cfg)
     start = time.perf_counter()
     if task == "classification":
         metrics, sections, extra = evaluate_classification(cfg, model_cfg, tokenizer, run_dir)
+    elif task == "token-classification":
+        metrics, sections, extra = evaluate_token_classification(cfg, model_cfg, tokenizer)
     elif task == "generation":
         metrics, sections, extra = evaluate_generation(cfg, model_cfg, tokenizer, model_kind)
     else:
@@ -201,13 +203,18 @@ def run(cfg: EvalConfig, *, config_path: str | None = None, overwrite: bool = Fa
     return write_outputs(cfg, config_path, overwrite, task, metrics, sections, extra, run_dir)
 
 
-def detect_task(cfg: EvalConfig, model_cfg: ModelConfig, run_dir: RunDirectory | None) -> tuple[str, str]:
-    """(task, model kind): classification/seq-cls, or perplexity/causal|masked."""
+def detect_task(cfg: EvalConfig, model_cfg: ModelConfig) -> tuple[str, str]:
+    """(task, model kind) from eval.task and the model's head: seq-cls, token-cls, causal or masked."""
     kind = _model_kind(model_cfg)
     task = cfg.eval.task
     if task == "auto":
-        saved_task = ((run_dir.config.get("task") or {}).get("type") if run_dir else None)
-        task = "classification" if saved_task == "sequence-classification" or kind == "seq-cls" else "perplexity"
+        task = {"seq-cls": "classification", "token-cls": "token-classification"}.get(kind, "perplexity")
+    if task == "token-classification" and kind != "token-cls":
+        raise UserError(f"eval.task: token-classification needs a model with a token-classification head; "
+                        f"{model_cfg.name_or_path} is a {kind} model.")
+    if kind == "token-cls" and task != "token-classification":
+        raise UserError(f"eval.task: {model_cfg.name_or_path} is a token-classification model; use "
+                        "eval.task=token-classification (or auto).")
     if task == "classification" and kind != "seq-cls":
         raise UserError(f"eval.task: classification needs a model with a classification head; "
                         f"{model_cfg.name_or_path} is a {kind} model. Use eval.task=perplexity.")
@@ -238,6 +245,8 @@ def _model_kind(model_cfg: ModelConfig) -> str:
     archs = " ".join(config.architectures or [])
     if "SequenceClassification" in archs:
         return "seq-cls"
+    if "TokenClassification" in archs:
+        return "token-cls"
     if "MaskedLM" in archs:
         return "masked"
     if "CausalLM" in archs or "LMHead" in archs:
@@ -282,7 +291,8 @@ def evaluate_classification(cfg: EvalConfig, model_cfg: ModelConfig, tokenizer: 
 def predict_logits(model: Any, tokenizer: Any, dataset: Any, batch_size: int, precision: str):
     """Logits for every example, in dataset order; batches sorted by length to cut padding.
 
-    Returns (logits tensor, real tokens processed, seconds spent in forward passes).
+    Returns (logits: a tensor for sequence classification, a list of per-token tensors without padding for
+    token classification; real tokens processed; seconds spent in forward passes).
     """
     import torch
     from transformers import DataCollatorWithPadding
@@ -303,8 +313,34 @@ def predict_logits(model: Any, tokenizer: Any, dataset: Any, batch_size: int, pr
             logits = model(**batch).logits.float().cpu()
             seconds += time.perf_counter() - start
             for j, row in zip(idx, logits):
-                out[j] = row
-    return torch.stack(out), sum(lengths), max(seconds, 1e-9)
+                out[j] = row[: lengths[j]] if row.dim() > 1 else row  # per-token logits: drop the padding
+    stacked = torch.stack(out) if out and out[0].dim() == 1 else out
+    return stacked, sum(lengths), max(seconds, 1e-9)
+
+
+def evaluate_token_classification(cfg: EvalConfig, model_cfg: ModelConfig, tokenizer: Any):
+    """Entity-level precision/recall/F1 (overall and per type) and token accuracy on every given split."""
+    from llmkit.data.token_classification import prepare_token_classification_data
+    from llmkit.metrics.token_classification import TokenClassificationMetrics
+    from llmkit.models.loading import check_sequence_length, load_model
+    from llmkit.training.report import markdown_table
+
+    model, _ = load_model("AutoModelForTokenClassification", model_cfg, tokenizer)
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    data = prepare_token_classification_data(cfg.data, tokenizer, seed=0, label_names=labels)
+    check_sequence_length(model, data.stats)
+    metrics_fn = TokenClassificationMetrics(labels)
+    metrics, sections = {}, []
+    for split, ds in data.splits.items():
+        prefix = "eval" if split == "validation" else split
+        rows, tokens, seconds = predict_logits(model, tokenizer, ds, cfg.eval.batch_size, cfg.eval.precision)
+        scores = metrics_fn.compute([r.argmax(-1) for r in rows], ds["labels"])
+        metrics.update({f"{prefix}_{k}": v for k, v in scores.items()})
+        metrics.update({f"{prefix}_examples": len(ds), f"{prefix}_tokens": tokens,
+                        f"{prefix}_tokens_per_second": round(tokens / seconds, 1)})
+        header, table = metrics_fn.entity_table(metrics, prefix)
+        sections.append((f"Per-entity scores ({split})", markdown_table(header, table)))
+    return metrics, sections, {"labels": labels}
 
 
 # ---------------------------------------------------------------- perplexity

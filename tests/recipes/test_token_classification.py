@@ -78,6 +78,14 @@ def test_token_classification_recipe_end_to_end(tmp_path, ner_config):
     assert "Per-entity scores (validation)" in (run / "report.md").read_text()
     config = json.loads((run / "model/config.json").read_text())
     assert config["architectures"] == ["BertForTokenClassification"] and config["id2label"]["4"] == "O"
+    # llmkit eval of the run directory (task and columns from the run) reproduces the entity scores.
+    evaluated = runner.invoke(app, ["eval", str(run), "--data", str(tmp_path / "dev.jsonl"), "-o",
+                                    str(tmp_path / "ev")])
+    assert evaluated.exit_code == 0, evaluated.output
+    record = json.loads((tmp_path / "ev/eval.json").read_text())
+    assert record["task"] == "token-classification"
+    for key in ("eval_f1", "eval_precision_POS", "eval_number_NEG"):
+        assert record["metrics"][key] == pytest.approx(metrics[key], abs=1e-6), key
 
 
 def test_words_and_tags_must_pair_up(tmp_path, ner_config):

@@ -133,6 +133,9 @@ def _load_eval_config(target: Path, overrides: list[str], data: Path | None):
     from llmkit.config import apply_overrides, load_config, read_yaml
     from llmkit.recipes.evaluation import EvalConfig, inherit_from_run
 
+    if not target.exists():
+        raise UserError(f"eval: {target} does not exist; give a YAML config, a run or model directory (with "
+                        "--data), or `compare` followed by run directories.")
     raw = {"model": {"name_or_path": str(target)}} if target.is_dir() else read_yaml(target)
     if data is not None:
         overrides = [f"data.validation_file={data}", *overrides]

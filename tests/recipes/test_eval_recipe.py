@@ -188,3 +188,8 @@ def test_generation_on_a_masked_lm_is_refused(tmp_path, tokenizer_dir):
     record = json.loads((tmp_path / "ev/eval.json").read_text())
     assert record["perplexity_settings"]["method"] == "fixed-seed masking"
     assert record["metrics"]["eval_tokens_scored"] > 0
+
+
+def test_eval_of_a_path_that_does_not_exist(tmp_path):
+    result = invoke("eval", tmp_path / "runs/nope", "--data", "x.csv")
+    assert result.exit_code == 2 and "does not exist" in result.output and "run or model directory" in result.output

@@ -62,6 +62,7 @@ def train_and_save(*, cfg: Any, command: str, run_dir: Path, args: Any, model: A
                    trainer_cls: type = MeanLossTrainer, **trainer_kwargs: Any) -> TrainingRun:
     """Train with HF Trainer inside a run directory; save the final model; return train metrics."""
     main = args.process_index == 0
+    rundir.check_resume_config(run_dir, cfg)
     if main:
         save_config(cfg, run_dir / "config.yaml", command)
         rundir.write_json(run_dir / "env.json", rundir.environment(precision, args.world_size))

@@ -39,6 +39,44 @@ def prepare_run_dir(path: Path, overwrite: bool, resume: str | None) -> Path:
     return path
 
 
+# Sections that define what a run trains on; resuming with them changed would mix two experiments.
+RESUME_FIXED_SECTIONS = ("model", "tokenizer", "task", "data")
+
+
+def _flatten(data: Any, prefix: str = "") -> dict:
+    if not isinstance(data, dict):
+        return {prefix: data}
+    out = {}
+    for key, value in data.items():
+        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def check_resume_config(run_dir: Path, cfg: Any) -> None:
+    """Resuming must continue the same experiment: refuse changed model/tokenizer/task/data settings (listing
+    them); changed training settings (e.g. a longer max_steps) are allowed and reported."""
+    import yaml
+
+    from llmkit.config.schema import to_dict
+
+    saved_path = run_dir / "config.yaml"
+    if not cfg.train.resume or not saved_path.is_file():
+        return
+    saved = _flatten(yaml.safe_load(saved_path.read_text()) or {})
+    now = _flatten(to_dict(cfg))
+    changed = sorted(k for k in set(saved) | set(now)
+                     if saved.get(k) != now.get(k) and k not in ("train.resume", "output_dir"))
+    fixed = [k for k in changed if k.split(".")[0] in RESUME_FIXED_SECTIONS]
+    if fixed:
+        shown = "; ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in fixed[:6])
+        raise UserError(f"train.resume: this config differs from the run's saved config ({saved_path}) in what "
+                        f"the run trains on: {shown}. Resume with the saved config (llmkit <command> "
+                        f"{saved_path} train.resume=auto), or start a new run with --output-dir.")
+    if changed:
+        print("resuming with changed training settings: " +
+              "; ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed))
+
+
 def find_resume_checkpoint(run_dir: Path, resume: str | None) -> str | None:
     """The checkpoint to resume from: newest in the run (`auto`), a given path, or None."""
     if not resume:

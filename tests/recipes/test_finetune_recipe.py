@@ -169,3 +169,15 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path, tiny_config):
     result = invoke("finetune", cfg, "train.resume=auto", f"train.max_steps={stopped_at + 2}")
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "run/metrics.json").read_text())["train_tokens"] > 0
+
+
+def test_resume_refuses_a_changed_experiment_but_allows_longer_training(tmp_path, tiny_config):
+    tiny_config["train"].update(max_steps=4, save_strategy="steps", save_steps=2, eval_strategy="no")
+    cfg = write_yaml(tmp_path / "cfg.yaml", tiny_config)
+    assert invoke("finetune", cfg).exit_code == 0
+    changed = invoke("finetune", cfg, "train.resume=auto", "data.max_length=16")
+    assert changed.exit_code == 2
+    assert "differs from the run's saved config" in changed.output and "data.max_length: 32 -> 16" in changed.output
+    longer = invoke("finetune", cfg, "train.resume=auto", "train.max_steps=6")
+    assert longer.exit_code == 0, longer.output
+    assert "train.max_steps: 4 -> 6" in longer.output

@@ -129,9 +129,23 @@ class TokenizerConfig:
     name_or_path: str | None = opt("Tokenizer directory, hub id or pkg:MODULE; default: model.name_or_path.",
                                     default=None)
     padding_side: Literal["left", "right"] | None = opt("Override the tokenizer's padding side.", default=None)
+    chat_template: str | None = opt("A Jinja chat template (the text, or a path to a .jinja file) for tokenizers "
+                                    "without one, or to replace theirs; saved with the trained model.",
+                                    default=None)
 
     def validate(self) -> list[ConfigIssue]:
-        return check_model_path("name_or_path", self.name_or_path)
+        issues = check_model_path("name_or_path", self.name_or_path)
+        if self.chat_template and self.chat_template.endswith((".jinja", ".j2")) and \
+                not Path(self.chat_template).expanduser().is_file():
+            issues.append(ConfigIssue("chat_template", f"file not found: {self.chat_template}."))
+        return issues
+
+    def chat_template_text(self) -> str | None:
+        """The template itself: read from the file when chat_template names one."""
+        if not self.chat_template:
+            return None
+        path = Path(self.chat_template).expanduser()
+        return path.read_text() if path.suffix in (".jinja", ".j2") and path.is_file() else self.chat_template
 
 
 # ---------------------------------------------------------------- data

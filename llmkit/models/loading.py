@@ -86,6 +86,9 @@ def load_tokenizer(model_cfg: Any, tok_cfg: Any):
     except (OSError, ValueError) as e:
         raise UserError(f"{key}: cannot load a tokenizer from {name!r}: {first_line(e)} If this is a hub id and "
                         "you are offline, download it first or point to a local directory.") from None
+    template = tok_cfg.chat_template_text() if hasattr(tok_cfg, "chat_template_text") else None
+    if template:
+        tokenizer.chat_template = template  # saved with the model, so generation uses the training template
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token  # decoder tokenizers often have none; batching needs one
     return tokenizer

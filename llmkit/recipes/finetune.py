@@ -29,11 +29,23 @@ class TaskConfig:
                             "data.label_separator); trained with a sigmoid per class.", default=False)
     threshold: float = opt("Multi-label only: a class is predicted when its probability exceeds this.",
                            default=0.5)
+    packing: bool = opt("causal-lm: pack each batch into one padding-free row with position ids restarting per "
+                        "example (no attention across examples); false: dynamic padding.", default=True)
+    sample_prompts: list[str] = opt("causal-lm: prompts to generate for at the end (samples.jsonl); default: the "
+                                    "first 3 validation prompts.", default_factory=list)
+    sample_max_new_tokens: int = opt("causal-lm: new tokens per sample generation.", default=64)
 
     def validate(self) -> list[ConfigIssue]:
+        issues = []
         if not 0 < self.threshold < 1:
-            return [ConfigIssue("threshold", f"must be between 0 and 1, got {self.threshold}.")]
-        return []
+            issues.append(ConfigIssue("threshold", f"must be between 0 and 1, got {self.threshold}."))
+        if self.type != "causal-lm":
+            for key, default in (("packing", True), ("sample_prompts", []), ("sample_max_new_tokens", 64)):
+                if getattr(self, key) != default:
+                    issues.append(ConfigIssue(key, f"only applies to task.type: causal-lm, not {self.type}."))
+        if self.type != "sequence-classification" and self.multi_label:
+            issues.append(ConfigIssue("multi_label", "only applies to task.type: sequence-classification."))
+        return issues
 
 
 @dataclass
@@ -66,8 +78,13 @@ class SequenceClassificationTask:
 
         return prepare_classification_data(self.cfg.data, tokenizer, self.cfg.task.multi_label, seed)
 
-    def model_kwargs(self) -> dict:
-        return {"problem_type": "multi_label_classification" if self.cfg.task.multi_label
+    trainer_cls = None  # llmkit's MeanLossTrainer (the default of train_and_save)
+    training_overrides: dict = {}
+
+    def model_kwargs(self, labels: list[str]) -> dict:
+        return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                "label2id": {name: i for i, name in enumerate(labels)},
+                "problem_type": "multi_label_classification" if self.cfg.task.multi_label
                 else "single_label_classification"}
 
     def collator(self, tokenizer, pad_to_multiple_of: int | None):
@@ -96,8 +113,9 @@ class TokenClassificationTask(SequenceClassificationTask):
 
         return prepare_token_classification_data(self.cfg.data, tokenizer, seed)
 
-    def model_kwargs(self) -> dict:
-        return {}
+    def model_kwargs(self, labels: list[str]) -> dict:
+        return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                "label2id": {name: i for i, name in enumerate(labels)}}
 
     def collator(self, tokenizer, pad_to_multiple_of: int | None):
         from transformers import DataCollatorForTokenClassification
@@ -116,7 +134,77 @@ class TokenClassificationTask(SequenceClassificationTask):
         return [(f"Per-entity scores ({split})", markdown_table(header, rows))]
 
 
-TASKS = {"sequence-classification": SequenceClassificationTask, "token-classification": TokenClassificationTask}
+class PaddingCounter:
+    """Wraps a collator and counts padding positions, for the run's `train_padding_fraction`."""
+
+    def __init__(self, collate):
+        self.collate = collate
+        self.real = self.total = 0
+
+    def __call__(self, features):
+        batch = self.collate(features)
+        mask = batch.get("attention_mask")
+        total = batch["input_ids"].numel()
+        self.total += total
+        self.real += int(mask.sum()) if mask is not None else total  # flattened batches hold no padding
+        return batch
+
+    @property
+    def fraction(self) -> float:
+        return 1 - self.real / self.total if self.total else 0.0
+
+
+class CausalLMTask(SequenceClassificationTask):
+    """Supervised fine-tuning of a causal LM: loss on response tokens only, EOS learned, optional packing."""
+
+    auto_class = "AutoModelForCausalLM"
+    unit = "examples"
+    training_overrides = {"prediction_loss_only": True}  # never accumulate vocabulary-sized logits in eval
+
+    def __init__(self, cfg: FinetuneConfig):
+        super().__init__(cfg)
+        self.counter: PaddingCounter | None = None
+
+    @property
+    def trainer_cls(self):
+        from transformers import Trainer
+
+        return Trainer  # causal-LM losses are normalised over the tokens of the accumulation window already
+
+    def prepare(self, tokenizer, seed: int):
+        from llmkit.data.sft import prepare_sft_data
+
+        return prepare_sft_data(self.cfg.data, tokenizer, seed)
+
+    def model_kwargs(self, labels: list[str]) -> dict:
+        return {}
+
+    def collator(self, tokenizer, pad_to_multiple_of: int | None):
+        from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
+
+        if self.cfg.task.packing:
+            # Padding-free packing: a batch becomes one row with position_ids restarting per example, so
+            # attention stays inside each example (Llama, GPT-2, Qwen2, Mistral, ...; TRANSFORMERS5.md §4).
+            inner = DataCollatorWithFlattening()
+        else:
+            inner = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, pad_to_multiple_of=pad_to_multiple_of)
+        self.counter = PaddingCounter(inner)
+        return self.counter
+
+    def metrics(self, labels: list[str]):
+        return None
+
+    def report(self, split: str, metrics_fn, output, prefix: str, metrics: dict, out_dir: Path | None):
+        loss = metrics.get(f"{prefix}_loss")
+        if loss is not None:
+            metrics[f"{prefix}_perplexity"] = math.exp(min(loss, 50.0))
+        if self.counter is not None:
+            metrics["train_padding_fraction"] = round(self.counter.fraction, 6)
+        return []
+
+
+TASKS = {"sequence-classification": SequenceClassificationTask, "token-classification": TokenClassificationTask,
+         "causal-lm": CausalLMTask}
 
 
 def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool = False,
@@ -145,9 +233,7 @@ def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool 
           f"{', ...' if len(labels) > 10 else ''}); {'from cache' if data.from_cache else 'prepared'} in "
           f"{data.seconds:.1f} s")
 
-    model, missing = load_model(
-        task.auto_class, cfg.model, tokenizer, num_labels=len(labels), id2label=dict(enumerate(labels)),
-        label2id={name: i for i, name in enumerate(labels)}, **task.model_kwargs())
+    model, missing = load_model(task.auto_class, cfg.model, tokenizer, **task.model_kwargs(labels))
     check_sequence_length(model, data.stats)
     freeze(model, cfg.model.freeze_embeddings, cfg.model.freeze_layers)
     trainable, total = count_parameters(model)
@@ -156,7 +242,9 @@ def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool 
           f"({100 * trainable / total:.1f} %){new_head}")
 
     has_eval = "validation" in data.splits
-    eval_overrides = {} if has_eval else {"eval_strategy": "no", "load_best_model_at_end": False}
+    eval_overrides = dict(task.training_overrides)
+    if not has_eval:
+        eval_overrides.update(eval_strategy="no", load_best_model_at_end=False)
     run_dir = None if dry_run else rundir.prepare_run_dir(
         Path(cfg.output_dir) if cfg.output_dir else rundir.default_run_dir(COMMAND, config_path),
         overwrite, cfg.train.resume)
@@ -178,8 +266,9 @@ def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool 
         cfg=cfg, command=COMMAND, run_dir=run_dir, args=args, model=model, tokenizer=tokenizer,
         train_dataset=data.splits["train"], eval_dataset=data.splits.get("validation"),
         data_collator=task.collator(tokenizer, 8 if precision != "fp32" else None),
-        compute_metrics=metrics_fn, preprocess_logits_for_metrics=metrics_fn.preprocess_logits_for_metrics,
-        precision=precision)
+        compute_metrics=metrics_fn,
+        preprocess_logits_for_metrics=metrics_fn.preprocess_logits_for_metrics if metrics_fn else None,
+        precision=precision, **({"trainer_cls": task.trainer_cls} if task.trainer_cls else {}))
     trainer, metrics = result.trainer, result.metrics
     metrics.update(trainable_params=trainable, total_params=total,
                    trainable_percent=round(100 * trainable / total, 4))

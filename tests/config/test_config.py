@@ -140,3 +140,10 @@ def test_yaml_syntax_error_is_a_user_error(tmp_path):
     bad.write_text("model: [unclosed\n")
     with pytest.raises(UserError, match="not valid YAML"):
         load_config(FinetuneConfig, bad)
+
+
+def test_task_options_of_another_task_are_refused(tiny_config):
+    tiny_config["task"].update(type="token-classification", multi_label=True)
+    with pytest.raises(ConfigError) as exc:
+        load_config(FinetuneConfig, None, data=tiny_config)
+    assert "task.multi_label: only applies to task.type: sequence-classification" in str(exc.value)

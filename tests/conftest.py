@@ -80,6 +80,36 @@ def tokenizer_dir(tmp_path_factory) -> str:
     return train_tokenizer(tmp_path_factory.mktemp("tokenizer"))
 
 
+CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>' + '\n' }}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+CHAT_SPECIALS = ["<pad>", "<|im_start|>", "<|im_end|>"]
+
+
+def build_chat_tokenizer(chat_template: str | None):
+    """A byte-level BPE tokenizer (eos <|im_end|>, pad <pad>) with an optional chat template, for causal LMs."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = [r["text"] for r in sentiment_rows(300, seed=0)] + [" ".join(POSITIVE + NEGATIVE + NEUTRAL)]
+    corpus += ["Instruction Response user assistant system hello world what is the answer"] * 5
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=CHAT_SPECIALS,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    out = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<pad>")
+    out.chat_template = chat_template
+    return out
+
+
+@pytest.fixture(scope="session")
+def chat_tokenizer_dir(tmp_path_factory) -> str:
+    """build_chat_tokenizer(CHATML), saved."""
+    out = tmp_path_factory.mktemp("chat-tokenizer")
+    build_chat_tokenizer(CHATML).save_pretrained(out)
+    return str(out)
+
+
 @pytest.fixture
 def sentiment_data(tmp_path) -> Path:
     """train.csv / dev.csv / test.csv with text,label columns (the seeds' CSV shape)."""

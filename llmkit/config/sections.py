@@ -142,10 +142,9 @@ class TokenizerConfig:
 
     def chat_template_text(self) -> str | None:
         """The template itself: read from the file when chat_template names one."""
-        if not self.chat_template:
-            return None
-        path = Path(self.chat_template).expanduser()
-        return path.read_text() if path.suffix in (".jinja", ".j2") and path.is_file() else self.chat_template
+        from llmkit.data.sft import load_chat_template
+
+        return load_chat_template(self.chat_template)
 
 
 # ---------------------------------------------------------------- data

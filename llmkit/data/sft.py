@@ -215,6 +215,9 @@ def encode_conversation(tokenizer: Any, messages: list[dict], max_length: int,
                         chat_template: str | None = None) -> dict:
     """input_ids and labels (-100 except on assistant tokens) of one conversation, cut to max_length.
 
+    The text is tokenized once; a token carries loss when its characters overlap an assistant span, so a
+    token merged across the boundary (" great" after a prompt ending in "assistant: ") is learned whole.
+
     Trailing non-assistant turns carry no loss and are left out. The sequence ends with EOS (appended when
     the rendered text does not end with it), and EOS is labelled. `truncated` tells if the end was cut off.
     """
@@ -228,7 +231,7 @@ def encode_conversation(tokenizer: Any, messages: list[dict], max_length: int,
     for token, (start, end) in zip(ids, offsets):
         while k < len(spans) and spans[k][1] <= start:
             k += 1
-        inside = k < len(spans) and spans[k][0] <= start < spans[k][1] and end > start
+        inside = k < len(spans) and spans[k][0] < end and end > start  # overlaps an assistant span
         labels.append(token if inside else IGNORE_INDEX)
     ends_with_eos = bool(tokenizer.eos_token) and text.endswith(tokenizer.eos_token) and bool(ids) \
         and ids[-1] == eos_id

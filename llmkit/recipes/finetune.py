@@ -1,5 +1,5 @@
-"""`llmkit finetune`: full fine-tuning for sequence classification (single- and multi-label) and token
-classification (NER-style, entity-level scores).
+"""`llmkit finetune`: full fine-tuning for sequence classification (single- and multi-label), token
+classification (NER-style, entity-level scores) and causal-LM instruction tuning (SFT).
 
 Reads top to bottom: tokenizer -> data -> model -> trainer -> train -> save -> metrics.
 """
@@ -21,10 +21,11 @@ COMMAND = "finetune"
 class TaskConfig:
     """What to fine-tune the model for."""
 
-    type: Literal["sequence-classification", "token-classification"] = opt(
+    type: Literal["sequence-classification", "token-classification", "causal-lm"] = opt(
         "sequence-classification: one label (or several) per text; token-classification: one tag per word "
-        "(data.tokens_column / data.tags_column, or a .conll file). (causal-lm arrives in a later llmkit "
-        "version.)", default="sequence-classification")
+        "(data.tokens_column / data.tags_column, or a .conll file); causal-lm: instruction tuning (SFT) on "
+        "alpaca / chat messages / prompt-response data, or continued pretraining on raw text.",
+        default="sequence-classification")
     multi_label: bool = opt("Each example may carry several labels (a list, or a string split on "
                             "data.label_separator); trained with a sigmoid per class.", default=False)
     threshold: float = opt("Multi-label only: a class is predicted when its probability exceeds this.",
@@ -96,6 +97,15 @@ class SequenceClassificationTask:
         from llmkit.metrics.classification import ClassificationMetrics
 
         return ClassificationMetrics(labels, self.cfg.task.multi_label, self.cfg.task.threshold)
+
+    def before_training(self, model, tokenizer) -> None:
+        """Task-specific work on the untrained model (nothing for classification)."""
+
+    def after_training(self, trainer, tokenizer, run_dir: Path) -> None:
+        """Task-specific outputs written once the model is trained (main process only)."""
+
+    def prepare_tokenizer(self, tokenizer) -> None:
+        """Adjust the tokenizer before data preparation (nothing for classification)."""
 
     def report(self, split: str, metrics_fn, output, prefix: str, metrics: dict, out_dir: Path | None):
         from llmkit.metrics.classification import classification_report
@@ -194,6 +204,62 @@ class CausalLMTask(SequenceClassificationTask):
     def metrics(self, labels: list[str]):
         return None
 
+    def prepare_tokenizer(self, tokenizer) -> None:
+        """Instruction data with a tokenizer that has no chat template trains with llmkit's plain template; set
+        it on the tokenizer so it is saved with the model and generation uses the same format."""
+        from llmkit.data.loading import load_raw_splits
+        from llmkit.data.sft import PLAIN_TEMPLATE, detect_format, use_plain_template
+
+        columns = next(iter(load_raw_splits(self.cfg.data, self.cfg.train.seed).values())).column_names
+        if use_plain_template(tokenizer, detect_format(columns)):
+            tokenizer.chat_template = PLAIN_TEMPLATE
+
+    def sample_conversations(self) -> tuple[list[list[dict]], list[str | None]]:
+        """The prompts to generate for at the end: task.sample_prompts, else the first 3 validation prompts."""
+        from llmkit.data.loading import load_raw_splits
+        from llmkit.data.sft import detect_format, to_messages
+
+        if self.cfg.task.sample_prompts:
+            return [[{"role": "user", "content": p}] for p in self.cfg.task.sample_prompts], \
+                [None] * len(self.cfg.task.sample_prompts)
+        raw = load_raw_splits(self.cfg.data, self.cfg.train.seed)
+        split = raw.get("validation", raw["train"])
+        fmt = detect_format(split.column_names)
+        if fmt == "text":
+            return [], []
+        prompts, references = [], []
+        for i, row in enumerate(split.select(range(min(3, len(split))))):
+            messages = to_messages(row, fmt, i)
+            first = next(k for k, m in enumerate(messages) if m["role"] == "assistant")
+            prompts.append(messages[:first])
+            references.append(messages[first]["content"])
+        return prompts, references
+
+    def _generate_samples(self, model, tokenizer) -> tuple[list[str], list[str], list[str | None]]:
+        from llmkit.metrics.generation import GenerationSettings, generate
+
+        prompts, references = self.sample_conversations()
+        if not prompts:
+            return [], [], []
+        rendered = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in prompts]
+        settings = GenerationSettings(max_new_tokens=self.cfg.task.sample_max_new_tokens, use_chat_template=False)
+        return rendered, generate(model, tokenizer, rendered, settings), references
+
+    def before_training(self, model, tokenizer) -> None:
+        """Generate for the sample prompts with the untrained model, to show beside the tuned model's output."""
+        self.samples_before = self._generate_samples(model, tokenizer)[1]
+
+    def after_training(self, trainer, tokenizer, run_dir: Path) -> None:
+        """samples.jsonl: generations for fixed prompts (rendered as in training) before and after tuning."""
+        import json
+
+        rendered, outputs, references = self._generate_samples(trainer.model, tokenizer)
+        before = getattr(self, "samples_before", None) or [None] * len(outputs)
+        with (run_dir / "samples.jsonl").open("w") as fh:
+            for prompt, output, reference, earlier in zip(rendered, outputs, references, before):
+                fh.write(json.dumps({"prompt": prompt, "output": output, "output_before_training": earlier,
+                                     "reference": reference}, ensure_ascii=False) + "\n")
+
     def report(self, split: str, metrics_fn, output, prefix: str, metrics: dict, out_dir: Path | None):
         loss = metrics.get(f"{prefix}_loss")
         if loss is not None:
@@ -227,6 +293,7 @@ def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool 
     task = TASKS[cfg.task.type](cfg)
     set_seed(cfg.train.seed)
     tokenizer = load_tokenizer(cfg.model, cfg.tokenizer)
+    task.prepare_tokenizer(tokenizer)
     data = task.prepare(tokenizer, cfg.train.seed)
     labels = data.label_names
     print(f"data: {_describe_splits(data.stats)}; {len(labels)} {task.unit} ({', '.join(labels[:10])}"
@@ -262,6 +329,8 @@ def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool 
                 "data": data.stats, "label_names": labels}
 
     metrics_fn = task.metrics(labels)
+    if args.process_index == 0 and not cfg.train.resume:
+        task.before_training(model, tokenizer)
     result = train_and_save(
         cfg=cfg, command=COMMAND, run_dir=run_dir, args=args, model=model, tokenizer=tokenizer,
         train_dataset=data.splits["train"], eval_dataset=data.splits.get("validation"),
@@ -282,6 +351,8 @@ def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool 
         metrics.update({k: v for k, v in out.metrics.items() if not k.endswith(("_runtime", "_per_second"))})
         sections += task.report(split, metrics_fn, out, prefix, metrics,
                                 run_dir if trainer.is_world_process_zero() else None)
+    if trainer.is_world_process_zero():
+        task.after_training(trainer, tokenizer, run_dir)
     return result.finish(metrics, sections, summary={
         "model": model_label(cfg.model),
         "task": cfg.task.type + (" (multi-label)" if cfg.task.multi_label else ""),

@@ -107,6 +107,10 @@ class SequenceClassificationTask:
     def prepare_tokenizer(self, tokenizer) -> None:
         """Adjust the tokenizer before data preparation (nothing for classification)."""
 
+    def describe(self, data) -> str:
+        labels = data.label_names
+        return f"{len(labels)} {self.unit} ({', '.join(labels[:10])}{', ...' if len(labels) > 10 else ''})"
+
     def report(self, split: str, metrics_fn, output, prefix: str, metrics: dict, out_dir: Path | None):
         from llmkit.metrics.classification import classification_report
 
@@ -214,6 +218,13 @@ class CausalLMTask(SequenceClassificationTask):
         if use_plain_template(tokenizer, detect_format(columns)):
             tokenizer.chat_template = PLAIN_TEMPLATE
 
+    def describe(self, data) -> str:
+        train = data.stats.get("train", {})
+        truncated = sum(s.get("truncated", 0) for s in data.stats.values())
+        dropped = sum(s.get("dropped", 0) for s in data.stats.values())
+        return (f"format {train.get('format')}, {truncated} example(s) truncated to data.max_length, {dropped} "
+                "dropped (no response token left)")
+
     def sample_conversations(self) -> tuple[list[list[dict]], list[str | None]]:
         """The prompts to generate for at the end: task.sample_prompts, else the first 3 validation prompts."""
         from llmkit.data.loading import load_raw_splits
@@ -296,9 +307,8 @@ def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool 
     task.prepare_tokenizer(tokenizer)
     data = task.prepare(tokenizer, cfg.train.seed)
     labels = data.label_names
-    print(f"data: {_describe_splits(data.stats)}; {len(labels)} {task.unit} ({', '.join(labels[:10])}"
-          f"{', ...' if len(labels) > 10 else ''}); {'from cache' if data.from_cache else 'prepared'} in "
-          f"{data.seconds:.1f} s")
+    print(f"data: {_describe_splits(data.stats)}; {task.describe(data)}; "
+          f"{'from cache' if data.from_cache else 'prepared'} in {data.seconds:.1f} s")
 
     model, missing = load_model(task.auto_class, cfg.model, tokenizer, **task.model_kwargs(labels))
     check_sequence_length(model, data.stats)
@@ -358,7 +368,8 @@ def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool 
         "task": cfg.task.type + (" (multi-label)" if cfg.task.multi_label else ""),
         "classes": ", ".join(labels),
         "data": _describe_splits(data.stats),
-    }, headline=[k for k in ("eval_accuracy", "eval_f1", "test_accuracy", "test_f1") if k in metrics])
+    }, headline=[k for k in ("eval_accuracy", "eval_f1", "test_accuracy", "test_f1", "eval_loss", "eval_perplexity")
+                 if k in metrics][:4])
 
 
 def _planned_steps(args, n_train: int) -> int:

@@ -35,13 +35,16 @@ class TaskConfig:
     sample_prompts: list[str] = opt("causal-lm: prompts to generate for at the end (samples.jsonl); default: the "
                                     "first 3 validation prompts.", default_factory=list)
     sample_max_new_tokens: int = opt("causal-lm: new tokens per sample generation.", default=64)
+    too_long: Literal["truncate", "error"] = opt("causal-lm: examples longer than data.max_length are truncated "
+                                                 "(and counted), or refused with an error.", default="truncate")
 
     def validate(self) -> list[ConfigIssue]:
         issues = []
         if not 0 < self.threshold < 1:
             issues.append(ConfigIssue("threshold", f"must be between 0 and 1, got {self.threshold}."))
         if self.type != "causal-lm":
-            for key, default in (("packing", True), ("sample_prompts", []), ("sample_max_new_tokens", 64)):
+            for key, default in (("packing", True), ("sample_prompts", []), ("sample_max_new_tokens", 64),
+                                 ("too_long", "truncate")):
                 if getattr(self, key) != default:
                     issues.append(ConfigIssue(key, f"only applies to task.type: causal-lm, not {self.type}."))
         if self.type != "sequence-classification" and self.multi_label:
@@ -221,6 +224,10 @@ class CausalLMTask(SequenceClassificationTask):
     def describe(self, data) -> str:
         train = data.stats.get("train", {})
         truncated = sum(s.get("truncated", 0) for s in data.stats.values())
+        if truncated and self.cfg.task.too_long == "error":
+            raise UserError(f"data.max_length: {truncated} example(s) are longer than {self.cfg.data.max_length} "
+                            "tokens and task.too_long is error. Raise data.max_length, shorten the data, or set "
+                            "task.too_long=truncate.")
         dropped = sum(s.get("dropped", 0) for s in data.stats.values())
         return (f"format {train.get('format')}, {truncated} example(s) truncated to data.max_length, {dropped} "
                 "dropped (no response token left)")

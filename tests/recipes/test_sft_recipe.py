@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -86,3 +87,24 @@ def test_missing_instruction_columns(tmp_path, sft_config):
     sft_config["data"] = {"train_file": str(tmp_path / "data/odd.jsonl"), "max_length": 64}
     result = runner.invoke(app, ["finetune", str(write_yaml(tmp_path / "sft.yaml", sft_config)), "--dry-run"])
     assert result.exit_code == 2 and "question, answer" in result.output
+
+
+def test_long_examples_truncated_with_a_count_or_refused(tmp_path, sft_config):
+    sft_config["data"]["max_length"] = 27
+    cfg = write_yaml(tmp_path / "sft.yaml", sft_config)
+    truncated = runner.invoke(app, ["finetune", str(cfg), "--dry-run"])
+    assert truncated.exit_code == 0, truncated.output
+    count = re.search(r"format alpaca, (\d+) example\(s\) truncated to data.max_length", truncated.output)
+    assert count and int(count.group(1)) > 0
+    refused = runner.invoke(app, ["finetune", str(cfg), "task.too_long=error", "--dry-run"])
+    assert refused.exit_code == 2 and "longer than 27 tokens and task.too_long is error" in refused.output
+
+
+def test_a_file_that_is_not_gguf(tmp_path, sft_config):
+    pytest.importorskip("gguf")
+    fake = tmp_path / "fake.gguf"
+    fake.write_text("not a gguf file")
+    sft_config["model"] = {"gguf_file": str(fake)}
+    sft_config["tokenizer"] = {}
+    result = runner.invoke(app, ["finetune", str(write_yaml(tmp_path / "sft.yaml", sft_config)), "--dry-run"])
+    assert result.exit_code == 2 and "model.gguf_file" in result.output and "not a GGUF file" in result.output

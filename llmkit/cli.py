@@ -83,7 +83,7 @@ def finetune(
                                                                                 "output_dir)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
 ) -> None:
-    """Fine-tune a model for a task (sequence classification, single- or multi-label)."""
+    """Fine-tune a model: sequence or token classification, or causal-LM instruction tuning (SFT)."""
 
     def body():
         from llmkit.config import dump_config

@@ -172,6 +172,8 @@ class DataConfig:
         "File format; auto infers it from the extension (.conll: CoNLL-style, one token per line with its tag "
         "in the last column, blank lines between sentences).", default="auto")
     column_names: list[str] | None = opt("Column names for a csv/tsv file without a header row.", default=None)
+    column_map: dict[str, str] = opt("Rename columns after loading, e.g. {question: prompt, answer: response} to "
+                                     "use GSM8K as prompt/response SFT data.", default_factory=dict)
     text_column: str = opt("Column holding the text.", default="text")
     text_pair_column: str | None = opt("Column holding the second text of a pair (NLI, paraphrase).",
                                         default=None)

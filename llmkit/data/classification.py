@@ -162,8 +162,8 @@ def prepare_classification_data(cfg: Any, tokenizer: Any, multi_label: bool, see
         "files": {key: files_digest(getattr(cfg, key)) for key in SPLIT_KEYS.values()},
         "hub": [cfg.dataset_name, cfg.dataset_config, cfg.train_split, cfg.eval_split, cfg.test_split],
         "tokenizer": tokenizer_digest(tokenizer),
-        "settings": {k: getattr(cfg, k) for k in ("format", "column_names", "text_column", "text_pair_column",
-                                                  "label_column", "label_names", "label_separator",
+        "settings": {k: getattr(cfg, k) for k in ("format", "column_names", "column_map", "text_column",
+                                                  "text_pair_column", "label_column", "label_names", "label_separator",
                                                   "validation_split", "max_train_samples", "max_eval_samples",
                                                   "max_length")},
     }

@@ -97,6 +97,8 @@ def load_raw_splits(cfg: Any, seed: int) -> dict:
     else:
         splits = {name: load_file_split(key, getattr(cfg, key), cfg)
                   for name, key in SPLIT_KEYS.items() if getattr(cfg, key) is not None}
+    if cfg.column_map:
+        splits = {name: _rename(name, ds, cfg.column_map) for name, ds in splits.items()}
     for name, ds in splits.items():
         if len(ds) == 0:
             raise UserError(f"data.{SPLIT_KEYS[name]}: the {name} data is empty (0 rows). Check the file.")
@@ -111,6 +113,14 @@ def load_raw_splits(cfg: Any, seed: int) -> dict:
         if name in splits and cfg.max_eval_samples is not None and cfg.max_eval_samples < len(splits[name]):
             splits[name] = splits[name].select(range(cfg.max_eval_samples))
     return splits
+
+
+def _rename(split: str, ds, column_map: dict):
+    missing = [c for c in column_map if c not in ds.column_names]
+    if missing:
+        raise UserError(f"data.column_map: the {split} data has no column {', '.join(map(repr, missing))}. Its "
+                        f"columns are: {', '.join(ds.column_names)}.")
+    return ds.rename_columns(dict(column_map))
 
 
 def require_columns(splits: dict, cfg: Any, keys: list[str]) -> None:

@@ -311,7 +311,7 @@ def prepare_sft_data(cfg: Any, tokenizer: Any, seed: int, chat_template: str | N
         "tokenizer": tokenizer_digest(tokenizer),
         "chat_template": chat_template,
         "plain_template": PLAIN_TEMPLATE,
-        "settings": {k: getattr(cfg, k) for k in ("format", "column_names", "validation_split",
+        "settings": {k: getattr(cfg, k) for k in ("format", "column_names", "column_map", "validation_split",
                                                   "max_train_samples", "max_eval_samples", "max_length")},
     }
     cacheable = cfg.cache and cfg.dataset_name is None

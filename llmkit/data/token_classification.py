@@ -118,7 +118,7 @@ def prepare_token_classification_data(cfg: Any, tokenizer: Any, seed: int,
         "tokenizer": tokenizer_digest(tokenizer),
         "settings": {k: getattr(cfg, k) for k in ("format", "tokens_column", "tags_column", "label_names",
                                                   "validation_split", "max_train_samples", "max_eval_samples",
-                                                  "max_length", "column_names")},
+                                                  "max_length", "column_names", "column_map")},
     }
     splits, meta, hit = cached_dataset(cfg.cache and cfg.dataset_name is None, cfg.cache_dir, parts, build)
     return PreparedData(splits=splits, label_names=meta["label_names"], from_cache=hit,

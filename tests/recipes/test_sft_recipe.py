@@ -108,3 +108,16 @@ def test_a_file_that_is_not_gguf(tmp_path, sft_config):
     sft_config["tokenizer"] = {}
     result = runner.invoke(app, ["finetune", str(write_yaml(tmp_path / "sft.yaml", sft_config)), "--dry-run"])
     assert result.exit_code == 2 and "model.gguf_file" in result.output and "not a GGUF file" in result.output
+
+
+def test_column_map_turns_question_answer_data_into_prompt_response(tmp_path, sft_config):
+    rows = [{"question": "say a good word", "answer": "great"}] * 8
+    (tmp_path / "data/qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sft_config["data"] = {"train_file": str(tmp_path / "data/qa.jsonl"), "max_length": 64,
+                          "column_map": {"question": "prompt", "answer": "response"}}
+    cfg = write_yaml(tmp_path / "sft.yaml", sft_config)
+    result = runner.invoke(app, ["finetune", str(cfg), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "format prompt_response" in result.output
+    bad = runner.invoke(app, ["finetune", str(cfg), "data.column_map={query: prompt}", "--dry-run"])
+    assert bad.exit_code == 2 and "data.column_map: the train data has no column 'query'" in bad.output

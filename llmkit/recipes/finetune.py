@@ -107,9 +107,6 @@ class SequenceClassificationTask:
     def after_training(self, trainer, tokenizer, run_dir: Path) -> None:
         """Task-specific outputs written once the model is trained (main process only)."""
 
-    def prepare_tokenizer(self, tokenizer) -> None:
-        """Adjust the tokenizer before data preparation (nothing for classification)."""
-
     def describe(self, data) -> str:
         labels = data.label_names
         return f"{len(labels)} {self.unit} ({', '.join(labels[:10])}{', ...' if len(labels) > 10 else ''})"
@@ -189,9 +186,14 @@ class CausalLMTask(SequenceClassificationTask):
         return Trainer  # causal-LM losses are normalised over the tokens of the accumulation window already
 
     def prepare(self, tokenizer, seed: int):
-        from llmkit.data.sft import prepare_sft_data
+        from llmkit.data.sft import PLAIN_TEMPLATE, prepare_sft_data, use_plain_template
 
-        return prepare_sft_data(self.cfg.data, tokenizer, seed)
+        data = prepare_sft_data(self.cfg.data, tokenizer, seed)
+        # Instruction data with a tokenizer without a chat template was rendered with llmkit's plain template;
+        # set it on the tokenizer so it is saved with the model and sample generation uses the same format.
+        if use_plain_template(tokenizer, data.stats["train"]["format"]):
+            tokenizer.chat_template = PLAIN_TEMPLATE
+        return data
 
     def model_kwargs(self, labels: list[str]) -> dict:
         return {}
@@ -210,16 +212,6 @@ class CausalLMTask(SequenceClassificationTask):
 
     def metrics(self, labels: list[str]):
         return None
-
-    def prepare_tokenizer(self, tokenizer) -> None:
-        """Instruction data with a tokenizer that has no chat template trains with llmkit's plain template; set
-        it on the tokenizer so it is saved with the model and generation uses the same format."""
-        from llmkit.data.loading import load_raw_splits
-        from llmkit.data.sft import PLAIN_TEMPLATE, detect_format, use_plain_template
-
-        columns = next(iter(load_raw_splits(self.cfg.data, self.cfg.train.seed).values())).column_names
-        if use_plain_template(tokenizer, detect_format(columns)):
-            tokenizer.chat_template = PLAIN_TEMPLATE
 
     def describe(self, data) -> str:
         train = data.stats.get("train", {})
@@ -311,7 +303,6 @@ def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool 
     task = TASKS[cfg.task.type](cfg)
     set_seed(cfg.train.seed)
     tokenizer = load_tokenizer(cfg.model, cfg.tokenizer)
-    task.prepare_tokenizer(tokenizer)
     data = task.prepare(tokenizer, cfg.train.seed)
     labels = data.label_names
     print(f"data: {_describe_splits(data.stats)}; {task.describe(data)}; "

@@ -121,3 +121,19 @@ def test_column_map_turns_question_answer_data_into_prompt_response(tmp_path, sf
     assert "format prompt_response" in result.output
     bad = runner.invoke(app, ["finetune", str(cfg), "data.column_map={query: prompt}", "--dry-run"])
     assert bad.exit_code == 2 and "data.column_map: the train data has no column 'query'" in bad.output
+
+
+def test_plain_template_is_saved_when_the_tokenizer_has_none(tmp_path, sft_config):
+    from tests.conftest import build_chat_tokenizer
+
+    build_chat_tokenizer(None).save_pretrained(tmp_path / "no-template")  # has EOS, no chat template
+    sft_config["tokenizer"]["name_or_path"] = str(tmp_path / "no-template")  # alpaca data
+    sft_config["train"].update(num_train_epochs=1)
+    result = runner.invoke(app, ["finetune", str(write_yaml(tmp_path / "sft.yaml", sft_config))])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "run"
+    saved = json.loads((run / "model/tokenizer_config.json").read_text())
+    template = saved.get("chat_template") or (run / "model/chat_template.jinja").read_text()
+    assert "### Instruction:" in template and "### Response:" in template
+    samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert samples[0]["prompt"].endswith("### Response:\n")

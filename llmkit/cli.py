@@ -13,6 +13,7 @@ from llmkit.errors import UserError
 
 # command -> (recipe module, its config class, the section that identifies its configs)
 RECIPES = {
+    "pretrain": ("llmkit.recipes.pretrain", "PretrainConfig", "pretrain"),
     "finetune": ("llmkit.recipes.finetune", "FinetuneConfig", "task"),
     "eval": ("llmkit.recipes.evaluation", "EvalConfig", "eval"),
 }
@@ -74,6 +75,38 @@ def main_options(
 
 
 @app.command()
+def pretrain(
+    config: Path = typer.Argument(..., help="YAML config (see configs/pretrain/ or `llmkit init pretrain`)."),
+    overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate, prepare tokenizer/data, build the model(s), "
+                                                          "print the plan; do not train."),
+    output_dir: Path | None = typer.Option(None, "--output-dir", "-o", help="Run directory (overrides "
+                                                                                "output_dir)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
+) -> None:
+    """Pretrain a language model (causal or masked) from scratch or continue pretraining; optional size sweep."""
+    _run_recipe("pretrain", config, overrides, dry_run, output_dir, overwrite)
+
+
+def _run_recipe(command: str, config: Path, overrides: list[str] | None, dry_run: bool, output_dir: Path | None,
+                overwrite: bool) -> None:
+    """Load the config, apply --output-dir, and run the command's recipe (training commands share this)."""
+
+    def body():
+        from llmkit.config import dump_config
+
+        cfg = _load(command, config, overrides or [])
+        if output_dir is not None:
+            cfg.output_dir = str(output_dir)
+        if dry_run:
+            typer.echo(dump_config(cfg, command))
+        importlib.import_module(RECIPES[command][0]).run(cfg, config_path=str(config), overwrite=overwrite,
+                                                         dry_run=dry_run)
+
+    guarded(body)
+
+
+@app.command()
 def finetune(
     config: Path = typer.Argument(..., help="YAML config (see configs/finetune/ or `llmkit init finetune`)."),
     overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
@@ -84,19 +117,7 @@ def finetune(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
 ) -> None:
     """Fine-tune a model: sequence or token classification, or causal-LM instruction tuning (SFT)."""
-
-    def body():
-        from llmkit.config import dump_config
-        from llmkit.recipes.finetune import run
-
-        cfg = _load("finetune", config, overrides or [])
-        if output_dir is not None:
-            cfg.output_dir = str(output_dir)
-        if dry_run:
-            typer.echo(dump_config(cfg, "finetune"))
-        run(cfg, config_path=str(config), overwrite=overwrite, dry_run=dry_run)
-
-    guarded(body)
+    _run_recipe("finetune", config, overrides, dry_run, output_dir, overwrite)
 
 
 @app.command("eval")

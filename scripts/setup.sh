@@ -26,7 +26,8 @@ fi
 # Skip the llmkit install when this checkout is already installed with the same pyproject.toml and extras.
 stamp="$root/.llmkit-setup-stamp${extras:+-${extras//,/-}}"
 want="$("$PY" -c 'import hashlib, sys; print(hashlib.sha256(open("pyproject.toml", "rb").read()).hexdigest(), sys.executable)') [$extras]"
-installed_here="$("$PY" -c 'import llmkit, pathlib; print(pathlib.Path(llmkit.__file__).resolve().parent.parent)' 2>/dev/null || true)"
+# Asked from outside the checkout: from inside it, `import llmkit` finds the source folder even when not installed.
+installed_here="$(cd / && "$PY" -c 'import llmkit, pathlib; print(pathlib.Path(llmkit.__file__).resolve().parent.parent)' 2>/dev/null || true)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ "$installed_here" = "$root" ]; then
   echo "setup: llmkit${extras:+[$extras]} already installed from $root"
 else

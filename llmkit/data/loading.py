@@ -18,8 +18,11 @@ def _as_list(value: str | list[str]) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-def load_file_split(key: str, files: str | list[str], cfg: Any):
-    """Load one split from local files with the `datasets` builders (csv/json/parquet/text) or load_from_disk."""
+def load_file_split(key: str, files: str | list[str], cfg: Any, text_sample_by: str = "line"):
+    """Load one split from local files with the `datasets` builders (csv/json/parquet/text) or load_from_disk.
+
+    Text files become one row per line, per blank-line-separated paragraph or per file (`text_sample_by`:
+    line | paragraph | document, the `datasets` text builder's option)."""
     import datasets
 
     files = _as_list(files)
@@ -37,7 +40,7 @@ def load_file_split(key: str, files: str | list[str], cfg: Any):
         return _load_from_disk(key, files[0], cfg)
     builder, kwargs = {"csv": ("csv", {}), "tsv": ("csv", {"delimiter": "\t", "quoting": csv.QUOTE_NONE}),
                        "json": ("json", {}), "jsonl": ("json", {}), "parquet": ("parquet", {}),
-                       "text": ("text", {})}[fmt]
+                       "text": ("text", {"sample_by": text_sample_by})}[fmt]
     if cfg.column_names:
         if builder != "csv":
             raise UserError(f"data.column_names: only applies to csv/tsv files without a header; {files[0]} is {fmt}.")
@@ -90,12 +93,12 @@ def load_hub_splits(cfg: Any) -> dict:
     return splits
 
 
-def load_raw_splits(cfg: Any, seed: int) -> dict:
+def load_raw_splits(cfg: Any, seed: int, text_sample_by: str = "line") -> dict:
     """All splits as `datasets.Dataset`s: files or hub, plus validation_split and sample limits."""
     if cfg.dataset_name is not None and cfg.train_file is None:
         splits = load_hub_splits(cfg)
     else:
-        splits = {name: load_file_split(key, getattr(cfg, key), cfg)
+        splits = {name: load_file_split(key, getattr(cfg, key), cfg, text_sample_by)
                   for name, key in SPLIT_KEYS.items() if getattr(cfg, key) is not None}
     if cfg.column_map:
         splits = {name: _rename(name, ds, cfg.column_map) for name, ds in splits.items()}

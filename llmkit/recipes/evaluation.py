@@ -129,10 +129,11 @@ class EvalConfig:
                                  default=None)
 
     def validate(self) -> list[ConfigIssue]:
+        issues = self.tokenizer.refuse_training("eval")
         if self.data.validation_file is None and self.data.test_file is None and self.data.dataset_name is None:
-            return [ConfigIssue("data.validation_file", "nothing to evaluate: set data.validation_file (or "
-                                                        "data.test_file), or pass --data PATH.")]
-        return []
+            issues.append(ConfigIssue("data.validation_file", "nothing to evaluate: set data.validation_file (or "
+                                                              "data.test_file), or pass --data PATH."))
+        return issues
 
 
 # ---------------------------------------------------------------- run directories

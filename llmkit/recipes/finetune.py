@@ -65,7 +65,7 @@ class FinetuneConfig:
     output_dir: str | None = opt("Run directory (default: runs/finetune-<config name>-<time>).", default=None)
 
     def validate(self) -> list[ConfigIssue]:
-        return self.data.require_training_data()
+        return self.data.require_training_data() + self.tokenizer.refuse_training(COMMAND)
 
 
 class SequenceClassificationTask:

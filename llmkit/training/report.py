@@ -59,7 +59,9 @@ def plot_confusion_matrix(matrix: list[list[int]], labels: list[str], path: Path
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     def fmt(v: Any) -> str:
-        return f"{v:.4f}" if isinstance(v, float) else str(v)
+        if isinstance(v, float):
+            return f"{v:.4f}" if abs(v) < 1e6 else f"{v:.4g}"
+        return str(v)
 
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]

@@ -16,3 +16,67 @@ class MeanLossTrainer(Trainer):
     """
 
     loss_is_scaled_for_ga = False
+
+
+def per_example_nll(logits, labels, shift: bool):
+    """Summed float32 negative log-likelihood and the number of scored tokens of each row.
+
+    Causal LMs (`shift`): the logits at position i predict the label at i + 1; positions labelled -100 are
+    not scored.
+    """
+    import torch.nn.functional as F
+
+    if shift:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    nll = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    return nll.sum(dim=1), (labels != -100).sum(dim=1)
+
+
+class TokenLossTrainer(Trainer):
+    """Language-model pretraining: the loss is the mean negative log-likelihood per predicted token.
+
+    Training: summed token NLL over the tokens of the whole gradient-accumulation window (`num_items_in_batch`,
+    counted by the Trainer across ranks), the same for causal and masked LMs (BERT's MLM head returns a
+    per-micro-batch mean that transformers 5 would not rescale under accumulation). Evaluation: the NLL sum
+    and token count of every row are gathered, so `eval_loss` is exp-able into the perplexity of the whole
+    validation set (a mean of per-batch means is not, when batches differ in scored tokens).
+    """
+
+    def __init__(self, *args, shift_labels: bool, **kwargs):
+        super().__init__(*args, compute_loss_func=self._token_loss, compute_metrics=self._perplexity, **kwargs)
+        self.shift_labels = shift_labels
+        # transformers counts num_items_in_batch over labels[..., 1:] only for models whose loss_type is
+        # ForCausalLM; GPT-2's is None, so say what this loss shifts.
+        self._loss_shifts_labels = shift_labels
+
+    def _token_loss(self, outputs, labels, num_items_in_batch=None):
+        nll, count = per_example_nll(outputs.logits, labels, self.shift_labels)
+        denominator = num_items_in_batch if num_items_in_batch is not None else count.sum().clamp(min=1)
+        return nll.sum() / denominator
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        import torch
+
+        inputs = self._prepare_inputs(inputs)
+        labels = inputs.pop("labels")
+        with torch.no_grad(), self.compute_loss_context_manager():
+            logits = model(**inputs).logits
+        nll, count = per_example_nll(logits, labels, self.shift_labels)
+        stats = torch.stack([nll, count.float()], dim=1)
+        return (nll.sum() / count.sum().clamp(min=1)).detach(), stats, stats
+
+    @staticmethod
+    def _perplexity(prediction) -> dict:
+        import math
+
+        nll, tokens = prediction.predictions[:, 0].sum(), prediction.predictions[:, 1].sum()
+        loss = float(nll / max(tokens, 1))
+        return {"token_loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": int(tokens)}
+
+    def evaluation_loop(self, *args, **kwargs):
+        output = super().evaluation_loop(*args, **kwargs)
+        prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+        token_loss = output.metrics.pop(f"{prefix}_token_loss", None)
+        if token_loss is not None:
+            output.metrics[f"{prefix}_loss"] = token_loss  # the token-weighted mean, not the per-batch mean
+        return output

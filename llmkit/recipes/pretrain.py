@@ -1,0 +1,394 @@
+"""`llmkit pretrain`: causal (GPT-style) or masked (BERT-style) language-model pretraining, from scratch with a
+tokenizer trained on the text, or continued from an existing model; optionally a size sweep with a scaling-law fit.
+
+Reads top to bottom: tokenizer -> data -> model -> trainer -> train -> save -> metrics.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from llmkit.config.sections import DataConfig, FromConfigSpec, ModelConfig, TokenizerConfig, TrainConfig, opt
+from llmkit.errors import ConfigIssue, UserError
+
+COMMAND = "pretrain"
+ENCODER_FAMILIES = ("bert",)
+SIZE_KEYS = [f.name for f in dataclasses.fields(FromConfigSpec) if f.name != "family"]
+MLM_ONLY = {"mlm_probability": 0.15, "mask_replace_prob": 0.8, "random_replace_prob": 0.1, "whole_word_mask": False}
+
+
+@dataclass
+class PretrainSection:
+    """What to pretrain for and how the text becomes training blocks."""
+
+    objective: Literal["clm", "mlm"] = opt("clm: next-token prediction (GPT-style decoders); mlm: masked-token "
+                                           "prediction (BERT-style encoders).", default="clm")
+    block_size: int = opt("Tokens per training block; the text is concatenated and cut into blocks of this "
+                          "length (no padding).", default=256)
+    documents: Literal["line", "paragraph", "file"] = opt(
+        "How plain-text files split into documents (each ends with EOS / SEP): one per line, per blank-line-"
+        "separated paragraph, or one per file. Rows of csv/json/parquet data are documents.", default="line")
+    mlm_probability: float = opt("mlm: share of tokens chosen for prediction.", default=0.15)
+    mask_replace_prob: float = opt("mlm: share of the chosen tokens replaced by the mask token.", default=0.8)
+    random_replace_prob: float = opt("mlm: share of the chosen tokens replaced by a random token (the rest stay "
+                                     "unchanged).", default=0.1)
+    whole_word_mask: bool = opt("mlm: choose whole words (all their tokens), keeping the mask/random/unchanged "
+                                "split per token.", default=False)
+    max_tokens: int | None = opt("Token budget: train for this many tokens (sets train.max_steps from the batch "
+                                 "size and block_size).", default=None)
+    sweep: list[dict[str, Any]] = opt(
+        "Model sizes to train on the same data and token budget, each a dict of model.from_config fields "
+        "(num_layers, hidden_size, num_heads, intermediate_size, ...) overriding model.from_config, optionally with "
+        "a name. Writes sweep.json and scaling.png with the fit L(N) = (N_c / N)^alpha.", default_factory=list)
+
+    def validate(self) -> list[ConfigIssue]:
+        issues = []
+        if self.block_size < 2:
+            issues.append(ConfigIssue("block_size", f"must be >= 2, got {self.block_size}."))
+        if self.objective != "mlm":
+            issues += [ConfigIssue(k, f"only applies to objective: mlm, not {self.objective}.")
+                       for k, default in MLM_ONLY.items() if getattr(self, k) != default]
+        for key in ("mlm_probability", "mask_replace_prob", "random_replace_prob"):
+            if not 0 <= getattr(self, key) <= 1:
+                issues.append(ConfigIssue(key, f"must be between 0 and 1, got {getattr(self, key)}."))
+        if not 0 < self.mlm_probability:
+            issues.append(ConfigIssue("mlm_probability", "must be above 0."))
+        if self.mask_replace_prob + self.random_replace_prob > 1:
+            issues.append(ConfigIssue("random_replace_prob", f"mask_replace_prob + random_replace_prob = "
+                                      f"{self.mask_replace_prob + self.random_replace_prob} exceeds 1."))
+        if self.max_tokens is not None and self.max_tokens < 1:
+            issues.append(ConfigIssue("max_tokens", f"must be >= 1, got {self.max_tokens}."))
+        issues += self._validate_sweep()
+        return issues
+
+    def _validate_sweep(self) -> list[ConfigIssue]:
+        issues = []
+        if len(self.sweep) == 1:
+            issues.append(ConfigIssue("sweep", "give at least 2 sizes to fit a scaling law (or none)."))
+        for i, size in enumerate(self.sweep):
+            for key in size:
+                if key not in (*SIZE_KEYS, "name"):
+                    close = difflib.get_close_matches(key, SIZE_KEYS, n=1)
+                    hint = f"did you mean {close[0]}? " if close else ""
+                    issues.append(ConfigIssue(f"sweep.{i}.{key}", f"unknown size key; {hint}Sweep entries take: "
+                                                                  f"{', '.join(SIZE_KEYS)}, name."))
+        return issues
+
+
+@dataclass
+class PretrainConfig:
+    """`llmkit pretrain` config."""
+
+    model: ModelConfig = opt("The model: model.from_config for a new one, or name_or_path to continue pretraining.")
+    data: DataConfig = opt("The text to pretrain on: txt files (see pretrain.documents), or csv/json/parquet with "
+                           "data.text_column.")
+    pretrain: PretrainSection = opt("Objective, block size, masking, token budget and size sweep.",
+                                    default_factory=PretrainSection)
+    tokenizer: TokenizerConfig = opt("The tokenizer: tokenizer.train to train one on the training text, else the "
+                                     "model's (or tokenizer.name_or_path).", default_factory=TokenizerConfig)
+    train: TrainConfig = opt("Training settings: any HF TrainingArguments field plus precision and resume.",
+                             default_factory=TrainConfig)
+    output_dir: str | None = opt("Run directory (default: runs/pretrain-<config name>-<time>).", default=None)
+
+    def validate(self) -> list[ConfigIssue]:
+        issues = self.data.require_training_data()
+        spec = self.model.from_config
+        objective = self.pretrain.objective
+        if spec is not None:
+            encoder = spec.family in ENCODER_FAMILIES
+            if objective == "mlm" and not encoder:
+                issues.append(ConfigIssue("pretrain.objective", f"mlm needs an encoder (family bert), but "
+                                          f"model.from_config.family is {spec.family}, a causal decoder; use "
+                                          "objective: clm, or family: bert."))
+            if objective == "clm" and encoder:
+                issues.append(ConfigIssue("pretrain.objective", "clm needs a causal decoder (family gpt2 or llama), "
+                                          "but model.from_config.family is bert, an encoder; use objective: mlm, "
+                                          "or family: gpt2 / llama."))
+            if self.tokenizer.train is None and self.tokenizer.name_or_path is None:
+                issues.append(ConfigIssue("tokenizer", "model.from_config builds a new model without a tokenizer; "
+                                          "set tokenizer.train (e.g. {type: bpe, vocab_size: 8000}) or "
+                                          "tokenizer.name_or_path."))
+        elif self.tokenizer.train is not None:
+            issues.append(ConfigIssue("tokenizer.train", "a newly trained vocabulary does not fit the embeddings of "
+                                      "an existing model; use it with model.from_config, or drop tokenizer.train "
+                                      "to continue pretraining with the model's tokenizer."))
+        if self.pretrain.sweep and spec is None:
+            issues.append(ConfigIssue("pretrain.sweep", "a size sweep builds new models: set model.from_config "
+                                      "(the sizes override its fields)."))
+        if self.pretrain.max_tokens is not None and self.train.passthrough.get("max_steps", -1) > 0:
+            issues.append(ConfigIssue("pretrain.max_tokens", "give either pretrain.max_tokens or train.max_steps, "
+                                      "not both."))
+        return issues
+
+
+def check_objective(model_cfg: ModelConfig, objective: str) -> None:
+    """An existing model must have the head the objective trains (checked on its config, before loading)."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    from llmkit.models.loading import model_label, model_source, quiet_transformers
+
+    with quiet_transformers():
+        kind = AutoConfig.from_pretrained(model_source(model_cfg), trust_remote_code=model_cfg.trust_remote_code)
+    model_type = kind.model_type
+    encoder = model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    if objective == "mlm" and not encoder:
+        raise UserError(f"pretrain.objective: mlm needs a masked-LM (encoder) model, but {model_label(model_cfg)} is "
+                        f"a {model_type} model, which has no masked-LM head; use objective: clm.")
+    if objective == "clm" and (encoder or model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES):
+        raise UserError(f"pretrain.objective: clm needs a causal decoder, but {model_label(model_cfg)} is a "
+                        f"{model_type} model (an encoder); use objective: mlm.")
+
+
+def check_model_fits(model: Any, tokenizer: Any, block_size: int) -> None:
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit and block_size > limit:
+        raise UserError(f"pretrain.block_size: {block_size} is larger than the model's {limit} positions; set "
+                        f"pretrain.block_size={limit} (or lower), or raise model.from_config.max_position_embeddings.")
+    vocab = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > vocab:
+        raise UserError(f"tokenizer: the tokenizer has {len(tokenizer)} tokens but the model's embedding only "
+                        f"{vocab}; use the model's own tokenizer.")
+
+
+def load_or_train_tokenizer(cfg: PretrainConfig, raw, resume_from: str | None):
+    """The model's (or configured) tokenizer, or one trained on the training text (cached; on resume, the one
+    saved in the checkpoint)."""
+    from llmkit.models.loading import load_tokenizer
+
+    spec = cfg.tokenizer.train
+    if spec is None:
+        return load_tokenizer(cfg.model, cfg.tokenizer), "loaded"
+    if resume_from and (Path(resume_from) / "tokenizer.json").is_file():
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(resume_from), "from the checkpoint"
+    from llmkit.models.tokenizer_training import cached_tokenizer
+
+    if spec.max_length is None:
+        spec = dataclasses.replace(spec, max_length=cfg.model.from_config.max_position_embeddings)
+    tokenizer, hit = cached_tokenizer(spec, raw.train_texts(), cfg.pretrain.objective, raw.key_parts(),
+                                      cfg.data.cache_dir)
+    return tokenizer, f"trained ({spec.type}, {len(tokenizer)} tokens){', from cache' if hit else ''}"
+
+
+def run(cfg: PretrainConfig, *, config_path: str | None = None, overwrite: bool = False,
+        dry_run: bool = False) -> dict:
+    """Pretrain (or sweep sizes) and evaluate; return the final metrics (also in OUTPUT_DIR/metrics.json)."""
+    from transformers import set_seed
+
+    from llmkit.data.pretraining import LazySplits, MaskingSettings, prepare_pretrain_data
+    from llmkit.training import rundir
+
+    p = cfg.pretrain
+    set_seed(cfg.train.seed)
+    if cfg.model.from_config is None:
+        check_objective(cfg.model, p.objective)
+    run_path = Path(cfg.output_dir) if cfg.output_dir else rundir.default_run_dir(COMMAND, config_path)
+    resume_from = rundir.find_resume_checkpoint(run_path, cfg.train.resume) \
+        if cfg.train.resume and run_path.is_dir() and not p.sweep else None
+    raw = LazySplits(cfg.data, cfg.train.seed, {"file": "document"}.get(p.documents, p.documents))
+    tokenizer, how = load_or_train_tokenizer(cfg, raw, resume_from)
+    masking = MaskingSettings(p.mlm_probability, p.mask_replace_prob, p.random_replace_prob, p.whole_word_mask)
+    data = prepare_pretrain_data(cfg.data, tokenizer, raw, p.objective, p.block_size, masking, cfg.train.seed)
+    print(f"tokenizer: {how}; data: {describe_splits(data.stats)}; "
+          f"{'from cache' if data.from_cache else 'prepared'} in {data.seconds:.1f} s")
+    sizes = [dict(s) for s in p.sweep] or [{}]
+    plan = Plan(cfg, data, tokenizer, masking)
+    if dry_run:
+        return plan.dry_run(sizes)
+    run_dir = rundir.prepare_run_dir(run_path, overwrite, cfg.train.resume)
+    if not p.sweep:
+        return plan.train(cfg, run_dir, sweep_member=False)
+    return run_sweep(plan, sizes, run_dir)
+
+
+class Plan:
+    """Builds and trains one model of the run (or of a sweep) on the prepared data."""
+
+    def __init__(self, cfg: PretrainConfig, data, tokenizer, masking):
+        self.cfg, self.data, self.tokenizer, self.masking = cfg, data, tokenizer, masking
+
+    def sized(self, size: dict) -> PretrainConfig:
+        """The config of one sweep member: model.from_config with the size's fields, no sweep."""
+        cfg = copy.deepcopy(self.cfg)
+        fields = {k: v for k, v in size.items() if k != "name"}
+        if fields:
+            cfg.model.from_config = dataclasses.replace(cfg.model.from_config, **fields)
+            problems = cfg.model.from_config.validate()
+            if problems:
+                raise UserError(f"pretrain.sweep: size {size}: " + "; ".join(map(str, problems)))
+        cfg.pretrain.sweep = []
+        return cfg
+
+    def build_model(self, cfg: PretrainConfig):
+        from llmkit.models.loading import load_model
+
+        auto = "AutoModelForMaskedLM" if cfg.pretrain.objective == "mlm" else "AutoModelForCausalLM"
+        model, _ = load_model(auto, cfg.model, self.tokenizer)
+        check_model_fits(model, self.tokenizer, cfg.pretrain.block_size)
+        return model
+
+    def arguments(self, cfg: PretrainConfig, checkpoints: str):
+        from llmkit.training.arguments import TrainingArgumentsError, make_training_arguments
+
+        overrides = {"remove_unused_columns": False}  # the collator needs word_start (whole-word masking)
+        if "validation" not in self.data.splits:
+            overrides.update(eval_strategy="no", load_best_model_at_end=False)
+        try:
+            args = make_training_arguments(cfg.train, checkpoints, **overrides)
+            if cfg.pretrain.max_tokens:
+                per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * \
+                    max(args.world_size, 1) * cfg.pretrain.block_size
+                args = make_training_arguments(cfg.train, checkpoints, **overrides,
+                                               max_steps=math.ceil(cfg.pretrain.max_tokens / per_step))
+        except TrainingArgumentsError as e:
+            raise UserError(f"train.{e.key}: {e.message}" if e.key else f"train: {e.message}") from None
+        return args
+
+    def dry_run(self, sizes: list[dict]) -> dict:
+        from llmkit.models.loading import count_parameters
+        from llmkit.training.scaling import non_embedding_parameters
+
+        out = {"dry_run": True, "data": self.data.stats, "sizes": []}
+        for size in sizes:
+            cfg = self.sized(size)
+            model = self.build_model(cfg)
+            args = self.arguments(cfg, "dry-run")
+            steps = planned_steps(args, len(self.data.splits["train"]))
+            total = count_parameters(model)[1]
+            print(f"model: {type(model).__name__}, {total / 1e6:.2f} M parameters "
+                  f"({non_embedding_parameters(model) / 1e6:.2f} M non-embedding); plan: {steps} steps")
+            out["sizes"].append({"total_params": total, "non_embedding_params": non_embedding_parameters(model),
+                                 "train_steps": steps})
+        return out
+
+    def train(self, cfg: PretrainConfig, run_dir: Path, sweep_member: bool) -> dict:
+        from llmkit.data.pretraining import BlockCollator
+        from llmkit.models.loading import count_parameters, model_label
+        from llmkit.training import rundir
+        from llmkit.training.arguments import resolve_precision
+        from llmkit.training.loop import train_and_save
+        from llmkit.training.scaling import non_embedding_parameters
+        from llmkit.training.trainer import TokenLossTrainer
+
+        objective = cfg.pretrain.objective
+        model = self.build_model(cfg)
+        trainable, total = count_parameters(model)
+        non_embedding = non_embedding_parameters(model)
+        args = self.arguments(cfg, str(run_dir / rundir.CHECKPOINTS))
+        steps = planned_steps(args, len(self.data.splits["train"]))
+        precision = resolve_precision(cfg.train.precision)
+        print(f"model: {type(model).__name__} ({model_label(cfg.model)}), {total / 1e6:.2f} M parameters, "
+              f"{non_embedding / 1e6:.2f} M non-embedding; plan: {steps} optimizer steps of "
+              f"{args.per_device_train_batch_size} x {args.gradient_accumulation_steps} x {args.world_size} blocks "
+              f"of {cfg.pretrain.block_size} tokens, precision {precision}")
+        collator = BlockCollator(self.tokenizer, objective, self.masking)
+        result = train_and_save(
+            cfg=cfg, command=COMMAND, run_dir=run_dir, args=args, model=model, tokenizer=self.tokenizer,
+            train_dataset=self.data.splits["train"], eval_dataset=self.data.splits.get("validation"),
+            data_collator=collator, precision=precision, trainer_cls=TokenLossTrainer,
+            shift_labels=objective == "clm")
+        trainer, metrics = result.trainer, result.metrics
+        train_padding = collator.padding_fraction
+        for split, prefix in (("validation", "eval"), ("test", "test")):
+            if split in self.data.splits:
+                found = trainer.evaluate(self.data.splits[split], metric_key_prefix=prefix)
+                metrics.update({k: v for k, v in found.items() if not k.endswith(("_runtime", "_per_second"))})
+        metrics.update(trainable_params=trainable, total_params=total, non_embedding_params=non_embedding,
+                       train_padding_fraction=round(train_padding, 8), objective=objective,
+                       block_size=cfg.pretrain.block_size, final_train_loss=final_train_loss(trainer))
+        return result.finish(metrics, [], summary={
+            "model": model_label(cfg.model), "objective": objective, "data": describe_splits(self.data.stats),
+            "parameters": f"{total:,} ({non_embedding:,} non-embedding)",
+            "padding": f"{100 * train_padding:.4f} % of training positions",
+        }, headline=[k for k in ("eval_loss", "eval_perplexity", "test_perplexity") if k in metrics]
+            + ([] if sweep_member else ["train_tokens_per_second"]))
+
+
+def final_train_loss(trainer) -> float | None:
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return losses[-1] if losses else None
+
+
+def run_sweep(plan: Plan, sizes: list[dict], run_dir: Path) -> dict:
+    """Train each size in run_dir/sweep/<name> (finished ones are kept on resume), then fit and draw."""
+    import json
+
+    from llmkit.config.loader import save_config
+    from llmkit.training import rundir
+    from llmkit.training.arguments import resolve_precision
+    from llmkit.training.report import markdown_table, write_report
+    from llmkit.training.scaling import fit_power_law, plot_scaling
+
+    rundir.check_resume_config(run_dir, plan.cfg)
+    save_config(plan.cfg, run_dir / "config.yaml", COMMAND)
+    rundir.write_json(run_dir / "env.json", rundir.environment(resolve_precision(plan.cfg.train.precision), 1))
+    rows = []
+    for i, size in enumerate(sizes):
+        cfg = plan.sized(size)
+        spec = cfg.model.from_config
+        name = size.get("name") or f"{i}-L{spec.num_layers}-H{spec.hidden_size}"
+        sub = run_dir / "sweep" / name
+        done = sub / "metrics.json"
+        print(f"\n=== sweep {i + 1}/{len(sizes)}: {name} ===")
+        if cfg.train.resume and done.is_file():
+            metrics = json.loads(done.read_text())
+            print("finished before; kept.")
+        else:
+            sub.mkdir(parents=True, exist_ok=True)
+            metrics = plan.train(cfg, sub, sweep_member=True)
+        rows.append({"name": name, "size": {k: v for k, v in size.items() if k != "name"},
+                     "non_embedding_params": metrics["non_embedding_params"], "total_params": metrics["total_params"],
+                     "train_tokens": metrics.get("train_tokens"), "final_train_loss": metrics.get("final_train_loss"),
+                     "eval_loss": metrics.get("eval_loss"), "eval_perplexity": metrics.get("eval_perplexity"),
+                     "train_runtime": metrics.get("train_runtime"),
+                     "train_tokens_per_second": metrics.get("train_tokens_per_second")})
+    key = "eval_loss" if all(r["eval_loss"] is not None for r in rows) else "final_train_loss"
+    params, losses = [r["non_embedding_params"] for r in rows], [r[key] for r in rows]
+    try:
+        fit = fit_power_law(params, losses)
+    except ValueError as e:
+        raise UserError(f"pretrain.sweep: cannot fit a scaling law: {e}") from None
+    plot_scaling(params, losses, fit, run_dir / "scaling.png", labels=[r["name"] for r in rows],
+                 ylabel="validation loss" if key == "eval_loss" else "final training loss")
+    summary = {"fit_on": key, "fit": fit.to_dict(), "sizes": rows}
+    rundir.write_json(run_dir / "sweep.json", summary)
+    metrics = {"sweep_alpha": fit.alpha, "sweep_n_c": fit.n_c, "sweep_r2": fit.r2, "sweep_sizes": len(rows)}
+    rundir.write_json(run_dir / "metrics.json", metrics)
+    header = ["size", "non-embedding params", "params", "train tokens", "final train loss", "validation loss",
+              "tokens/s"]
+    body = markdown_table(header, [[r["name"], r["non_embedding_params"], r["total_params"], r["train_tokens"],
+                                    r["final_train_loss"], r["eval_loss"], round(r["train_tokens_per_second"] or 0)]
+                                   for r in rows])
+    fit_text = (f"L(N) = (N_c / N)^alpha fitted to the {key.replace('_', ' ')} on non-embedding parameters: "
+                f"alpha = {fit.alpha:.4f}, N_c = {fit.n_c:.3g}, R^2 = {fit.r2:.4f}.\n\n![scaling](scaling.png)")
+    write_report(run_dir, f"llmkit {COMMAND} sweep", {"model family": plan.cfg.model.from_config.family,
+                                                      "run directory": str(run_dir)},
+                 metrics, [("Sizes", body), ("Scaling law", fit_text)], [])
+    table = "\n".join(f"  {r['name']:<16} N={r['non_embedding_params']:>10,}  {key}={r[key]:.4f}" for r in rows)
+    print(f"\nsweep: {len(rows)} sizes, same data and {rows[0]['train_tokens']} training tokens each\n{table}\n"
+          f"fit: L(N) = (N_c / N)^alpha with alpha={fit.alpha:.4f}, N_c={fit.n_c:.3g}, R^2={fit.r2:.4f}\n"
+          f"run: {run_dir}  (sweep.json, scaling.png)")
+    return {**metrics, "sweep": summary}
+
+
+def planned_steps(args, n_blocks: int) -> int:
+    if args.max_steps and args.max_steps > 0:
+        return args.max_steps
+    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
+    return math.ceil(n_blocks / per_step * args.num_train_epochs)
+
+
+def describe_splits(stats: dict) -> str:
+    return ", ".join(f"{name} {s['documents']} documents / {s['tokens']} tokens / {s['blocks']} blocks"
+                     for name, s in stats.items())

@@ -221,6 +221,7 @@ class BlockCollator:
                     mask_replace_prob=self.masking.mask_replace_prob,
                     random_replace_prob=self.masking.random_replace_prob)
         self.real = self.total = 0
+        self.counting = True  # off while the Trainer evaluates: the padding figure is the training batches'
 
     def _pad(self, rows: list, value: int):
         import torch
@@ -237,8 +238,9 @@ class BlockCollator:
         ids = self._pad([f["input_ids"] for f in features], self.pad_id)
         lengths = torch.tensor([len(f["input_ids"]) for f in features])
         attention = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
-        self.real += int(lengths.sum())
-        self.total += ids.numel()
+        if self.counting:
+            self.real += int(lengths.sum())
+            self.total += ids.numel()
         batch = {"input_ids": ids, "attention_mask": attention}
         if "labels" in features[0]:
             batch["labels"] = self._pad([f["labels"] for f in features], IGNORE_INDEX)

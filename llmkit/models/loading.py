@@ -101,6 +101,8 @@ def build_model_config(spec: Any, tokenizer: Any, **task_kwargs: Any):
     class_name, names = FAMILIES[spec.family]
     config_cls = getattr(transformers, class_name)
     kwargs = {names[k]: getattr(spec, k) for k in names if getattr(spec, k) is not None}
+    # The documented default; BertConfig (3072) and LlamaConfig (11008) would otherwise keep their base sizes.
+    kwargs[names["intermediate_size"]] = spec.intermediate_size or 4 * spec.hidden_size
     kwargs["vocab_size"] = spec.vocab_size or len(tokenizer)
     if spec.vocab_size and spec.vocab_size < len(tokenizer):
         raise UserError(f"model.from_config.vocab_size: {spec.vocab_size} is smaller than the tokenizer's "

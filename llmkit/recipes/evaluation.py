@@ -29,17 +29,19 @@ INHERITED_DATA_KEYS = ("text_column", "text_pair_column", "label_column", "label
 class PerplexitySpec:
     """Perplexity settings."""
 
-    max_length: int = opt("Tokens per window (causal LMs) or per block (masked LMs).", default=512)
-    stride: int = opt("Causal LMs: step between windows; each window scores only the tokens no earlier window "
-                      "scored, with up to max_length - stride tokens of context.", default=256)
+    max_length: int | None = opt("Tokens per window (causal LMs) or per block (masked LMs); default: the model's "
+                                 "positions, at most 512.", default=None)
+    stride: int | None = opt("Causal LMs: step between windows; each window scores only the tokens no earlier "
+                             "window scored, with up to max_length - stride tokens of context. Default: half of "
+                             "max_length.", default=None)
     mlm_probability: float = opt("Masked LMs: share of tokens masked (and scored), with a fixed seed.", default=0.15)
     seed: int = opt("Masked LMs: seed of the masking.", default=0)
 
     def validate(self) -> list[ConfigIssue]:
         issues = []
-        if self.max_length < 2:
+        if self.max_length is not None and self.max_length < 2:
             issues.append(ConfigIssue("max_length", f"must be >= 2, got {self.max_length}."))
-        if self.stride < 1 or self.stride > self.max_length:
+        if self.stride is not None and (self.stride < 1 or self.stride > (self.max_length or self.stride)):
             issues.append(ConfigIssue("stride", f"must be between 1 and max_length={self.max_length}, got "
                                                 f"{self.stride}: a stride larger than the window would skip tokens."))
         if not 0 < self.mlm_probability < 1:
@@ -379,10 +381,15 @@ def evaluate_perplexity(cfg: EvalConfig, model_cfg: ModelConfig, tokenizer: Any,
     if missing and any("lm_head" in k or "predictions" in k or "cls." in k for k in missing):
         raise UserError(f"model.name_or_path: {model_cfg.name_or_path} has no trained language-model head "
                         f"(missing: {', '.join(sorted(missing)[:3])}); its perplexity would be meaningless.")
-    limit = getattr(model.config, "max_position_embeddings", None) or spec.max_length
-    if spec.max_length > limit:
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if spec.max_length is not None and limit and spec.max_length > limit:
         raise UserError(f"eval.perplexity.max_length: {spec.max_length} is more than the model's {limit} "
                         f"positions; set eval.perplexity.max_length={limit} (or lower).")
+    max_length = spec.max_length or min(limit or 512, 512)
+    spec = dataclasses.replace(spec, max_length=max_length, stride=spec.stride or max(max_length // 2, 1))
+    if spec.stride > max_length:
+        raise UserError(f"eval.perplexity.stride: {spec.stride} is more than the window of {max_length} tokens "
+                        "(the model's positions); lower it.")
     model.eval()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.eval.precision == "bf16"):
         if kind == "causal":

@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import difflib
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -197,7 +198,9 @@ def run(cfg: PretrainConfig, *, config_path: str | None = None, overwrite: bool 
     resume_from = rundir.find_resume_checkpoint(run_path, cfg.train.resume) \
         if cfg.train.resume and run_path.is_dir() and not p.sweep else None
     raw = LazySplits(cfg.data, cfg.train.seed, {"file": "document"}.get(p.documents, p.documents))
+    started = time.perf_counter()
     tokenizer, how = load_or_train_tokenizer(cfg, raw, resume_from)
+    how += f" in {time.perf_counter() - started:.1f} s"
     masking = MaskingSettings(p.mlm_probability, p.mask_replace_prob, p.random_replace_prob, p.whole_word_mask)
     data = prepare_pretrain_data(cfg.data, tokenizer, raw, p.objective, p.block_size, masking, cfg.train.seed)
     print(f"tokenizer: {how}; data: {describe_splits(data.stats)}; "

@@ -74,7 +74,14 @@ class TokenLossTrainer(Trainer):
         return {"token_loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": int(tokens)}
 
     def evaluation_loop(self, *args, **kwargs):
-        output = super().evaluation_loop(*args, **kwargs)
+        counting = getattr(self.data_collator, "counting", None)
+        if counting is not None:
+            self.data_collator.counting = False  # evaluation batches are not training padding
+        try:
+            output = super().evaluation_loop(*args, **kwargs)
+        finally:
+            if counting is not None:
+                self.data_collator.counting = counting
         prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
         token_loss = output.metrics.pop(f"{prefix}_token_loss", None)
         if token_loss is not None:

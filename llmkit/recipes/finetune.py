@@ -297,7 +297,12 @@ def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool 
         model_label,
     )
     from llmkit.training import rundir
-    from llmkit.training.arguments import TrainingArgumentsError, make_training_arguments, resolve_precision
+    from llmkit.training.arguments import (
+        TrainingArgumentsError,
+        make_training_arguments,
+        planned_steps,
+        resolve_precision,
+    )
     from llmkit.training.loop import train_and_save
 
     task = TASKS[cfg.task.type](cfg)
@@ -328,7 +333,7 @@ def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool 
                                        **eval_overrides)
     except TrainingArgumentsError as e:
         raise UserError(f"train.{e.key}: {e.message}" if e.key else f"train: {e.message}") from None
-    steps = _planned_steps(args, len(data.splits["train"]))
+    steps = planned_steps(args, len(data.splits["train"]))
     precision = resolve_precision(cfg.train.precision)
     print(f"plan: {steps} optimizer steps, batch {args.per_device_train_batch_size} x accumulation "
           f"{args.gradient_accumulation_steps} x {args.world_size} process(es), precision {precision}")
@@ -368,13 +373,6 @@ def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool 
         "data": _describe_splits(data.stats),
     }, headline=[k for k in ("eval_accuracy", "eval_f1", "test_accuracy", "test_f1", "eval_loss", "eval_perplexity")
                  if k in metrics][:4])
-
-
-def _planned_steps(args, n_train: int) -> int:
-    if args.max_steps and args.max_steps > 0:
-        return args.max_steps
-    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
-    return math.ceil(n_train / per_step * args.num_train_epochs)
 
 
 def _describe_splits(stats: dict) -> str:

@@ -260,6 +260,7 @@ class Plan:
 
     def dry_run(self, sizes: list[dict]) -> dict:
         from llmkit.models.loading import count_parameters
+        from llmkit.training import arguments
         from llmkit.training.scaling import non_embedding_parameters
 
         out = {"dry_run": True, "data": self.data.stats, "sizes": []}
@@ -267,7 +268,7 @@ class Plan:
             cfg = self.sized(size)
             model = self.build_model(cfg)
             args = self.arguments(cfg, "dry-run")
-            steps = planned_steps(args, len(self.data.splits["train"]))
+            steps = arguments.planned_steps(args, len(self.data.splits["train"]))
             total = count_parameters(model)[1]
             print(f"model: {type(model).__name__}, {total / 1e6:.2f} M parameters "
                   f"({non_embedding_parameters(model) / 1e6:.2f} M non-embedding); plan: {steps} steps")
@@ -278,7 +279,7 @@ class Plan:
     def train(self, cfg: PretrainConfig, run_dir: Path, sweep_member: bool) -> dict:
         from llmkit.data.pretraining import BlockCollator
         from llmkit.models.loading import count_parameters, model_label
-        from llmkit.training import rundir
+        from llmkit.training import arguments, rundir
         from llmkit.training.arguments import resolve_precision
         from llmkit.training.loop import train_and_save
         from llmkit.training.scaling import non_embedding_parameters
@@ -289,7 +290,7 @@ class Plan:
         trainable, total = count_parameters(model)
         non_embedding = non_embedding_parameters(model)
         args = self.arguments(cfg, str(run_dir / rundir.CHECKPOINTS))
-        steps = planned_steps(args, len(self.data.splits["train"]))
+        steps = arguments.planned_steps(args, len(self.data.splits["train"]))
         precision = resolve_precision(cfg.train.precision)
         print(f"model: {type(model).__name__} ({model_label(cfg.model)}), {total / 1e6:.2f} M parameters, "
               f"{non_embedding / 1e6:.2f} M non-embedding; plan: {steps} optimizer steps of "
@@ -383,13 +384,6 @@ def run_sweep(plan: Plan, sizes: list[dict], run_dir: Path) -> dict:
           f"fit: L(N) = (N_c / N)^alpha with alpha={fit.alpha:.4f}, N_c={fit.n_c:.3g}, R^2={fit.r2:.4f}\n"
           f"run: {run_dir}  (sweep.json, scaling.png)")
     return {**metrics, "sweep": summary}
-
-
-def planned_steps(args, n_blocks: int) -> int:
-    if args.max_steps and args.max_steps > 0:
-        return args.max_steps
-    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
-    return math.ceil(n_blocks / per_step * args.num_train_epochs)
 
 
 def describe_splits(stats: dict) -> str:

@@ -79,3 +79,13 @@ def _check_choices(kwargs: dict) -> None:
 def _guess_key(message: str, kwargs: dict) -> str:
     named = [k for k in kwargs if re.search(rf"\b{re.escape(k)}\b", message)]
     return named[0] if named else ""
+
+
+def planned_steps(args: Any, n_train: int) -> int:
+    """Optimizer steps a run will take: max_steps when set, else epochs over n_train examples (or blocks)."""
+    import math
+
+    if args.max_steps and args.max_steps > 0:
+        return args.max_steps
+    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
+    return math.ceil(n_train / per_step * args.num_train_epochs)

@@ -15,6 +15,7 @@ from llmkit.errors import UserError
 RECIPES = {
     "pretrain": ("llmkit.recipes.pretrain", "PretrainConfig", "pretrain"),
     "finetune": ("llmkit.recipes.finetune", "FinetuneConfig", "task"),
+    "adapter": ("llmkit.recipes.adapter", "AdapterConfig", "adapter"),
     "eval": ("llmkit.recipes.evaluation", "EvalConfig", "eval"),
 }
 
@@ -120,6 +121,38 @@ def finetune(
     _run_recipe("finetune", config, overrides, dry_run, output_dir, overwrite)
 
 
+@app.command()
+def adapter(
+    config: str = typer.Argument(..., help="YAML config (see configs/adapter/ or `llmkit init adapter`); or `merge` "
+                                           "followed by an adapter run directory."),
+    overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP + " After `merge`: the run directory.",
+                                                 show_default=False),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate, load data/tokenizer/model, attach the adapter, "
+                                                          "print the plan; do not train."),
+    output_dir: Path | None = typer.Option(None, "--output-dir", "-o", help="Run directory (overrides "
+                                                                                "output_dir)."),
+    output: Path | None = typer.Option(None, "--output", help="merge: where to write the merged model."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run (or --output) directory."),
+) -> None:
+    """Train an adapter (LoRA or any PEFT method, or bottleneck adapters) on a finetune task; `adapter merge RUN
+    --output DIR` writes a standalone model with a LoRA-family adapter merged in."""
+    if config != "merge":
+        _run_recipe("adapter", Path(config), overrides, dry_run, output_dir, overwrite)
+        return
+
+    def merge():
+        from llmkit.models.adapters import merge_adapter
+
+        if not overrides or len(overrides) != 1 or output is None:
+            raise UserError("adapter merge: give one adapter run directory and --output DIR, e.g. llmkit adapter "
+                            "merge runs/minilm-sst2-lora --output merged/minilm-sst2.")
+        meta = merge_adapter(overrides[0], output, overwrite)
+        typer.echo(f"merged the {meta['method']} adapter {meta['name']!r} into {meta['base_model']}; wrote {output} "
+                   "(loads with transformers' from_pretrained, no PEFT needed)")
+
+    guarded(merge)
+
+
 @app.command("eval")
 def eval_command(
     target: str = typer.Argument(..., help="A YAML config; or a run/model directory (short form, with --data); "
@@ -197,6 +230,9 @@ def _infer_command(config: Path, command: str | None) -> str:
         return command
     data = read_yaml(config)
     found = [name for name, (_, _, section) in RECIPES.items() if section in data]
+    if len(found) > 1:  # an adapter config has finetune's `task:` too: keep the command whose config holds all
+        found = [name for name in found if all(RECIPES[other][2] in recipe_config_class(name).__dataclass_fields__
+                                               for other in found)]
     if len(found) == 1:
         return found[0]
     parent = config.resolve().parent.name

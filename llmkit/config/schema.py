@@ -8,7 +8,10 @@ dataclasses with `field(metadata={"help": ...})`; a section may also:
   (keys in the returned issues are relative to the section);
 - define `passthrough_fields()` (a classmethod returning `{name: (type, default)}`)
   to accept the fields of another dataclass, e.g. HF `TrainingArguments`;
-  accepted values land in `self.passthrough`.
+  accepted values land in `self.passthrough`;
+- set `open_passthrough = True` to accept any other key into `self.passthrough`
+  when which keys are valid depends on a value (e.g. `adapter.method`); its
+  `validate()` then checks them.
 
 This is written by hand because neither transformers' `HfArgumentParser` (flat,
 argparse-based, stops at the first error) nor a schema library gives nested
@@ -192,6 +195,8 @@ def build(cls: type, data: dict, prefix: str = "", index: dict[str, list[str]] |
             tp, target = hints[key], kwargs
         elif key in extra_fields:
             tp, target = extra_fields[key][0], passthrough
+        elif getattr(cls, "open_passthrough", False):
+            tp, target = Any, passthrough
         elif key in renamed:
             issues.append(ConfigIssue(full, f"{UNKNOWN_KEY} here: {renamed[key]}"))
             continue
@@ -209,7 +214,7 @@ def build(cls: type, data: dict, prefix: str = "", index: dict[str, list[str]] |
         issues.append(ConfigIssue(join(prefix, name), f"required key is missing. {help_of(f)}".strip()))
         kwargs[name] = _placeholder(hints[name])
     obj = cls(**kwargs)
-    if extra_fields:
+    if extra_fields or getattr(cls, "open_passthrough", False):
         defaults = cls.passthrough_defaults() if hasattr(cls, "passthrough_defaults") else {}
         obj.passthrough = {**defaults, **passthrough}
     # Cross-field checks need well-typed values; an unknown key alone does not block them.

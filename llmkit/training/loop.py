@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ class TrainingRun:
     run_dir: Path
     metrics: dict
     command: str
+    saved_as: str = "model"
 
     @property
     def is_main(self) -> bool:
@@ -53,14 +55,16 @@ class TrainingRun:
             report = write_report(self.run_dir, f"llmkit {self.command}", summary,
                                   {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, sections, history)
             shown = "  ".join(f"{k}={metrics[k]:.4f}" for k in headline)
-            print(f"\n{shown}\nrun: {self.run_dir}  (report: {report.name}, model: model/)")
+            print(f"\n{shown}\nrun: {self.run_dir}  (report: {report.name}, {self.saved_as}: {self.saved_as}/)")
         return metrics
 
 
 def train_and_save(*, cfg: Any, command: str, run_dir: Path, args: Any, model: Any, tokenizer: Any,
                    train_dataset: Any, eval_dataset: Any, data_collator: Any, precision: str,
-                   trainer_cls: type = MeanLossTrainer, **trainer_kwargs: Any) -> TrainingRun:
-    """Train with HF Trainer inside a run directory; save the final model; return train metrics."""
+                   trainer_cls: type = MeanLossTrainer, save: Callable[[Any, Path], None] | None = None,
+                   **trainer_kwargs: Any) -> TrainingRun:
+    """Train with HF Trainer inside a run directory; save the final model (or, given `save`, an adapter into
+    `adapter/` with it); return train metrics."""
     main = args.process_index == 0
     rundir.check_resume_config(run_dir, cfg)
     if main:
@@ -96,7 +100,11 @@ def train_and_save(*, cfg: Any, command: str, run_dir: Path, args: Any, model: A
         raise TrainingInterrupted(f"Interrupted at step {trainer.state.global_step}; a checkpoint was saved in "
                                   f"{run_dir / rundir.CHECKPOINTS}. Continue with: llmkit {command} "
                                   f"{run_dir / 'config.yaml'} train.resume=auto --output-dir {run_dir}")
-    trainer.save_model(str(run_dir / "model"))
+    saved_as = "model" if save is None else "adapter"
+    if save is None:
+        trainer.save_model(str(run_dir / saved_as))
+    elif main:
+        save(trainer, run_dir / saved_as)
     metrics = dict(output.metrics)
     # Throughput of this session's training steps: tokens seen since the start (or the resumed checkpoint),
     # over wall time minus the evaluations run in between.
@@ -106,7 +114,7 @@ def train_and_save(*, cfg: Any, command: str, run_dir: Path, args: Any, model: A
     train_seconds = max(wall - eval_seconds, 1e-9)
     metrics.update(train_tokens=tokens, train_tokens_per_second=tokens / train_seconds, world_size=args.world_size,
                    precision=precision)
-    return TrainingRun(trainer=trainer, run_dir=run_dir, metrics=metrics, command=command)
+    return TrainingRun(trainer=trainer, run_dir=run_dir, metrics=metrics, command=command, saved_as=saved_as)
 
 
 def _checkpoint_state(checkpoint: str | None) -> dict:

@@ -1,0 +1,278 @@
+"""Adapters on a pretrained model: any PEFT method by name, or llmkit's bottleneck adapters.
+
+An adapter run saves only the adapter (plus the task head) in `adapter/`, with `llmkit_adapter.json` naming
+the base model and the task; such a folder (or the run directory around it) is a model reference every
+command accepts (`load_model` below), and `merge_adapter` turns a LoRA-family adapter into a standalone model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import typing
+import warnings
+from pathlib import Path
+from typing import Any
+
+from llmkit.errors import UserError, first_line
+
+METADATA = "llmkit_adapter.json"
+ADAPTER_DIR = "adapter"
+BOTTLENECK = "bottleneck"
+BOTTLENECK_OPTIONS = ("placement", "reduction_factor", "activation")
+TASK_TYPES = {"sequence-classification": "SEQ_CLS", "token-classification": "TOKEN_CLS", "causal-lm": "CAUSAL_LM"}
+# PEFT config fields llmkit sets itself (from the task and the model), never from the adapter section.
+INTERNAL_OPTIONS = {"task_type", "peft_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision",
+                    "inference_mode"}
+# Checked with forward + backward on BERT, GPT-2 and Llama for all three tasks (peft 0.21): these methods only
+# fit the listed tasks (prefix tuning needs a KV cache; virtual tokens shift token-classification outputs).
+METHOD_TASKS = {
+    "prefix_tuning": ("causal-lm",), "cpt": ("causal-lm",), "cartridge": ("causal-lm",),
+    "adaption_prompt": ("causal-lm",),
+    "prompt_tuning": ("sequence-classification", "causal-lm"), "p_tuning": ("sequence-classification", "causal-lm"),
+}
+# Methods whose training needs inputs an llmkit task does not provide.
+UNSUPPORTED = {
+    "multitask_prompt_tuning": "it needs a task id per example",
+    "poly": "it needs a task id per example",
+    "xlora": "it mixes LoRA adapters trained before; train those with method lora",
+}
+
+
+@functools.cache
+def peft_methods() -> dict[str, type]:
+    """PEFT method name (lower case, as in `adapter.method`) -> its config class."""
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    return {peft_type.value.lower(): cls for peft_type, cls in PEFT_TYPE_TO_CONFIG_MAPPING.items()}
+
+
+def method_names() -> list[str]:
+    return sorted([*peft_methods(), BOTTLENECK])
+
+
+def method_options(method: str) -> dict[str, Any]:
+    """The options a PEFT method accepts in the adapter section: its config fields and their type hints."""
+    cls = peft_methods()[method]
+    try:
+        hints = typing.get_type_hints(cls)
+    except (NameError, TypeError):  # an unresolvable annotation: accept any value, PEFT checks it
+        hints = {}
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls)
+            if f.init and f.name not in INTERNAL_OPTIONS}
+
+
+def task_refusal(method: str, task: str) -> str | None:
+    """Why `method` cannot train `task` (None when it can)."""
+    if method in UNSUPPORTED:
+        return f"llmkit does not train {method} adapters: {UNSUPPORTED[method]}."
+    allowed = METHOD_TASKS.get(method)
+    if allowed and task not in allowed:
+        fits = [m for m in method_names() if m not in UNSUPPORTED and task in METHOD_TASKS.get(m, (task,))]
+        shown = ", ".join(m for m in ("lora", "ia3", "loha", "lokr", "adalora", "vera", BOTTLENECK) if m in fits)
+        return (f"{method} does not support task.type {task} (only {', '.join(allowed)}). Methods that fit "
+                f"{task} include {shown}.")
+    return None
+
+
+# ---------------------------------------------------------------- attaching
+
+
+def trainable_head_modules(model: Any, missing_keys: set[str]) -> list[str]:
+    """Module names that must train beside the adapter: the newly initialised ones (the task head, and e.g. a
+    pooler the checkpoint lacks) — a frozen random layer would cap what the adapter can learn."""
+    names = {key.rsplit(".", 1)[0] for key in missing_keys if "." in key}
+    modules = dict(model.named_modules())
+    return sorted(n for n in names if n in modules and not any(n.startswith(other + ".") for other in names))
+
+
+def linear_module_names(model: Any) -> list[str]:
+    """Leaf names of the linear layers an adapter can target (candidates listed in error messages)."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+             if isinstance(module, (torch.nn.Linear, Conv1D)) and name}
+    return sorted(names)
+
+
+def check_target_modules(model: Any, targets: Any) -> None:
+    """Refuse target module names that match nothing, listing the model's linear layers."""
+    if not isinstance(targets, list):
+        return  # None (PEFT's per-architecture default), "all-linear", or a regex string: PEFT resolves those
+    names = [name for name, _ in model.named_modules()]
+    unmatched = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if unmatched:
+        raise UserError(f"adapter.target_modules: {', '.join(map(repr, unmatched))} match no module of this model. "
+                        f"Its linear layers are: {', '.join(linear_module_names(model))} (or use all-linear).")
+
+
+def attach_adapter(model: Any, spec: Any, task: str, missing_keys: set[str]) -> Any:
+    """Wrap `model` with the adapter of `spec` (the config's adapter section); the base is frozen, the adapter
+    and the task head train."""
+    heads = trainable_head_modules(model, missing_keys)
+    if spec.method == BOTTLENECK:
+        from llmkit.models.bottleneck import add_bottleneck_adapters
+
+        try:
+            return add_bottleneck_adapters(model, spec.bottleneck_settings(), trainable_modules=heads)
+        except ValueError as e:
+            raise UserError(f"adapter.method: bottleneck adapters cannot be added to {type(model).__name__}: "
+                            f"{first_line(e)}") from None
+    from peft import get_peft_model
+
+    options = dict(spec.passthrough)
+    check_target_modules(model, options.get("target_modules"))
+    if heads:
+        options["modules_to_save"] = sorted(set(options.get("modules_to_save") or []) | set(heads))
+    config = peft_config(spec.method, task, options)
+    try:
+        with warnings.catch_warnings():  # peft 0.21 calls a transformers method deprecated in v5 (FutureWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            return get_peft_model(model, config, adapter_name=spec.name)
+    except (ValueError, TypeError, NotImplementedError, AttributeError, RuntimeError) as e:
+        raise UserError(f"adapter.method: PEFT cannot apply {spec.method} to {type(model).__name__}: "
+                        f"{first_line(e)} Adjust the adapter options (e.g. adapter.target_modules), or choose "
+                        "another method.") from None
+
+
+def peft_config(method: str, task: str, options: dict) -> Any:
+    """The PEFT config object for `method` on `task`; PEFT's own checks become config errors."""
+    try:
+        return peft_methods()[method](task_type=TASK_TYPES[task], **options)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"adapter: invalid options for {method}: {first_line(e)}") from None
+
+
+# ---------------------------------------------------------------- saving and loading
+
+
+def save_adapter(model: Any, tokenizer: Any, directory: Path, metadata: dict) -> None:
+    """Write the adapter (+ head), the tokenizer and llmkit_adapter.json into `directory`."""
+    from llmkit.models.bottleneck import has_bottleneck, save_bottleneck
+
+    directory.mkdir(parents=True, exist_ok=True)
+    if has_bottleneck(model):
+        save_bottleneck(model, directory)
+    else:
+        model.save_pretrained(str(directory))
+    tokenizer.save_pretrained(str(directory))
+    (directory / METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
+
+
+def adapter_metadata(model: Any, spec: Any, task: str, base_reference: str, base_path: str,
+                     revision: str | None) -> dict:
+    """What loading the adapter needs: the base (as written in the config and as resolved), the model class and
+    the task settings (labels) the head was built with."""
+    config = model.config if not hasattr(model, "peft_config") else model.get_base_model().config
+    task_config = {k: getattr(config, k) for k in ("num_labels", "id2label", "label2id", "problem_type")
+                   if task != "causal-lm" and getattr(config, k, None) is not None}
+    return {"method": spec.method, "name": spec.name, "task": task,
+            "architecture": type(model.get_base_model() if hasattr(model, "peft_config") else model).__name__,
+            "base_model": base_reference, "base_model_path": base_path, "revision": revision,
+            "task_config": task_config, "pad_token_id": config.pad_token_id}
+
+
+def find_adapter_dir(reference: str | Path | None) -> Path | None:
+    """The adapter folder `reference` points to (an adapter folder or a run directory holding `adapter/`)."""
+    if not reference:
+        return None
+    path = Path(reference).expanduser()
+    for candidate in (path, path / ADAPTER_DIR):
+        if (candidate / METADATA).is_file():
+            return candidate
+    return None
+
+
+def read_metadata(adapter_dir: Path) -> dict:
+    return json.loads((adapter_dir / METADATA).read_text())
+
+
+def base_model_path(meta: dict) -> str:
+    """Where the base model is: the path resolved at training time if it still exists, else the reference."""
+    from llmkit.models.resolve import ModelNotFound, resolve_model_path
+
+    if meta.get("base_model_path") and Path(meta["base_model_path"]).exists():
+        return meta["base_model_path"]
+    try:
+        return resolve_model_path(meta["base_model"])
+    except ModelNotFound as e:
+        raise UserError(f"model.name_or_path: the adapter's base model {meta['base_model']!r} cannot be found: "
+                        f"{e}") from None
+
+
+def load_adapter_model(adapter_dir: Path, auto_class_name: str | None = None, adapter_name: str | None = None,
+                       **load_kwargs: Any) -> Any:
+    """The base model with the saved adapter applied (eval mode, adapter active)."""
+    import transformers
+
+    from llmkit.models.loading import quiet_transformers
+
+    meta = read_metadata(adapter_dir)
+    auto_cls = getattr(transformers, auto_class_name or AUTO_CLASSES[meta["task"]])
+    path = base_model_path(meta)
+    task_config = dict(meta["task_config"])
+    if "id2label" in task_config:  # JSON turned the class ids into strings
+        task_config["id2label"] = {int(k): v for k, v in task_config["id2label"].items()}
+    try:
+        with quiet_transformers():
+            base = auto_cls.from_pretrained(path, revision=meta.get("revision"), **task_config, **load_kwargs)
+    except (OSError, ValueError) as e:
+        raise UserError(f"model.name_or_path: cannot load the base model {meta['base_model']!r} of the adapter in "
+                        f"{adapter_dir}: {first_line(e)}") from None
+    if meta.get("pad_token_id") is not None:
+        base.config.pad_token_id = meta["pad_token_id"]
+    if meta["method"] == BOTTLENECK:
+        from llmkit.models.bottleneck import load_bottleneck
+
+        model = load_bottleneck(base, adapter_dir)
+    else:
+        from peft import PeftModel
+
+        name = meta["name"]  # PEFT saves an adapter not named "default" in a subfolder of that name
+        peft_dir = adapter_dir / name if (adapter_dir / name / "adapter_config.json").is_file() else adapter_dir
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            model = PeftModel.from_pretrained(base, str(peft_dir), adapter_name=adapter_name or name)
+    return model.eval()
+
+
+AUTO_CLASSES = {"sequence-classification": "AutoModelForSequenceClassification",
+                "token-classification": "AutoModelForTokenClassification", "causal-lm": "AutoModelForCausalLM"}
+
+
+# ---------------------------------------------------------------- merging
+
+
+def merge_adapter(reference: str, output: Path, overwrite: bool = False) -> dict:
+    """Merge a LoRA-family adapter into its base weights; write a standalone transformers model to `output`."""
+    from transformers import AutoTokenizer
+
+    adapter_dir = find_adapter_dir(reference)
+    if adapter_dir is None:
+        raise UserError(f"adapter merge: {reference} holds no adapter (no {ADAPTER_DIR}/{METADATA}); give the run "
+                        "directory of an `llmkit adapter` run. A full fine-tuning run's model/ is already "
+                        "standalone.")
+    meta = read_metadata(adapter_dir)
+    if meta["method"] == BOTTLENECK:
+        raise UserError("adapter merge: bottleneck adapters add a non-linear layer (up(act(down(h)))) that cannot "
+                        "be folded into the base weights; use the run directory as the model instead (llmkit eval, "
+                        "llmkit.load_model).")
+    from peft import PromptLearningConfig
+
+    if issubclass(peft_methods()[meta["method"]], PromptLearningConfig):
+        raise UserError(f"adapter merge: {meta['method']} learns virtual tokens, not weight updates, so there is "
+                        "nothing to merge into the base; use the run directory as the model instead.")
+    if output.exists() and any(output.iterdir()) and not overwrite:
+        raise UserError(f"--output: {output} already exists and is not empty; nothing was changed. Use "
+                        "--overwrite to replace it, or choose another directory.")
+    model = load_adapter_model(adapter_dir)
+    try:
+        merged = model.merge_and_unload()
+    except (AttributeError, ValueError, NotImplementedError) as e:
+        raise UserError(f"adapter merge: PEFT cannot merge {meta['method']} adapters: {first_line(e)}") from None
+    output.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(str(output))
+    AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(output))
+    return meta

@@ -230,12 +230,16 @@ def load_adapter_model(adapter_dir: Path, auto_class_name: str | None = None, ad
     else:
         from peft import PeftModel
 
-        name = meta["name"]  # PEFT saves an adapter not named "default" in a subfolder of that name
-        peft_dir = adapter_dir / name if (adapter_dir / name / "adapter_config.json").is_file() else adapter_dir
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            model = PeftModel.from_pretrained(base, str(peft_dir), adapter_name=adapter_name or name)
+            model = PeftModel.from_pretrained(base, str(peft_files(adapter_dir, meta["name"])),
+                                              adapter_name=adapter_name or meta["name"])
     return model.eval()
+
+
+def peft_files(adapter_dir: Path, name: str) -> Path:
+    """Where PEFT put the adapter's files: a subfolder named after the adapter unless it is "default"."""
+    return adapter_dir / name if (adapter_dir / name / "adapter_config.json").is_file() else adapter_dir
 
 
 AUTO_CLASSES = {"sequence-classification": "AutoModelForSequenceClassification",
@@ -276,3 +280,72 @@ def merge_adapter(reference: str, output: Path, overwrite: bool = False) -> dict
     merged.save_pretrained(str(output))
     AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(output))
     return meta
+
+
+# ---------------------------------------------------------------- library loading
+
+
+def load_reference(reference: str, adapters: list[str] | tuple[str, ...] = ()) -> tuple[Any, Any]:
+    """(model, tokenizer) from an llmkit run directory (full or adapter), an adapter folder, a model directory or
+    a hub id; `adapters` loads further adapter runs onto the same base model, each under its adapter name
+    (switch with `model.set_adapter(name)`)."""
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
+
+    from llmkit.models.loading import quiet_transformers
+    from llmkit.models.resolve import ModelNotFound, resolve_model_path
+
+    adapter_dir = find_adapter_dir(reference)
+    if adapter_dir is not None:
+        model = load_adapter_model(adapter_dir)
+        tokenizer_dir = str(adapter_dir)
+    else:
+        path = Path(reference).expanduser()
+        if (path / "config.yaml").is_file() and (path / "model" / "config.json").is_file():
+            path = path / "model"  # a full llmkit run directory
+        try:
+            source = resolve_model_path(str(path) if path.exists() else reference)
+        except ModelNotFound as e:
+            raise UserError(str(e)) from None
+        with quiet_transformers():
+            config = AutoConfig.from_pretrained(source)
+            auto = auto_class_for(config.architectures or [])
+            model = getattr(transformers, auto).from_pretrained(source).eval()
+        tokenizer_dir = source
+    for extra in adapters:
+        add_saved_adapter(model, extra, adapter_dir)
+    return model, AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+def auto_class_for(architectures: list[str]) -> str:
+    """The transformers Auto class for a saved architecture name (e.g. BertForSequenceClassification)."""
+    names = " ".join(architectures)
+    for marker, auto in (("SequenceClassification", "AutoModelForSequenceClassification"),
+                         ("TokenClassification", "AutoModelForTokenClassification"),
+                         ("MaskedLM", "AutoModelForMaskedLM"), ("CausalLM", "AutoModelForCausalLM"),
+                         ("LMHead", "AutoModelForCausalLM")):
+        if marker in names:
+            return auto
+    return "AutoModel"
+
+
+def add_saved_adapter(model: Any, reference: str, first: Path | None) -> None:
+    """Load another PEFT adapter run onto `model` (a PeftModel) under its own name; it must share the base model
+    and the task head's shape (one transformers task model serves every adapter)."""
+    adapter_dir = find_adapter_dir(reference)
+    if adapter_dir is None or first is None:
+        raise UserError(f"adapters: {reference if adapter_dir is None else 'the first model'} is not an llmkit "
+                        "adapter run; several adapters load onto the base of a first adapter run.")
+    meta, base = read_metadata(adapter_dir), read_metadata(first)
+    if BOTTLENECK in (meta["method"], base["method"]):
+        raise UserError("adapters: bottleneck adapters cannot share a model with other adapters; load each run on "
+                        "its own.")
+    differs = [key for key in ("base_model_path", "task", "task_config") if meta.get(key) != base.get(key)]
+    if differs:
+        raise UserError(f"adapters: {reference} was trained on a different base or task ({', '.join(differs)} "
+                        f"differ from {first.parent}); load it on its own.")
+    if meta["name"] in model.peft_config:
+        raise UserError(f"adapters: two adapters are named {meta['name']!r}; give each run its own adapter.name.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        model.load_adapter(str(peft_files(adapter_dir, meta["name"])), adapter_name=meta["name"])

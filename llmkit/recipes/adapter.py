@@ -135,8 +135,9 @@ def describe(model: Any, spec: AdapterSection) -> str:
     shown = ", ".join(sorted(targets)) if isinstance(targets, (set, list)) else targets
     options = {k: v for k, v in spec.passthrough.items() if k not in ("target_modules", "modules_to_save")}
     detail = " ".join(f"{k}={v}" for k, v in options.items())
-    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    heads = sorted(set(config.modules_to_save or []) & present)  # PEFT lists classifier and score for every model
+    names = [name for name, _ in model.named_modules()]
+    heads = sorted(h for h in set(config.modules_to_save or [])  # PEFT lists classifier and score for every model
+                   if any(n == h or n.endswith("." + h) for n in names))
     return (f"{spec.method}{' ' + detail if detail else ''}" + (f" on {shown}" if shown else "")
             + (f"; trains {', '.join(heads)} too" if heads else ""))
 

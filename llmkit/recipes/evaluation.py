@@ -491,12 +491,17 @@ def write_outputs(cfg: EvalConfig, config_path: str | None, overwrite: bool, tas
     """eval.json (figures + the settings that produced them), config.yaml, env.json, report.md, a table."""
     from llmkit.config.loader import save_config
     from llmkit.config.schema import to_dict
+    from llmkit.models.adapters import find_adapter_dir, read_metadata
     from llmkit.models.loading import model_label
     from llmkit.training import rundir
     from llmkit.training.report import plot_confusion_matrix, write_report
 
     label = model_label(cfg.model)
     name = run_dir.path.name if run_dir else Path(label).name
+    adapter_dir = find_adapter_dir(cfg.model.name_or_path)
+    if adapter_dir is not None:
+        meta = read_metadata(adapter_dir)
+        label = f"{meta['base_model']} + {meta['method']} adapter {meta['name']!r} ({label})"
     out = rundir.prepare_run_dir(Path(cfg.output_dir) if cfg.output_dir else
                                  rundir.default_run_dir(COMMAND, config_path or name), overwrite, resume=None)
     save_config(cfg, out / "config.yaml", COMMAND)

@@ -240,7 +240,7 @@ def _model_kind(model_cfg: ModelConfig) -> str:
     """'seq-cls', 'causal' or 'masked', from the model's saved architecture."""
     from transformers import AutoConfig
 
-    from llmkit.models.adapters import find_adapter_dir, read_metadata
+    from llmkit.models.adapters import auto_class_for, find_adapter_dir, read_metadata
     from llmkit.models.loading import model_label, model_source, quiet_transformers
 
     if model_cfg.from_config is not None:
@@ -255,16 +255,10 @@ def _model_kind(model_cfg: ModelConfig) -> str:
     except (OSError, ValueError) as e:
         raise UserError(f"model.name_or_path: cannot read the model config of {model_label(model_cfg)!r}: "
                         f"{e}".splitlines()[0]) from None
-    archs = " ".join(config.architectures or [])
-    if "SequenceClassification" in archs:
-        return "seq-cls"
-    if "TokenClassification" in archs:
-        return "token-cls"
-    if "MaskedLM" in archs:
-        return "masked"
-    if "CausalLM" in archs or "LMHead" in archs:
-        return "causal"
-    return "masked" if config.model_type in ENCODER_TYPES else "causal"
+    kinds = {"AutoModelForSequenceClassification": "seq-cls", "AutoModelForTokenClassification": "token-cls",
+             "AutoModelForMaskedLM": "masked", "AutoModelForCausalLM": "causal"}
+    kind = kinds.get(auto_class_for(config.architectures or []))
+    return kind or ("masked" if config.model_type in ENCODER_TYPES else "causal")
 
 
 # ---------------------------------------------------------------- classification

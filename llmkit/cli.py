@@ -16,6 +16,7 @@ RECIPES = {
     "pretrain": ("llmkit.recipes.pretrain", "PretrainConfig", "pretrain"),
     "finetune": ("llmkit.recipes.finetune", "FinetuneConfig", "task"),
     "adapter": ("llmkit.recipes.adapter", "AdapterConfig", "adapter"),
+    "distill": ("llmkit.recipes.distill", "DistillConfig", "distill"),
     "eval": ("llmkit.recipes.evaluation", "EvalConfig", "eval"),
 }
 
@@ -151,6 +152,20 @@ def adapter(
                    "(loads with transformers' from_pretrained, no PEFT needed)")
 
     guarded(merge)
+
+
+@app.command()
+def distill(
+    config: Path = typer.Argument(..., help="YAML config (see configs/distill/ or `llmkit init distill`)."),
+    overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate, load teacher/student/data, print the plan; "
+                                                          "do not train."),
+    output_dir: Path | None = typer.Option(None, "--output-dir", "-o", help="Run directory (overrides "
+                                                                                "output_dir)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
+) -> None:
+    """Distil a teacher (model or run directory) into a smaller student: soft labels, hidden states, extra texts."""
+    _run_recipe("distill", config, overrides, dry_run, output_dir, overwrite)
 
 
 @app.command("eval")

@@ -168,6 +168,10 @@ def test_init_covers_every_command(tmp_path):
         assert result.exit_code == 0, result.output
         text = out.read_text()
         assert text.startswith(f"# llmkit {command} config.")
-        model = yaml.safe_load(text)["model"]
+        data = yaml.safe_load(text)
+        if command == "distill":
+            assert data["distill"]["teacher"] and data["distill"]["student"]["from_teacher"]
+            continue
+        model = data["model"]
         assert model["name_or_path"] or model["from_config"]  # a starting model is filled in
     assert invoke("init", "nonsense").exit_code == 2

@@ -18,12 +18,23 @@ def test_every_recipe_has_configs():
     assert {p.parent.name for p in CONFIGS} >= set(RECIPES)
 
 
+def stand_ins(path: Path, tmp_path: Path) -> list[str]:
+    """Overrides for what a config needs from an earlier run: a distill config's teacher is the run directory
+    another shipped config writes (runs/...), absent in a fresh clone; validate the rest against a stand-in."""
+    import yaml
+
+    teacher = (yaml.safe_load(path.read_text()).get("distill") or {}).get("teacher")
+    if teacher and teacher.startswith("runs/") and not (ROOT / teacher).exists():
+        return [f"distill.teacher={tmp_path}"]
+    return []
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
-def test_config_validates(path, monkeypatch):
+def test_config_validates(path, monkeypatch, tmp_path):
     if "../shared/data" in path.read_text() and not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} is not beside this checkout")
     monkeypatch.chdir(ROOT)  # configs name their data relative to the repository root
-    result = CliRunner().invoke(app, ["config", "validate", str(path)])
+    result = CliRunner().invoke(app, ["config", "validate", str(path), *stand_ins(path, tmp_path)])
     assert result.exit_code == 0, result.output
     assert path.read_text().startswith(f"# llmkit {path.parent.name} configs/{path.parent.name}/{path.name}")
 

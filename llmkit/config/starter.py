@@ -36,6 +36,13 @@ STARTER_VALUES = {
         "adapter": {"method": "lora", "r": 8, "lora_alpha": 16, "lora_dropout": 0.1,
                     "target_modules": ["query", "key", "value", "dense"]},
     },
+    "distill": {
+        "distill": {"teacher": "runs/quickstart", "student": {"from_teacher": {"every": 2}}, "alpha": 0.5,
+                    "temperature": 2.0, "beta": 0.0},
+        "data": {"train_file": "train.csv", "validation_file": "dev.csv"},
+        "train": {"num_train_epochs": 3.0, "learning_rate": 1.0e-4, "per_device_train_batch_size": 32,
+                  "per_device_eval_batch_size": 64, "warmup_steps": 0.06, "seed": 42},
+    },
     "eval": {
         "model": {"name_or_path": "runs/quickstart"},
         "data": {"validation_file": "dev.csv"},

@@ -169,8 +169,8 @@ def find_run_directory(name: str | None) -> RunDirectory | None:
 
     if not (path / "model" / "config.json").is_file() and find_adapter_dir(path) is None:
         raise UserError(f"model.name_or_path: {path} is an llmkit run directory without a model (no "
-                        "model/config.json nor adapter/): the run did not finish. Resume it with train.resume=auto, or point "
-                        "to a checkpoint folder under checkpoints/.")
+                        "model/config.json nor adapter/): the run did not finish. Resume it with train.resume=auto, "
+                        "or point to a checkpoint folder under checkpoints/.")
     return RunDirectory(path=path.resolve(), config=yaml.safe_load((path / "config.yaml").read_text()) or {})
 
 

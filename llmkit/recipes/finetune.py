@@ -360,7 +360,8 @@ def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool 
     if args.process_index == 0 and not cfg.train.resume:
         task.before_training(model, tokenizer)
     result = train_and_save(
-        cfg=cfg, command=command, run_dir=run_dir, save=adapter_saver(cfg, tokenizer) if adapter else None, args=args, model=model, tokenizer=tokenizer,
+        cfg=cfg, command=command, run_dir=run_dir, save=adapter_saver(cfg, tokenizer) if adapter else None, args=args,
+        model=model, tokenizer=tokenizer,
         train_dataset=data.splits["train"], eval_dataset=data.splits.get("validation"),
         data_collator=task.collator(tokenizer, 8 if precision != "fp32" else None),
         compute_metrics=metrics_fn,

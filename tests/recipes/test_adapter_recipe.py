@@ -118,8 +118,9 @@ def test_eval_and_load_model_accept_the_adapter_run_directory(tmp_path, lora_con
 
 
 def test_merge_writes_a_standalone_model_with_the_same_outputs(tmp_path, lora_config):
-    import llmkit
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    import llmkit
 
     _, run = run_adapter(tmp_path, lora_config)
     result = invoke("adapter", "merge", run, "--output", tmp_path / "merged")
@@ -135,8 +136,9 @@ def test_merge_writes_a_standalone_model_with_the_same_outputs(tmp_path, lora_co
 
 
 def test_merge_equivalence_for_a_causal_lm(tmp_path, sft_like_config):
-    import llmkit
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import llmkit
 
     _, run = run_adapter(tmp_path, sft_like_config)
     assert (run / "samples.jsonl").is_file()

@@ -1,0 +1,678 @@
+"""`llmkit distill`: knowledge distillation from a teacher into a smaller student — soft labels with a
+temperature, hidden-state matching, teacher-labelled extra data — for sequence classification and causal LMs.
+
+Reads top to bottom: teacher -> tokenizer -> data (+ teacher-labelled texts) -> student -> teacher cache ->
+trainer -> train -> save -> teacher vs student report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from llmkit.config.sections import (
+    DataConfig,
+    ModelConfig,
+    TokenizerConfig,
+    TrainConfig,
+    check_model_path,
+    opt,
+)
+from llmkit.errors import ConfigIssue, UserError
+from llmkit.recipes.finetune import TaskConfig
+
+COMMAND = "distill"
+TEACHER_LABELS_FILE = "teacher_labeled.jsonl"
+VOCABULARY_MISMATCH = ("distill.student: token-level distillation compares the teacher's and the student's "
+                       "distributions over one vocabulary, but {detail}. Use a student with the teacher's "
+                       "tokenizer: student.from_teacher, or student.from_config (which takes the teacher's "
+                       "tokenizer unless tokenizer.name_or_path is set).")
+
+
+@dataclass
+class FromTeacherSpec:
+    """Build the student from the teacher: its embeddings, heads and a subset of its layers (DistilBERT-style)."""
+
+    keep_layers: list[int] | None = opt("The teacher layers (0-based) the student keeps, e.g. [0, 2, 4].",
+                                        default=None)
+    every: int | None = opt("Keep every k-th teacher layer: layers 0, k, 2k, ... (every: 2 halves the depth).",
+                            default=None)
+
+    def validate(self) -> list[ConfigIssue]:
+        if (self.keep_layers is None) == (self.every is None):
+            return [ConfigIssue("keep_layers", "give exactly one of keep_layers (a list of layer indices) or every "
+                                               "(keep every k-th layer).")]
+        return []
+
+
+@dataclass
+class StudentConfig(ModelConfig):
+    """The student: a model path, a new model (from_config), or a copy of part of the teacher (from_teacher)."""
+
+    from_teacher: FromTeacherSpec | None = opt("Build the student from the teacher's layers (keep_layers or every).",
+                                               default=None)
+
+    def validate(self) -> list[ConfigIssue]:
+        if self.from_teacher is None:
+            return super().validate()
+        if self.name_or_path or self.from_config or self.gguf_file:
+            return [ConfigIssue("from_teacher", "give one of student.name_or_path, student.from_config or "
+                                                "student.from_teacher, not several.")]
+        return []
+
+
+def _default_student() -> StudentConfig:
+    return StudentConfig(from_teacher=FromTeacherSpec(every=2))
+
+
+@dataclass
+class DistillSection:
+    """The teacher, the student and the loss: alpha * CE + (1 - alpha) * tau^2 * KL + beta * feature loss."""
+
+    teacher: str = opt("The teacher: an llmkit run directory (full or adapter run) or a model path / hub id.")
+    student: StudentConfig = opt("The student: name_or_path, from_config (uses the teacher's tokenizer unless "
+                                 "tokenizer.name_or_path is set), or from_teacher: {keep_layers: [0, 2, 4]} / "
+                                 "{every: 2}. Default: every 2nd teacher layer.", default_factory=_default_student)
+    alpha: float = opt("Weight of the hard-label cross-entropy; 1 - alpha weighs the soft-label KL.", default=0.5)
+    temperature: float = opt("Softmax temperature tau of the soft labels (> 0; the KL term is scaled by tau^2).",
+                             default=2.0)
+    beta: float = opt("Weight of the hidden-state (feature) loss; 0 turns it off.", default=0.0)
+    layer_map: dict[int, int] | None = opt(
+        "Student layer -> teacher layer (0-based block indices) for the feature loss, e.g. {0: 1, 1: 3, 2: 5}. "
+        "Default: uniform (the last student layer meets the last teacher layer). A learned linear projection maps "
+        "the student's width to the teacher's when they differ.", default=None)
+    cache_teacher: bool = opt("Run the teacher once over the training data and keep its outputs on disk "
+                              "($LLMKIT_CACHE/teacher): later epochs and reruns do not run it again.", default=False)
+    cache_limit_gb: float = opt("Refuse a teacher cache larger than this (token-level logits of causal LMs grow "
+                                "with tokens x vocabulary).", default=4.0)
+    unlabeled: str | None = opt("A file of extra texts (txt: one per line; csv/tsv/json/jsonl: a text column) the "
+                                "teacher labels; the student trains on them too. Written to "
+                                f"OUTPUT_DIR/{TEACHER_LABELS_FILE}.", default=None)
+    unlabeled_text_column: str | None = opt("The text column of the unlabeled file (default: data.text_column; "
+                                            "txt files: text).", default=None)
+    unlabeled_targets: Literal["soft", "hard"] = opt(
+        "soft: the student learns the teacher's distribution on them (KL only); hard: the teacher's top class "
+        "becomes their label (cross-entropy and KL, like labelled data).", default="soft")
+    unlabeled_min_confidence: float | None = opt("Keep only texts whose teacher top-class probability is at least "
+                                                 "this (0-1).", default=None)
+    unlabeled_max_samples: int | None = opt("Use at most this many unlabeled texts (the first ones, after "
+                                            "dropping texts that are already in the training data).", default=None)
+
+    def validate(self) -> list[ConfigIssue]:
+        issues = _teacher_issues(self.teacher)
+        if not 0 <= self.alpha <= 1:
+            issues.append(ConfigIssue("alpha", f"must be between 0 and 1 (the weight of the hard-label loss), got "
+                                               f"{self.alpha}."))
+        if self.temperature <= 0:
+            issues.append(ConfigIssue("temperature", f"must be > 0, got {self.temperature}; 1 is the plain softmax, "
+                                                     "2-4 are usual for distillation."))
+        if self.beta < 0:
+            issues.append(ConfigIssue("beta", f"must be >= 0, got {self.beta}."))
+        if self.layer_map is not None and self.beta == 0:
+            issues.append(ConfigIssue("layer_map", "only used by the feature loss; set distill.beta > 0 or remove "
+                                                   "layer_map."))
+        for s, t in (self.layer_map or {}).items():
+            if s < 0 or t < 0:
+                issues.append(ConfigIssue("layer_map", f"layer indices are 0-based and >= 0, got {s}: {t}."))
+        if self.cache_limit_gb <= 0:
+            issues.append(ConfigIssue("cache_limit_gb", f"must be > 0, got {self.cache_limit_gb}."))
+        issues += self._unlabeled_issues()
+        return issues
+
+    def _unlabeled_issues(self) -> list[ConfigIssue]:
+        issues = []
+        if self.unlabeled is None:
+            for key, default in (("unlabeled_text_column", None), ("unlabeled_targets", "soft"),
+                                 ("unlabeled_min_confidence", None), ("unlabeled_max_samples", None)):
+                if getattr(self, key) != default:
+                    issues.append(ConfigIssue(key, "only applies with distill.unlabeled (a file of extra texts)."))
+            return issues
+        if not Path(self.unlabeled).expanduser().exists():
+            issues.append(ConfigIssue("unlabeled", f"file not found: {self.unlabeled} (from {Path.cwd()})."))
+        confidence = self.unlabeled_min_confidence
+        if confidence is not None and not 0 <= confidence <= 1:
+            issues.append(ConfigIssue("unlabeled_min_confidence", f"must be between 0 and 1, got {confidence}."))
+        if self.unlabeled_max_samples is not None and self.unlabeled_max_samples < 1:
+            issues.append(ConfigIssue("unlabeled_max_samples", f"must be >= 1, got {self.unlabeled_max_samples}."))
+        if self.unlabeled_targets == "soft" and self.alpha == 1:
+            issues.append(ConfigIssue("unlabeled_targets", "soft targets train through the KL term, which alpha: 1 "
+                                                           "switches off; lower alpha or use hard targets."))
+        return issues
+
+
+def _teacher_issues(teacher: str) -> list[ConfigIssue]:
+    try:
+        resolve_teacher(teacher)
+    except UserError as e:
+        return [ConfigIssue("teacher", str(e).removeprefix("distill.teacher: "))]
+    return []
+
+
+def resolve_teacher(reference: str) -> str:
+    """The teacher's model (or adapter) folder: a run directory's model/ or adapter/, or a model path / hub id."""
+    from llmkit.models.adapters import find_adapter_dir
+    from llmkit.models.resolve import ModelNotFound, resolve_model_path
+
+    path = Path(reference).expanduser()
+    if (path / "config.yaml").is_file() and not (path / "config.json").is_file():  # an llmkit run directory
+        if (path / "model" / "config.json").is_file():
+            return str((path / "model").resolve())
+        adapter = find_adapter_dir(path)
+        if adapter is not None:
+            return str(adapter.resolve())
+        raise UserError(f"distill.teacher: {reference} is an llmkit run directory without a model (no "
+                        "model/config.json nor adapter/): the run did not finish. Finish it (train.resume=auto) or "
+                        "point distill.teacher at a checkpoint folder under its checkpoints/.")
+    issues = check_model_path("distill.teacher", reference)
+    if issues:
+        raise UserError(f"distill.teacher: {issues[0].message}")
+    try:
+        return resolve_model_path(reference)
+    except ModelNotFound as e:
+        raise UserError(f"distill.teacher: {e}") from None
+
+
+@dataclass
+class DistillConfig:
+    """`llmkit distill` config."""
+
+    distill: DistillSection = opt("Teacher, student and the distillation loss.")
+    data: DataConfig = opt("The training data (labelled, as for finetune).")
+    task: TaskConfig = opt("The task: sequence-classification or causal-lm.", default_factory=TaskConfig)
+    tokenizer: TokenizerConfig = opt("The student's tokenizer (default: the student's, or the teacher's for "
+                                     "from_teacher / from_config students).", default_factory=TokenizerConfig)
+    train: TrainConfig = opt("Training settings: any HF TrainingArguments field plus precision and resume.",
+                             default_factory=TrainConfig)
+    output_dir: str | None = opt("Run directory (default: runs/distill-<config name>-<time>).", default=None)
+
+    def validate(self) -> list[ConfigIssue]:
+        issues = self.data.require_training_data() + self.tokenizer.refuse_training(COMMAND)
+        if self.task.type == "token-classification":
+            issues.append(ConfigIssue("task.type", "llmkit distill supports sequence-classification and causal-lm; "
+                                                   "distil a token classifier by training the student with llmkit "
+                                                   "finetune on teacher-tagged data."))
+        if self.task.multi_label:
+            issues.append(ConfigIssue("task.multi_label", "distillation uses softmax distributions over the classes; "
+                                                          "multi-label (sigmoid) classifiers are not supported."))
+        if self.task.type == "causal-lm" and self.distill.unlabeled is not None:
+            issues.append(ConfigIssue("distill.unlabeled", "teacher-labelled texts apply to sequence-classification; "
+                                                           "for causal-lm add the texts to data.train_file (every "
+                                                           "token is distilled from the teacher)."))
+        return issues
+
+
+# ---------------------------------------------------------------- the recipe
+
+
+def run(cfg: DistillConfig, *, config_path: str | None = None, overwrite: bool = False,
+        dry_run: bool = False) -> dict:
+    """Distil the teacher into the student; return the final metrics (also in OUTPUT_DIR/metrics.json)."""
+    from transformers import set_seed
+
+    from llmkit.models.loading import count_parameters, freeze, load_model, load_tokenizer
+    from llmkit.recipes.finetune import TASKS, _describe_splits, refuse_adapter_model
+    from llmkit.training import rundir
+    from llmkit.training.arguments import (
+        TrainingArgumentsError,
+        make_training_arguments,
+        planned_steps,
+        resolve_precision,
+    )
+    from llmkit.training.distill import INDEX_COLUMN, DistillSettings, DistillTrainer, IndexedCollator
+    from llmkit.training.loop import train_and_save
+
+    d = cfg.distill
+    task = TASKS[cfg.task.type](cfg)
+    causal_lm = cfg.task.type == "causal-lm"
+    set_seed(cfg.train.seed)
+    teacher_cfg = ModelConfig(name_or_path=resolve_teacher(d.teacher))
+    teacher_tokenizer = load_tokenizer(teacher_cfg, TokenizerConfig())
+    teacher = load_model(task.auto_class, teacher_cfg, teacher_tokenizer)[0].eval().requires_grad_(False)
+    own_tokenizer = bool(cfg.tokenizer.name_or_path or d.student.name_or_path)
+    tokenizer = load_tokenizer(d.student if own_tokenizer else teacher_cfg, cfg.tokenizer)
+    same_vocab = tokenizer.get_vocab() == teacher_tokenizer.get_vocab()
+    if causal_lm and not same_vocab:
+        raise UserError(VOCABULARY_MISMATCH.format(detail="the student's tokenizer differs from the teacher's"))
+
+    labels = teacher_labels(teacher, cfg.data) if not causal_lm else []
+    data = prepare_data(cfg, task, tokenizer, labels)
+    print(f"data: {_describe_splits(data.stats)}; {task.describe(data)}; "
+          f"{'from cache' if data.from_cache else 'prepared'} in {data.seconds:.1f} s")
+
+    precision = resolve_precision(cfg.train.precision)
+    target = Path(cfg.output_dir) if cfg.output_dir else rundir.default_run_dir(COMMAND, config_path)
+    try:
+        args = make_training_arguments(cfg.train, str((Path("dry-run") if dry_run else target) / rundir.CHECKPOINTS),
+                                       **({"eval_strategy": "no", "load_best_model_at_end": False}
+                                          if "validation" not in data.splits else {}),
+                                       **task.training_overrides)
+    except TrainingArgumentsError as e:
+        raise UserError(f"train.{e.key}: {e.message}" if e.key else f"train: {e.message}") from None
+
+    if d.student.name_or_path:
+        refuse_adapter_model(d.student, COMMAND)
+    set_seed(cfg.train.seed)  # the student starts from the same random state as `llmkit finetune` would
+    student = build_student(d.student, teacher, task, tokenizer, labels)
+    freeze(student, d.student.freeze_embeddings, d.student.freeze_layers)
+    check_pairing(cfg, teacher, student, same_vocab)
+    pairs = layer_pairs(d, teacher, student) if d.beta > 0 else []
+
+    from llmkit.training.distill import add_projections
+
+    proj_params = add_projections(student, pairs, hidden_size(student), hidden_size(teacher))
+    settings = DistillSettings(alpha=d.alpha, temperature=d.temperature, beta=d.beta, causal_lm=causal_lm,
+                               layer_pairs=pairs)
+    teacher_params, student_params = count_parameters(teacher)[1], count_parameters(student)[1] - proj_params
+    trainable = count_parameters(student)[0]
+    print(f"teacher: {type(teacher).__name__}, {num_layers(teacher)} layers, {teacher_params / 1e6:.2f} M "
+          f"parameters ({d.teacher})\nstudent: {describe_student(d.student, student)}, {num_layers(student)} "
+          f"layers, {student_params / 1e6:.2f} M parameters ({100 * student_params / teacher_params:.1f} % of the "
+          f"teacher), {trainable / 1e6:.2f} M trainable{f' incl. {proj_params} in projections' if proj_params else ''}")
+    print(f"loss: {describe_loss(settings)}")
+    if settings.needs_teacher and not d.cache_teacher and not same_vocab:
+        raise UserError("distill.cache_teacher: the student's tokenizer differs from the teacher's, so the "
+                        "teacher cannot read the student's batches; set distill.cache_teacher: true (the "
+                        "teacher then labels the texts with its own tokenizer, once).")
+    if dry_run:
+        steps = planned_steps(args, len(data.splits["train"]))
+        print(f"plan: {steps} optimizer steps{' (before teacher-labelled texts)' if d.unlabeled else ''}, batch "
+              f"{args.per_device_train_batch_size} x accumulation {args.gradient_accumulation_steps} x "
+              f"{args.world_size} process(es), precision {precision}")
+        return {"dry_run": True, "train_steps": steps, "teacher_params": teacher_params,
+                "student_params": student_params, "data": data.stats, "label_names": labels,
+                "layer_pairs": pairs}
+
+    run_dir = rundir.prepare_run_dir(target, overwrite, cfg.train.resume)
+    train_split = data.splits["train"]
+    extra = None
+    if d.unlabeled is not None:
+        extra = label_unlabeled(cfg, teacher, teacher_tokenizer, tokenizer, labels, precision, args, run_dir)
+        train_split = extra.merged(train_split)
+    train_split = train_split.add_column(INDEX_COLUMN, list(range(len(train_split))))
+    steps = planned_steps(args, len(train_split))
+    print(f"plan: {steps} optimizer steps, batch {args.per_device_train_batch_size} x accumulation "
+          f"{args.gradient_accumulation_steps} x {args.world_size} process(es), precision {precision}"
+          f"{', teacher outputs cached' if d.cache_teacher and settings.needs_teacher else ''}")
+
+    if settings.needs_teacher and d.cache_teacher:
+        settings.cache = teacher_cache(cfg, teacher, teacher_tokenizer, same_vocab, train_split, labels, pairs,
+                                       precision, args, extra)
+
+    metrics_fn = task.metrics(labels)
+    pad_multiple = 8 if precision != "fp32" else None
+    eval_collate = task.collator(tokenizer, pad_multiple)  # before the training collator: SFT counts its padding
+    result = train_and_save(
+        cfg=cfg, command=COMMAND, run_dir=run_dir, args=args, model=student, tokenizer=tokenizer,
+        train_dataset=train_split, eval_dataset=data.splits.get("validation"),
+        data_collator=IndexedCollator(task.collator(tokenizer, pad_multiple)), compute_metrics=metrics_fn,
+        preprocess_logits_for_metrics=metrics_fn.preprocess_logits_for_metrics if metrics_fn else None,
+        precision=precision, trainer_cls=DistillTrainer, teacher=teacher, settings=settings)
+    trainer, metrics = result.trainer, result.metrics
+    metrics.update(teacher_params=teacher_params, student_params=student_params,
+                   student_teacher_param_ratio=round(student_params / teacher_params, 4),
+                   trainable_params=trainable)
+    if extra is not None:
+        metrics.update(extra.counts)
+
+    sections = []
+    if "validation" in data.splits:
+        sections += compare_on_eval(task, trainer, teacher, tokenizer, data.splits["validation"], eval_collate,
+                                    metrics_fn, metrics, run_dir, precision, args)
+    if extra is not None:
+        sections.append(("Teacher-labelled data", extra.describe()))
+    headline = [k for k in ("eval_accuracy", "teacher_eval_accuracy", "accuracy_retention", "eval_perplexity",
+                            "teacher_eval_perplexity", "inference_speedup") if k in metrics]
+    return result.finish(metrics, sections, summary={
+        "teacher": f"{d.teacher} ({num_layers(teacher)} layers, {teacher_params / 1e6:.2f} M parameters)",
+        "student": f"{describe_student(d.student, student)} ({num_layers(student)} layers, "
+                   f"{student_params / 1e6:.2f} M parameters)",
+        "loss": describe_loss(settings),
+        "task": cfg.task.type,
+        **({"classes": ", ".join(labels)} if labels else {}),
+        "data": _describe_splits(data.stats),
+    }, headline=headline)
+
+
+# ---------------------------------------------------------------- pieces of the recipe
+
+
+def teacher_labels(teacher, data_cfg: DataConfig) -> list[str]:
+    """The teacher's classes (its id2label); data.label_names, when given, must be the same list."""
+    config = teacher.config
+    names = [str(config.id2label[i]) for i in range(config.num_labels)]
+    if data_cfg.label_names and [str(n) for n in data_cfg.label_names] != names:
+        raise UserError(f"data.label_names: {list(data_cfg.label_names)} differs from the teacher's classes "
+                        f"{names} (in that order). Distillation matches the student's class i to the teacher's; "
+                        "use the teacher's names, or drop data.label_names to take them from the teacher.")
+    return names
+
+
+def prepare_data(cfg: DistillConfig, task, tokenizer, labels: list[str]):
+    """Tokenized splits: classification data labelled with the teacher's class list; SFT data as finetune."""
+    if cfg.task.type == "causal-lm":
+        return task.prepare(tokenizer, cfg.train.seed)
+    from llmkit.data.classification import prepare_classification_data
+
+    return prepare_classification_data(cfg.data, tokenizer, False, cfg.train.seed, label_names=labels)
+
+
+def build_student(spec: StudentConfig, teacher, task, tokenizer, labels: list[str]):
+    """The student model: part of the teacher (from_teacher), a pretrained model, or a new one (from_config)."""
+    from llmkit.models.loading import load_model
+
+    if spec.from_teacher is None:
+        return load_model(task.auto_class, spec, tokenizer, **task.model_kwargs(labels))[0]
+    from llmkit.models.student import select_layers, student_from_teacher
+
+    base = mergeable_base(teacher)
+    keep = select_layers(num_layers(base), spec.from_teacher.keep_layers, spec.from_teacher.every)
+    return student_from_teacher(base, keep)
+
+
+def mergeable_base(teacher):
+    """The teacher as a plain transformers model: LoRA-family adapters merged into a copy; bottleneck refused."""
+    import copy
+
+    from llmkit.models.bottleneck import has_bottleneck
+
+    if has_bottleneck(teacher):
+        raise UserError("distill.student.from_teacher: the teacher carries bottleneck adapters (extra layers "
+                        "hooked into each block), so its layers cannot be copied into a student; give the student "
+                        "as distill.student.name_or_path (e.g. the base model) or from_config.")
+    if hasattr(teacher, "merge_and_unload"):  # a PEFT model: fold the adapter into a copy of the base
+        return copy.deepcopy(teacher).merge_and_unload()
+    return teacher
+
+
+def num_layers(model) -> int:
+    config = model.config
+    return getattr(config, "num_hidden_layers", None) or config.n_layer
+
+
+def hidden_size(model) -> int:
+    config = model.config
+    return getattr(config, "hidden_size", None) or config.n_embd
+
+
+def check_pairing(cfg: DistillConfig, teacher, student, same_vocab: bool) -> None:
+    """Refuse teacher/student pairs whose outputs cannot be compared."""
+    d = cfg.distill
+    if cfg.task.type == "causal-lm":
+        t_size = teacher.get_output_embeddings().weight.shape[0]
+        s_size = student.get_output_embeddings().weight.shape[0]
+        if t_size != s_size:
+            raise UserError(VOCABULARY_MISMATCH.format(
+                detail=f"the student's output layer has {s_size} outputs, the teacher's {t_size}"))
+    else:
+        t_labels, s_labels = teacher.config.num_labels, student.config.num_labels
+        if t_labels != s_labels:
+            raise UserError(f"distill.student: the student has {s_labels} classes but the teacher {t_labels}.")
+    if d.beta > 0 and not same_vocab:
+        raise UserError("distill.beta: the feature loss compares hidden states position by position, which needs "
+                        "the teacher's tokenizer for the student; set beta: 0 or use the teacher's tokenizer.")
+
+
+def layer_pairs(d: DistillSection, teacher, student) -> list[tuple[int, int]]:
+    """(student layer, teacher layer) pairs for the feature loss: distill.layer_map, else the uniform map."""
+    from llmkit.training.distill import uniform_layer_map
+
+    s_layers, t_layers = num_layers(student), num_layers(teacher)
+    if d.layer_map is None:
+        return uniform_layer_map(s_layers, t_layers)
+    for s, t in d.layer_map.items():
+        if s >= s_layers:
+            raise UserError(f"distill.layer_map: student layer {s} does not exist; the student has {s_layers} "
+                            f"layers (0-{s_layers - 1}).")
+        if t >= t_layers:
+            raise UserError(f"distill.layer_map: teacher layer {t} (for student layer {s}) does not exist; the "
+                            f"teacher has {t_layers} layers (0-{t_layers - 1}).")
+    return sorted(d.layer_map.items())
+
+
+def describe_student(spec: StudentConfig, student) -> str:
+    if spec.from_teacher is not None:
+        how = (f"layers {spec.from_teacher.keep_layers}" if spec.from_teacher.keep_layers is not None
+               else f"every {spec.from_teacher.every}. layer")
+        return f"{type(student).__name__} from the teacher's {how}"
+    from llmkit.models.loading import model_label
+
+    return f"{type(student).__name__} ({model_label(spec)})"
+
+
+def describe_loss(s) -> str:
+    parts = [f"{s.alpha:g} x CE(hard labels)"]
+    if s.alpha < 1:
+        parts.append(f"{1 - s.alpha:g} x tau^2 x KL(teacher || student), tau={s.temperature:g}")
+    if s.beta > 0:
+        parts.append(f"{s.beta:g} x feature loss over layers (student->teacher) "
+                     f"{', '.join(f'{a}->{b}' for a, b in s.layer_pairs)}")
+    return " + ".join(parts)
+
+
+# ---------------------------------------------------------------- teacher outputs
+
+
+def teacher_cache(cfg: DistillConfig, teacher, teacher_tokenizer, same_vocab: bool, train_split, labels, pairs,
+                  precision: str, args, extra):
+    """The teacher's outputs for every training example, from the cache or computed once and stored."""
+    from llmkit.data.cache import cache_key, cache_root, file_digest
+    from llmkit.training.distill import TeacherCache, build_teacher_cache, cache_size_bytes, data_digest
+
+    d = cfg.distill
+    causal_lm = cfg.task.type == "causal-lm"
+    teacher_split = train_split if same_vocab else teacher_view(cfg, teacher_tokenizer, labels, extra)
+    layers = [t for _, t in pairs]
+    num_outputs = teacher.get_output_embeddings().weight.shape[0] if causal_lm else teacher.config.num_labels
+    size = cache_size_bytes(teacher_split, per_token_logits=causal_lm, num_outputs=num_outputs, layers=layers,
+                            hidden_width=hidden_size(teacher))
+    if size > d.cache_limit_gb * 1e9:
+        raise UserError(f"distill.cache_teacher: the teacher's outputs for {len(teacher_split)} examples would take "
+                        f"{size / 1e9:.1f} GB on disk (limit distill.cache_limit_gb={d.cache_limit_gb:g}). Raise "
+                        "the limit, use fewer examples (data.max_train_samples), or set cache_teacher: false to run "
+                        "the teacher beside the student instead.")
+    key = cache_key({"teacher": file_digest(resolve_teacher(d.teacher)), "data": data_digest(teacher_split),
+                     "layers": layers, "per_token_logits": causal_lm, "precision": precision})
+    directory = cache_root(cfg.data.cache_dir).parent / "teacher" / key
+    with args.main_process_first(desc="teacher outputs"):
+        if (directory / "meta.json").is_file():
+            print(f"teacher outputs: from cache {directory}")
+            return TeacherCache(directory)
+        print(f"teacher outputs: computing for {len(teacher_split)} examples ({size / 1e6:.0f} MB) ...")
+        cache = build_teacher_cache(directory, teacher.to(args.device), teacher_split, teacher_tokenizer,
+                                    batch_size=args.per_device_eval_batch_size, layers=layers,
+                                    per_token_logits=causal_lm, num_outputs=num_outputs,
+                                    hidden_width=hidden_size(teacher), precision=precision, device=args.device)
+        print(f"teacher outputs: {cache.meta['seconds']:.1f} s, cached in {directory}")
+        return cache
+
+
+def teacher_view(cfg: DistillConfig, teacher_tokenizer, labels, extra):
+    """The training examples tokenized the teacher's way, in the student's order (different tokenizers)."""
+    from llmkit.data.classification import prepare_classification_data
+
+    split = prepare_classification_data(cfg.data, teacher_tokenizer, False, cfg.train.seed,
+                                        label_names=labels).splits["train"]
+    return extra.merged(split, teacher_tokenizer) if extra is not None else split
+
+
+@dataclass
+class TeacherLabelled:
+    """Unlabelled texts with the teacher's labels, ready to be appended to the training split."""
+
+    rows: list[dict]  # text, label (name), confidence, probabilities, kept
+    targets: str
+    label_names: list[str]
+    path: Path | None
+    max_length: int
+    tokenizer: object
+
+    @property
+    def kept(self) -> list[dict]:
+        return [r for r in self.rows if r["kept"]]
+
+    @property
+    def counts(self) -> dict:
+        return {"unlabeled_texts": len(self.rows), "unlabeled_used": len(self.kept)}
+
+    def merged(self, train_split, tokenizer=None):
+        """The training split followed by the kept texts (hard: the teacher's class; soft: label -100)."""
+        import datasets
+
+        tokenizer = tokenizer or self.tokenizer
+        ids = {name: i for i, name in enumerate(self.label_names)}
+        texts = [r["text"] for r in self.kept]
+        encoded = tokenizer(texts, truncation=True, max_length=self.max_length)
+        columns = {k: encoded[k] for k in train_split.column_names if k in encoded}
+        columns["labels"] = [ids[r["label"]] if self.targets == "hard" else -100 for r in self.kept]
+        extra = datasets.Dataset.from_dict(columns, features=train_split.features)
+        return datasets.concatenate_datasets([train_split, extra])
+
+    def describe(self) -> str:
+        from collections import Counter
+
+        from llmkit.training.report import markdown_table
+
+        kept = Counter(r["label"] for r in self.kept)
+        rows = [[name, kept.get(name, 0)] for name in self.label_names]
+        where = f" Written to `{self.path.name}`." if self.path else ""
+        return (f"{len(self.kept)} of {len(self.rows)} texts used as {self.targets} targets.{where}\n\n"
+                + markdown_table(["teacher's class", "texts"], rows))
+
+
+def label_unlabeled(cfg: DistillConfig, teacher, teacher_tokenizer, tokenizer, labels, precision, args,
+                    run_dir) -> TeacherLabelled:
+    """Have the teacher label the unlabelled texts (cached on disk by teacher + texts), write them to the run."""
+    import json
+    import time
+
+    import numpy as np
+
+    from llmkit.data.cache import cache_key, cache_root, file_digest
+    from llmkit.training.distill import run_teacher
+
+    d = cfg.distill
+    texts = unlabeled_texts(cfg)
+    key = cache_key({"teacher": file_digest(resolve_teacher(d.teacher)), "texts": texts,
+                     "max_length": cfg.data.max_length, "precision": precision})
+    cached = cache_root(cfg.data.cache_dir).parent / "teacher-labels" / f"{key}.jsonl"
+    with args.main_process_first(desc="teacher labels"):
+        if cached.is_file():
+            probs = [json.loads(line) for line in cached.read_text().splitlines()]
+            print(f"teacher labels: {len(probs)} texts from cache {cached}")
+        else:
+            import datasets
+
+            encoded = datasets.Dataset.from_dict(dict(teacher_tokenizer(texts, truncation=True,
+                                                                        max_length=cfg.data.max_length)))
+            probs = [None] * len(texts)
+            start = time.perf_counter()
+
+            def write(index, logits, hidden):
+                p = np.exp(logits[0] - logits[0].max())
+                probs[index] = (p / p.sum()).round(6).tolist()
+
+            run_teacher(teacher.to(args.device), encoded, teacher_tokenizer, batch_size=args.per_device_eval_batch_size,
+                        layers=[], per_token_logits=False, precision=precision, device=args.device, write=write)
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_name(f"{cached.name}.tmp")
+            tmp.write_text("".join(json.dumps(p) + "\n" for p in probs))
+            tmp.replace(cached)
+            print(f"teacher labels: {len(texts)} texts labelled in {time.perf_counter() - start:.1f} s, cached in "
+                  f"{cached}")
+    threshold = d.unlabeled_min_confidence or 0.0
+    rows = []
+    for text, p in zip(texts, probs):
+        best = int(np.argmax(p))
+        rows.append({"text": text, "label": labels[best], "confidence": p[best],
+                     "probabilities": dict(zip(labels, p)), "kept": p[best] >= threshold})
+    path = None
+    if run_dir is not None and args.process_index == 0:
+        path = run_dir / TEACHER_LABELS_FILE
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    result = TeacherLabelled(rows=rows, targets=d.unlabeled_targets, label_names=labels, path=path,
+                             max_length=cfg.data.max_length, tokenizer=tokenizer)
+    print(f"teacher labels: {len(result.kept)} of {len(rows)} texts kept (min confidence {threshold:g}), "
+          f"{d.unlabeled_targets} targets")
+    return result
+
+
+def unlabeled_texts(cfg: DistillConfig) -> list[str]:
+    """The unlabelled texts: non-empty, deduplicated, without texts already in the training data."""
+    from llmkit.data.loading import load_file_split, load_raw_splits
+
+    d = cfg.distill
+    reader = dataclasses.replace(cfg.data, column_names=None, format="auto", max_train_samples=None)
+    try:
+        raw = load_file_split("unlabeled", str(Path(d.unlabeled).expanduser()), reader)
+    except UserError as e:
+        raise UserError(str(e).replace("data.unlabeled", "distill.unlabeled", 1)) from None
+    column = d.unlabeled_text_column or ("text" if "text" in raw.column_names and len(raw.column_names) == 1
+                                         else cfg.data.text_column)
+    if column not in raw.column_names:
+        raise UserError(f"distill.unlabeled_text_column: {column!r} is not a column of {d.unlabeled}; its columns "
+                        f"are: {', '.join(raw.column_names)}. Set distill.unlabeled_text_column to one of them.")
+    seen = {str(t).strip() for t in load_raw_splits(cfg.data, cfg.train.seed)["train"][cfg.data.text_column]}
+    texts = []
+    for value in raw[column]:
+        text = str(value).strip() if value is not None else ""
+        if text and text not in seen:
+            seen.add(text)
+            texts.append(text)
+            if d.unlabeled_max_samples and len(texts) >= d.unlabeled_max_samples:
+                break
+    if not texts:
+        raise UserError(f"distill.unlabeled: {d.unlabeled} holds no text that is not already in the training data.")
+    return texts
+
+
+# ---------------------------------------------------------------- teacher vs student
+
+
+def compare_on_eval(task, trainer, teacher, tokenizer, eval_split, collate, metrics_fn, metrics: dict, run_dir,
+                    precision: str, args) -> list[tuple[str, str]]:
+    """Evaluate the student and the teacher on the validation set and time both; add the figures to metrics."""
+    from llmkit.training.distill import inference_speed
+    from llmkit.training.report import markdown_table
+
+    out = trainer.predict(eval_split, metric_key_prefix="eval")
+    metrics.update(without_timings(out.metrics))
+    sections = task.report("validation", metrics_fn, out, "eval", metrics,
+                           run_dir if trainer.is_world_process_zero() else None)
+    metrics.update(evaluate_teacher(task, teacher, tokenizer, eval_split, collate, metrics_fn, args))
+    speeds = inference_speed({"teacher": teacher, "student": trainer.model}, eval_split, collate,
+                             args.per_device_eval_batch_size, precision, args.device)
+    metrics.update(teacher_examples_per_second=round(speeds["teacher"], 1),
+                   student_examples_per_second=round(speeds["student"], 1),
+                   inference_speedup=round(speeds["student"] / speeds["teacher"], 3))
+    key = "accuracy" if "eval_accuracy" in metrics else "perplexity" if "eval_perplexity" in metrics else "loss"
+    student_value, teacher_value = metrics.get(f"eval_{key}"), metrics.get(f"teacher_eval_{key}")
+    if key == "accuracy" and teacher_value:
+        metrics["accuracy_retention"] = round(student_value / teacher_value, 4)
+    rows = [[f"eval {key}", teacher_value, student_value],
+            ["parameters", metrics["teacher_params"], metrics["student_params"]],
+            ["layers", num_layers(teacher), num_layers(trainer.model)],
+            ["examples/s (eval set)", metrics["teacher_examples_per_second"], metrics["student_examples_per_second"]]]
+    return [("Teacher vs student", markdown_table(["", "teacher", "student"], rows))] + sections
+
+
+def evaluate_teacher(task, teacher, tokenizer, eval_split, collate, metrics_fn, args) -> dict:
+    """The teacher's metrics on the same validation set, computed the same way (teacher_eval_*)."""
+    import math
+
+    from llmkit.training.trainer import MeanLossTrainer
+
+    evaluator = (task.trainer_cls or MeanLossTrainer)(
+        model=teacher, args=args, eval_dataset=eval_split, processing_class=tokenizer, data_collator=collate,
+        compute_metrics=metrics_fn,
+        preprocess_logits_for_metrics=metrics_fn.preprocess_logits_for_metrics if metrics_fn else None)
+    out = evaluator.predict(eval_split, metric_key_prefix="teacher_eval")
+    result = without_timings(out.metrics)
+    if metrics_fn is None and "teacher_eval_loss" in result:  # causal LM: perplexity, as for the student
+        result["teacher_eval_perplexity"] = math.exp(min(result["teacher_eval_loss"], 50.0))
+    return result
+
+
+def without_timings(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if not k.endswith(("_runtime", "_per_second", "_preparation_time"))}

@@ -1,0 +1,340 @@
+"""llmkit distill through the real CLI: a tiny BERT teacher fine-tuned here and saved like a finetune run's
+model, students built from its layers / from config / from a path, the teacher cache, teacher-labelled texts,
+causal-LM KD on a tiny Llama, and the bad-input cases."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from llmkit.cli import app
+from tests.conftest import sentiment_rows, write_csv, write_yaml
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory, tokenizer_dir) -> str:
+    """A 4-layer BERT sentiment classifier (negative/positive), briefly trained, saved as a model directory."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
+                        num_labels=2, id2label={0: "negative", 1: "positive"},
+                        label2id={"negative": 0, "positive": 1})
+    model = BertForSequenceClassification(config)
+    rows = sentiment_rows(128, seed=7)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for step in range(40):
+        batch_rows = rows[(step * 16) % 128:(step * 16) % 128 + 16]
+        batch = tokenizer([r["text"] for r in batch_rows], return_tensors="pt", padding=True)
+        labels = torch.tensor([int(r["label"] == "positive") for r in batch_rows])
+        model(**batch, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    out = tmp_path_factory.mktemp("teacher")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture
+def distill_config(tiny_config, teacher_dir) -> dict:
+    cfg = {key: value for key, value in tiny_config.items() if key not in ("model", "tokenizer")}
+    cfg["distill"] = {"teacher": teacher_dir, "student": {"from_teacher": {"keep_layers": [0, 2]}},
+                      "alpha": 0.5, "temperature": 2.0}
+    cfg["train"] = {**cfg["train"], "num_train_epochs": 3, "save_strategy": "no"}
+    return cfg
+
+
+def run_distill(tmp_path, config: dict, *extra, name="distill.yaml"):
+    result = invoke("distill", write_yaml(tmp_path / name, config), *extra)
+    assert result.exit_code == 0, result.output
+    return result, Path(config["output_dir"])
+
+
+def weights(path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(path) / "model.safetensors"))
+
+
+def history(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log_history.jsonl").read_text().splitlines()]
+
+
+def test_kd_run_reports_teacher_and_student_and_leaves_the_teacher_alone(tmp_path, distill_config, teacher_dir,
+                                                                         monkeypatch):
+    from llmkit.training import distill
+
+    trainers = []
+    init = distill.DistillTrainer.__init__
+
+    def keep(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        trainers.append(self)
+
+    monkeypatch.setattr(distill.DistillTrainer, "__init__", keep)
+    before = weights(teacher_dir)
+    result, run = run_distill(tmp_path, distill_config)
+    assert "student: BertForSequenceClassification from the teacher's layers [0, 2], 2 layers" in result.output
+    assert "loss: 0.5 x CE(hard labels) + 0.5 x tau^2 x KL(teacher || student), tau=2" in result.output
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["teacher_eval_accuracy"] >= 0.9 and metrics["eval_accuracy"] >= 0.9
+    assert metrics["accuracy_retention"] == round(metrics["eval_accuracy"] / metrics["teacher_eval_accuracy"], 4)
+    assert metrics["student_params"] < metrics["teacher_params"]
+    assert metrics["teacher_examples_per_second"] > 0 and metrics["student_examples_per_second"] > 0
+    steps = [h for h in history(run) if "loss" in h]
+    assert steps and all({"loss_ce", "loss_kd"} <= set(h) and "loss_feature" not in h for h in steps)
+    for h in steps:  # the logged loss is the weighted sum of the logged terms
+        assert h["loss"] == pytest.approx(0.5 * h["loss_ce"] + 0.5 * h["loss_kd"], rel=1e-3)
+    report = (run / "report.md").read_text()
+    assert "## Teacher vs student" in report and "examples/s (eval set)" in report
+    assert json.loads((run / "model" / "config.json").read_text())["num_hidden_layers"] == 2
+    after = weights(teacher_dir)
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the teacher's files
+    teacher = trainers[0].teacher
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    live = teacher.state_dict()
+    assert all(torch.equal(before[k], live[k]) for k in before)  # and the teacher in memory, after training
+
+
+def test_alpha_one_beta_zero_matches_plain_finetune_on_the_same_seed(tmp_path, tiny_config, distill_config,
+                                                                     teacher_dir):
+    """With the KD and feature terms weighted 0, distill trains exactly what finetune trains."""
+    finetune = dict(tiny_config, model={"name_or_path": teacher_dir}, output_dir=str(tmp_path / "ft"))
+    finetune.pop("tokenizer")
+    finetune["train"] = distill_config["train"]
+    assert invoke("finetune", write_yaml(tmp_path / "ft.yaml", finetune)).exit_code == 0
+    distill_config["distill"].update(alpha=1.0, student={"name_or_path": teacher_dir})
+    result, run = run_distill(tmp_path, distill_config)
+    assert "loss: 1 x CE(hard labels)" in result.output
+    ft, kd = weights(tmp_path / "ft" / "model"), weights(run / "model")
+    assert ft.keys() == kd.keys()
+    assert all(torch.allclose(ft[k], kd[k], atol=1e-6) for k in ft)
+    ft_metrics = json.loads((tmp_path / "ft" / "metrics.json").read_text())
+    kd_metrics = json.loads((run / "metrics.json").read_text())
+    assert kd_metrics["eval_loss"] == pytest.approx(ft_metrics["eval_loss"], rel=1e-5)
+    assert kd_metrics["train_loss"] == pytest.approx(ft_metrics["train_loss"], rel=1e-5)
+
+
+def test_cached_teacher_trains_like_the_live_teacher_and_is_reused(tmp_path, distill_config):
+    live_config = dict(distill_config, output_dir=str(tmp_path / "live"))
+    _, live = run_distill(tmp_path, live_config, name="live.yaml")
+    distill_config["distill"]["cache_teacher"] = True
+    first, run = run_distill(tmp_path, distill_config)
+    assert "teacher outputs: computing for 64 examples" in first.output
+    second, _ = run_distill(tmp_path, distill_config, "--overwrite")
+    assert "teacher outputs: from cache" in second.output
+    a, b, c = (json.loads((d / "metrics.json").read_text()) for d in (live, run, run))
+    assert b["eval_loss"] == pytest.approx(a["eval_loss"], rel=1e-5)
+    assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
+    assert c["eval_accuracy"] == b["eval_accuracy"]
+
+
+def test_feature_loss_with_a_narrower_student_learns_a_projection_and_saves_a_plain_model(tmp_path,
+                                                                                          distill_config):
+    distill_config["distill"].update(
+        beta=1.0, layer_map={0: 1, 1: 3},
+        student={"from_config": {"family": "bert", "num_layers": 2, "hidden_size": 16, "num_heads": 2,
+                                 "max_position_embeddings": 64}})
+    result, run = run_distill(tmp_path, distill_config)
+    assert "incl. 1088 in projections" in result.output  # two 16 -> 32 linear maps with bias: 2 x (512 + 32)
+    assert "feature loss over layers (student->teacher) 0->1, 1->3" in result.output
+    steps = [h for h in history(run) if "loss" in h]
+    assert all({"loss_ce", "loss_kd", "loss_feature"} <= set(h) for h in steps)
+    assert steps[-1]["loss_feature"] < steps[0]["loss_feature"]
+    saved = weights(run / "model")
+    assert not any("distill_projections" in k for k in saved)
+    from transformers import AutoModelForSequenceClassification
+
+    assert AutoModelForSequenceClassification.from_pretrained(run / "model").config.hidden_size == 16
+
+
+def test_adapter_run_as_teacher(tmp_path, distill_config, teacher_dir):
+    adapter = {"model": {"name_or_path": teacher_dir}, "task": distill_config["task"], "data": distill_config["data"],
+               "adapter": {"method": "lora", "r": 4, "lora_alpha": 8, "target_modules": ["query", "value"]},
+               "train": dict(distill_config["train"], num_train_epochs=1), "output_dir": str(tmp_path / "lora")}
+    result = invoke("adapter", write_yaml(tmp_path / "lora.yaml", adapter))
+    assert result.exit_code == 0, result.output
+    distill_config["distill"]["teacher"] = str(tmp_path / "lora")
+    result, run = run_distill(tmp_path, distill_config)
+    assert "teacher: PeftModelForSequenceClassification" in result.output or "teacher: PeftModel" in result.output
+    assert json.loads((run / "metrics.json").read_text())["teacher_eval_accuracy"] >= 0.9
+
+
+def test_teacher_labelled_texts_are_written_filtered_and_trained_on(tmp_path, distill_config):
+    train_texts = [r["text"] for r in sentiment_rows(64, seed=1)]
+    extra = [r["text"] for r in sentiment_rows(40, seed=11)]
+    (tmp_path / "unlabeled.txt").write_text("\n".join(extra + train_texts[:5] + ["", extra[0]]) + "\n")
+    distill_config["distill"].update(unlabeled=str(tmp_path / "unlabeled.txt"), unlabeled_targets="hard",
+                                     unlabeled_min_confidence=0.6)
+    result, run = run_distill(tmp_path, distill_config)
+    rows = [json.loads(line) for line in (run / "teacher_labeled.jsonl").read_text().splitlines()]
+    assert [r["text"] for r in rows] == extra  # empty lines, duplicates and training texts left out
+    assert all(r["kept"] == (r["confidence"] >= 0.6) for r in rows)
+    assert all(r["label"] == max(r["probabilities"], key=r["probabilities"].get) for r in rows)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["unlabeled_texts"] == 40 and metrics["unlabeled_used"] == sum(r["kept"] for r in rows) > 0
+    plan = next(line for line in result.output.splitlines() if line.startswith("plan:"))
+    steps = 3 * -(-(64 + metrics["unlabeled_used"]) // 8)  # epochs x batches of the labelled + kept texts
+    assert plan.startswith(f"plan: {steps} optimizer steps"), plan
+    assert "## Teacher-labelled data" in (run / "report.md").read_text()
+    again = invoke("distill", tmp_path / "distill.yaml", "--overwrite")
+    assert again.exit_code == 0 and "teacher labels: 40 texts from cache" in again.output
+
+
+@pytest.fixture(scope="module")
+def llama_teacher(tmp_path_factory, chat_tokenizer_dir) -> str:
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(chat_tokenizer_dir)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=4,
+                                         num_attention_heads=2, num_key_value_heads=2, intermediate_size=64,
+                                         max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
+                                         eos_token_id=tokenizer.eos_token_id))
+    out = tmp_path_factory.mktemp("llama-teacher")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture
+def lm_config(tmp_path, llama_teacher) -> dict:
+    data = tmp_path / "lm"
+    data.mkdir()
+    rows = [{"instruction": f"say a {w} word", "input": "", "output": f"{w} and wonderful"}
+            for w in ("great", "awful") * 12]
+    (data / "train.json").write_text(json.dumps(rows))
+    (data / "dev.json").write_text(json.dumps(rows[:6]))
+    return {"distill": {"teacher": llama_teacher, "student": {"from_teacher": {"every": 2}}, "alpha": 0.5,
+                        "temperature": 1.0},
+            "task": {"type": "causal-lm"},
+            "data": {"train_file": str(data / "train.json"), "validation_file": str(data / "dev.json"),
+                     "max_length": 64},
+            "train": {"num_train_epochs": 2, "learning_rate": 3e-3, "per_device_train_batch_size": 4,
+                      "logging_steps": 2, "seed": 0, "precision": "fp32", "save_strategy": "no",
+                      "disable_tqdm": True},
+            "output_dir": str(tmp_path / "lm-run")}
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_causal_lm_token_level_kd_cached_equals_live(tmp_path, lm_config, packing):
+    lm_config["task"]["packing"] = packing
+    lm_config["distill"]["beta"] = 0.5
+    _, live = run_distill(tmp_path, dict(lm_config, output_dir=str(tmp_path / "live")), name="live.yaml")
+    lm_config["distill"]["cache_teacher"] = True
+    result, run = run_distill(tmp_path, lm_config)
+    assert "teacher outputs: computing for 24 examples" in result.output
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["eval_perplexity"] > 1 and metrics["teacher_eval_perplexity"] > 1
+    assert metrics["student_params"] < metrics["teacher_params"]
+    cached_steps, live_steps = [h for h in history(run) if "loss" in h], [h for h in history(live) if "loss" in h]
+    assert all({"loss_ce", "loss_kd", "loss_feature"} <= set(h) for h in cached_steps)
+    # The cache stores vocabulary-sized logits as float16: the same training up to that rounding.
+    for a, b in zip(cached_steps, live_steps):
+        assert a["loss_kd"] == pytest.approx(b["loss_kd"], rel=2e-2, abs=1e-3)
+        assert a["loss_ce"] == pytest.approx(b["loss_ce"], rel=2e-2)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def fails(tmp_path, config: dict, *needles: str):
+    result = invoke("distill", write_yaml(tmp_path / "bad.yaml", config))
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert needle in result.output, result.output
+    return result
+
+
+def test_lm_kd_refuses_a_student_with_another_vocabulary(tmp_path, lm_config, tmp_path_factory, tokenizer_dir):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)  # WordPiece, not the teacher's BPE
+    other = tmp_path / "other-student"
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=2, intermediate_size=32,
+                                 max_position_embeddings=128)).save_pretrained(other)
+    tokenizer.save_pretrained(other)
+    lm_config["distill"]["student"] = {"name_or_path": str(other)}
+    fails(tmp_path, lm_config, "distill.student", "one vocabulary", "student.from_teacher")
+    assert not Path(lm_config["output_dir"]).exists() or not (Path(lm_config["output_dir"]) / "model").exists()
+
+
+def test_layer_map_naming_missing_layers(tmp_path, distill_config):
+    distill_config["distill"].update(beta=1.0, layer_map={5: 1})
+    fails(tmp_path, distill_config, "distill.layer_map: student layer 5 does not exist", "2 layers (0-1)")
+    distill_config["distill"]["layer_map"] = {0: 9}
+    fails(tmp_path, distill_config, "distill.layer_map: teacher layer 9", "4 layers (0-3)")
+
+
+@pytest.mark.parametrize("key, value, needle", [
+    ("temperature", 0, "distill.temperature: must be > 0, got 0"),
+    ("temperature", -1.5, "distill.temperature: must be > 0, got -1.5"),
+    ("alpha", 1.5, "distill.alpha: must be between 0 and 1"),
+    ("alpha", -0.1, "distill.alpha: must be between 0 and 1"),
+    ("beta", -1, "distill.beta: must be >= 0"),
+])
+def test_loss_weights_out_of_range(tmp_path, distill_config, key, value, needle):
+    distill_config["distill"][key] = value
+    fails(tmp_path, distill_config, needle)
+
+
+def test_teacher_run_directory_without_a_model(tmp_path, distill_config):
+    unfinished = tmp_path / "runs" / "unfinished"
+    (unfinished / "checkpoints").mkdir(parents=True)
+    (unfinished / "config.yaml").write_text("task: {type: sequence-classification}\n")
+    distill_config["distill"]["teacher"] = str(unfinished)
+    fails(tmp_path, distill_config, "distill.teacher", "run directory without a model", "did not finish")
+    distill_config["distill"]["teacher"] = str(tmp_path / "nowhere")
+    fails(tmp_path, distill_config, "distill.teacher", "no model directory")
+
+
+def test_other_refusals(tmp_path, distill_config):
+    distill_config["distill"]["student"] = {"from_teacher": {"keep_layers": [0, 7]}}
+    fails(tmp_path, distill_config, "distill.student.from_teacher.keep_layers", "4 layers")
+    distill_config["distill"]["student"] = {"from_teacher": {"keep_layers": [0]}}
+    distill_config["data"]["label_names"] = ["positive", "negative"]
+    fails(tmp_path, distill_config, "data.label_names", "teacher's classes")
+    distill_config["data"].pop("label_names")
+    distill_config["distill"].update(cache_teacher=True, cache_limit_gb=1e-9)
+    fails(tmp_path, distill_config, "distill.cache_teacher", "cache_limit_gb")
+    distill_config["distill"].update(cache_teacher=False, cache_limit_gb=4.0, unlabeled=str(tmp_path / "nope.txt"))
+    fails(tmp_path, distill_config, "distill.unlabeled: file not found")
+    distill_config["distill"].pop("unlabeled")
+    distill_config["task"] = {"type": "token-classification"}
+    fails(tmp_path, distill_config, "task.type", "sequence-classification and causal-lm")
+
+
+def test_different_tokenizer_needs_the_cache(tmp_path, distill_config, tmp_path_factory):
+    from tests.conftest import train_tokenizer
+
+    other = train_tokenizer(tmp_path / "other-tok", vocab_size=150)
+    distill_config["distill"]["student"] = {"from_config": {"family": "bert", "num_layers": 1, "hidden_size": 16,
+                                                            "num_heads": 2, "max_position_embeddings": 64}}
+    distill_config["tokenizer"] = {"name_or_path": other}
+    fails(tmp_path, distill_config, "distill.cache_teacher", "tokenizer differs")
+    distill_config["distill"]["cache_teacher"] = True  # then the teacher reads the texts its own way, once
+    result, run = run_distill(tmp_path, distill_config)
+    assert "teacher outputs: computing for 64 examples" in result.output
+    kd = [h["loss_kd"] for h in history(run) if "loss_kd" in h]
+    assert kd[-1] < kd[0]  # the student learns the teacher's distribution through its own tokenizer
+
+
+def test_unlabeled_file_without_the_text_column(tmp_path, distill_config):
+    write_csv(tmp_path / "extra.csv", [{"review": "great film", "stars": 5}])
+    distill_config["distill"]["unlabeled"] = str(tmp_path / "extra.csv")
+    fails(tmp_path, distill_config, "distill.unlabeled_text_column", "'text' is not a column", "review")

@@ -434,7 +434,7 @@ def layer_pairs(d: DistillSection, teacher, student) -> list[tuple[int, int]]:
 def describe_student(spec: StudentConfig, student) -> str:
     if spec.from_teacher is not None:
         how = (f"layers {spec.from_teacher.keep_layers}" if spec.from_teacher.keep_layers is not None
-               else f"every {spec.from_teacher.every}. layer")
+               else f"layers (every: {spec.from_teacher.every})")
         return f"{type(student).__name__} from the teacher's {how}"
     from llmkit.models.loading import model_label
 

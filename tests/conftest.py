@@ -37,6 +37,22 @@ def sentiment_rows(n: int, seed: int, labels=("negative", "positive")) -> list[d
     return rows
 
 
+def train_on_sentiment(model, tokenizer, steps: int = 40) -> None:
+    """A few AdamW steps of a sequence classifier on synthetic reviews (label 1 = positive), so a test's
+    "pretrained" model already tells the sentiment words apart."""
+    import torch
+
+    rows = sentiment_rows(128, seed=7)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for step in range(steps):
+        batch_rows = rows[(step * 16) % 128:(step * 16) % 128 + 16]
+        batch = tokenizer([r["text"] for r in batch_rows], return_tensors="pt", padding=True)
+        labels = torch.tensor([int(r["label"] == "positive") for r in batch_rows])
+        model(**batch, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+
 def write_csv(path: Path, rows: list[dict], delimiter: str = ",", header: bool = True) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as fh:

@@ -152,19 +152,12 @@ def _teacher_issues(teacher: str) -> list[ConfigIssue]:
 
 def resolve_teacher(reference: str) -> str:
     """The teacher's model (or adapter) folder: a run directory's model/ or adapter/, or a model path / hub id."""
-    from llmkit.models.adapters import find_adapter_dir
     from llmkit.models.resolve import ModelNotFound, resolve_model_path
+    from llmkit.recipes.evaluation import find_run_directory
 
-    path = Path(reference).expanduser()
-    if (path / "config.yaml").is_file() and not (path / "config.json").is_file():  # an llmkit run directory
-        if (path / "model" / "config.json").is_file():
-            return str((path / "model").resolve())
-        adapter = find_adapter_dir(path)
-        if adapter is not None:
-            return str(adapter.resolve())
-        raise UserError(f"distill.teacher: {reference} is an llmkit run directory without a model (no "
-                        "model/config.json nor adapter/): the run did not finish. Finish it (train.resume=auto) or "
-                        "point distill.teacher at a checkpoint folder under its checkpoints/.")
+    run = find_run_directory(reference, key="distill.teacher")
+    if run is not None:
+        return str(run.model_dir)
     issues = check_model_path("distill.teacher", reference)
     if issues:
         raise UserError(f"distill.teacher: {issues[0].message}")

@@ -156,8 +156,8 @@ class RunDirectory:
         return self.path / ADAPTER_DIR if find_adapter_dir(self.path) else self.path / "model"
 
 
-def find_run_directory(name: str | None) -> RunDirectory | None:
-    """The run directory `name` points to, or None for an ordinary model reference."""
+def find_run_directory(name: str | None, key: str = "model.name_or_path") -> RunDirectory | None:
+    """The run directory `name` (the config's `key`) points to, or None for an ordinary model reference."""
     if not name:
         return None
     path = Path(name).expanduser()
@@ -168,7 +168,7 @@ def find_run_directory(name: str | None) -> RunDirectory | None:
     from llmkit.models.adapters import find_adapter_dir
 
     if not (path / "model" / "config.json").is_file() and find_adapter_dir(path) is None:
-        raise UserError(f"model.name_or_path: {path} is an llmkit run directory without a model (no "
+        raise UserError(f"{key}: {path} is an llmkit run directory without a model (no "
                         "model/config.json nor adapter/): the run did not finish. Resume it with train.resume=auto, "
                         "or point to a checkpoint folder under checkpoints/.")
     return RunDirectory(path=path.resolve(), config=yaml.safe_load((path / "config.yaml").read_text()) or {})

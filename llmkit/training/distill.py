@@ -115,7 +115,7 @@ class DistillTrainer(Trainer):
         if settings.causal_lm:
             self.model_accepts_loss_kwargs = True
             self._loss_shifts_labels = True
-        self._terms: dict[str, list[float]] = {}
+        self._terms: dict[str, list] = {}  # name -> [sum of the term's values, count] since the last log
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
@@ -201,9 +201,10 @@ class DistillTrainer(Trainer):
         return out.logits, hidden
 
     def _record(self, terms: dict, scale: float) -> None:
+        # Summed as detached tensors: reading a value out (a device sync on GPUs) waits for the next log.
         for name, value in terms.items():
             total = self._terms.setdefault(name, [0.0, 0])
-            total[0] += float(value.detach()) * scale
+            total[0] = total[0] + value.detach() * scale
             total[1] += 1
 
     def log(self, logs: dict, *args, **kwargs) -> None:
@@ -212,7 +213,7 @@ class DistillTrainer(Trainer):
         if "loss" in logs and self._terms:
             steps = max(self.state.global_step - getattr(self, "_last_term_step", 0), 1)
             for name, (total, count) in self._terms.items():
-                logs[name] = round(total / (steps if self.settings.causal_lm else count), 6)
+                logs[name] = round(float(total) / (steps if self.settings.causal_lm else count), 6)
             self._terms, self._last_term_step = {}, self.state.global_step
         super().log(logs, *args, **kwargs)
 

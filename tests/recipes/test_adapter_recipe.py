@@ -27,22 +27,14 @@ def bert_base(tmp_path_factory, tokenizer_dir) -> str:
     already tells the sentiment words apart (briefly trained here), as a pretrained base would."""
     from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, BertForSequenceClassification
 
-    from tests.conftest import sentiment_rows
+    from tests.conftest import train_on_sentiment
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id)
     teacher = BertForSequenceClassification(config)
-    rows = sentiment_rows(128, seed=7)
-    optimizer = torch.optim.AdamW(teacher.parameters(), lr=3e-3)
-    for step in range(40):
-        batch_rows = rows[(step * 16) % 128:(step * 16) % 128 + 16]
-        batch = tokenizer([r["text"] for r in batch_rows], return_tensors="pt", padding=True)
-        labels = torch.tensor([int(r["label"] == "positive") for r in batch_rows])
-        teacher(**batch, labels=labels).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+    train_on_sentiment(teacher, tokenizer)
     model = BertForMaskedLM(config)
     model.bert.load_state_dict(teacher.bert.state_dict(), strict=False)  # the encoder, without the pooler
     out = tmp_path_factory.mktemp("bert-base")

@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from llmkit.cli import app
-from tests.conftest import sentiment_rows, write_csv, write_yaml
+from tests.conftest import sentiment_rows, train_on_sentiment, write_csv, write_yaml
 
 runner = CliRunner()
 
@@ -33,15 +33,7 @@ def teacher_dir(tmp_path_factory, tokenizer_dir) -> str:
                         num_labels=2, id2label={0: "negative", 1: "positive"},
                         label2id={"negative": 0, "positive": 1})
     model = BertForSequenceClassification(config)
-    rows = sentiment_rows(128, seed=7)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for step in range(40):
-        batch_rows = rows[(step * 16) % 128:(step * 16) % 128 + 16]
-        batch = tokenizer([r["text"] for r in batch_rows], return_tensors="pt", padding=True)
-        labels = torch.tensor([int(r["label"] == "positive") for r in batch_rows])
-        model(**batch, labels=labels).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+    train_on_sentiment(model, tokenizer)
     out = tmp_path_factory.mktemp("teacher")
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

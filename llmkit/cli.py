@@ -16,6 +16,7 @@ RECIPES = {
     "pretrain": ("llmkit.recipes.pretrain", "PretrainConfig", "pretrain"),
     "finetune": ("llmkit.recipes.finetune", "FinetuneConfig", "task"),
     "adapter": ("llmkit.recipes.adapter", "AdapterConfig", "adapter"),
+    "prompt": ("llmkit.recipes.prompt", "PromptConfig", "prompt"),
     "distill": ("llmkit.recipes.distill", "DistillConfig", "distill"),
     "eval": ("llmkit.recipes.evaluation", "EvalConfig", "eval"),
 }
@@ -152,6 +153,20 @@ def adapter(
                    "(loads with transformers' from_pretrained, no PEFT needed)")
 
     guarded(merge)
+
+
+@app.command()
+def prompt(
+    config: Path = typer.Argument(..., help="YAML config (see configs/prompt/ or `llmkit init prompt`)."),
+    overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate, load model/data, render an example prompt, "
+                                                          "print the plan; do not score or train."),
+    output_dir: Path | None = typer.Option(None, "--output-dir", "-o", help="Run directory (overrides "
+                                                                                "output_dir)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
+) -> None:
+    """Prompt-based classification: cloze templates + verbalizers; zero-shot, few-shot, in-context, soft prompts."""
+    _run_recipe("prompt", config, overrides, dry_run, output_dir, overwrite)
 
 
 @app.command()

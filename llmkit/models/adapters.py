@@ -21,16 +21,20 @@ METADATA = "llmkit_adapter.json"
 ADAPTER_DIR = "adapter"
 BOTTLENECK = "bottleneck"
 BOTTLENECK_OPTIONS = ("placement", "reduction_factor", "activation")
-TASK_TYPES = {"sequence-classification": "SEQ_CLS", "token-classification": "TOKEN_CLS", "causal-lm": "CAUSAL_LM"}
+# masked-lm: `llmkit prompt` on a masked LM; PEFT's FEATURE_EXTRACTION wrapper passes the MLM head's logits through
+# (with task_type None, soft prompts would be silently skipped).
+TASK_TYPES = {"sequence-classification": "SEQ_CLS", "token-classification": "TOKEN_CLS", "causal-lm": "CAUSAL_LM",
+              "masked-lm": "FEATURE_EXTRACTION"}
 # PEFT config fields llmkit sets itself (from the task and the model), never from the adapter section.
 INTERNAL_OPTIONS = {"task_type", "peft_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision",
                     "inference_mode"}
 # Checked with forward + backward on BERT, GPT-2 and Llama for all three tasks (peft 0.21): these methods only
 # fit the listed tasks (prefix tuning needs a KV cache; virtual tokens shift token-classification outputs).
 METHOD_TASKS = {
-    "prefix_tuning": ("causal-lm",), "cpt": ("causal-lm",), "cartridge": ("causal-lm",),
+    "prefix_tuning": ("causal-lm", "masked-lm"), "cpt": ("causal-lm",), "cartridge": ("causal-lm",),
     "adaption_prompt": ("causal-lm",),
-    "prompt_tuning": ("sequence-classification", "causal-lm"), "p_tuning": ("sequence-classification", "causal-lm"),
+    "prompt_tuning": ("sequence-classification", "causal-lm", "masked-lm"),
+    "p_tuning": ("sequence-classification", "causal-lm", "masked-lm"),
 }
 # Methods whose training needs inputs an llmkit task does not provide.
 UNSUPPORTED = {
@@ -167,7 +171,7 @@ def adapter_metadata(model: Any, spec: Any, task: str, base_reference: str, base
     the task settings (labels) the head was built with."""
     config = model.config if not hasattr(model, "peft_config") else model.get_base_model().config
     task_config = {k: getattr(config, k) for k in ("num_labels", "id2label", "label2id", "problem_type")
-                   if task != "causal-lm" and getattr(config, k, None) is not None}
+                   if task not in ("causal-lm", "masked-lm") and getattr(config, k, None) is not None}
     return {"method": spec.method, "name": spec.name, "task": task,
             "architecture": type(model.get_base_model() if hasattr(model, "peft_config") else model).__name__,
             "base_model": base_reference, "base_model_path": base_path, "revision": revision,
@@ -243,7 +247,8 @@ def peft_files(adapter_dir: Path, name: str) -> Path:
 
 
 AUTO_CLASSES = {"sequence-classification": "AutoModelForSequenceClassification",
-                "token-classification": "AutoModelForTokenClassification", "causal-lm": "AutoModelForCausalLM"}
+                "token-classification": "AutoModelForTokenClassification", "causal-lm": "AutoModelForCausalLM",
+                "masked-lm": "AutoModelForMaskedLM"}
 
 
 # ---------------------------------------------------------------- merging

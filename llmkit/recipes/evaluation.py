@@ -213,7 +213,7 @@ def run(cfg: EvalConfig, *, config_path: str | None = None, overwrite: bool = Fa
 
 def detect_task(cfg: EvalConfig, model_cfg: ModelConfig) -> tuple[str, str]:
     """(task, model kind) from eval.task and the model's head: seq-cls, token-cls, causal or masked."""
-    kind = _model_kind(model_cfg)
+    kind = model_kind(model_cfg)
     task = cfg.eval.task
     if task == "auto":
         task = {"seq-cls": "classification", "token-cls": "token-classification"}.get(kind, "perplexity")
@@ -236,7 +236,7 @@ def detect_task(cfg: EvalConfig, model_cfg: ModelConfig) -> tuple[str, str]:
     return task, kind
 
 
-def _model_kind(model_cfg: ModelConfig) -> str:
+def model_kind(model_cfg: ModelConfig) -> str:
     """'seq-cls', 'causal' or 'masked', from the model's saved architecture."""
     from transformers import AutoConfig
 
@@ -248,7 +248,7 @@ def _model_kind(model_cfg: ModelConfig) -> str:
     adapter_dir = find_adapter_dir(model_cfg.name_or_path)
     if adapter_dir is not None:
         return {"sequence-classification": "seq-cls", "token-classification": "token-cls",
-                "causal-lm": "causal"}[read_metadata(adapter_dir)["task"]]
+                "causal-lm": "causal", "masked-lm": "masked"}[read_metadata(adapter_dir)["task"]]
     try:
         with quiet_transformers():
             config = AutoConfig.from_pretrained(model_source(model_cfg), trust_remote_code=model_cfg.trust_remote_code)

@@ -40,7 +40,7 @@ def prepare_run_dir(path: Path, overwrite: bool, resume: str | None) -> Path:
 
 
 # Sections that define what a run trains on; resuming with them changed would mix two experiments.
-RESUME_FIXED_SECTIONS = ("model", "tokenizer", "task", "data", "adapter", "distill")
+RESUME_FIXED_SECTIONS = ("model", "tokenizer", "task", "data", "adapter", "distill", "prompt")
 
 
 def _flatten(data: Any, prefix: str = "") -> dict:

@@ -1,0 +1,1 @@
+"""Prompt-based learning: cloze templates, verbalizers, their scoring and few-shot sampling."""

@@ -170,7 +170,8 @@ class DistillTrainer(Trainer):
         logits, targets = outputs.logits[:, :-1], labels[:, 1:]
         scored = targets != -100
         denominator = num_items_in_batch if num_items_in_batch is not None else scored.sum().clamp(min=1)
-        ce = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=-100, reduction="sum")
+        ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100,
+                             reduction="sum")  # a flat view: a transposed vocabulary dim is slow (trainer.py)
         terms = {"loss_ce": ce / denominator}
         if s.alpha < 1:
             terms["loss_kd"] = kd_per_row(logits[scored], teacher_logits[:, :-1][scored], s.temperature).sum() \

@@ -26,9 +26,12 @@ def per_example_nll(logits, labels, shift: bool):
     """
     import torch.nn.functional as F
 
-    if shift:
-        logits, labels = logits[:, :-1], labels[:, 1:]
-    nll = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    if shift:  # shift the labels, not the logits: slicing the logits would copy all of them once more
+        labels = F.pad(labels[:, 1:], (0, 1), value=-100)
+    # Over a flat (tokens, vocabulary) view: with the vocabulary as dim 1 of a transposed tensor, the log-softmax
+    # walks memory with a stride and a training step of the tiny GPT-2 ran ~15 % slower (scripts/bench).
+    nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
+                          reduction="none").view(labels.shape)
     return nll.sum(dim=1), (labels != -100).sum(dim=1)
 
 

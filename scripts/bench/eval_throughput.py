@@ -112,6 +112,15 @@ def padded_tokens(lengths: list[int], order: list[int], batch_size: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     args = parse_args(argv)
+    text = json.dumps(measure(args), indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """The comparison as a dict (also what scripts/bench/bench.py reports)."""
     import torch
 
     from llmkit.recipes.evaluation import predict_logits
@@ -196,11 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         "prediction_mismatches": int((preds["llmkit"] != preds["plain"]).sum()),
         "max_abs_logit_diff": float((logits["llmkit"] - logits["plain"]).abs().max()),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    return 0
+    return result
 
 
 if __name__ == "__main__":

@@ -1,0 +1,93 @@
+"""Run every llmkit benchmark and print one JSON object (also written to bench.json).
+
+    python scripts/bench/bench.py [--quick] [--data-dir ../shared/data] [--out bench.json] [--only NAME,...]
+
+Each figure comes with its baseline, the ratio, the target of SPEC §9 where there is one, the settings it was
+measured with, and the machine (cores, torch threads, bf16 support, load average). Pairs are measured in one
+process, alternating, after a warm-up. `--quick` takes a few minutes; the full run is longer and steadier.
+Progress goes to stderr; stdout holds only the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import REPO, Context, log, machine_info, setup_logging  # noqa: E402
+
+# benchmark group -> (module in scripts/bench, function)
+BENCHMARKS = {"startup": ("data_benchmarks", "bench_startup"),
+              "data_cache": ("data_benchmarks", "bench_data_cache"),
+              "tokenization": ("data_benchmarks", "bench_tokenization"),
+              "padding": ("data_benchmarks", "bench_padding"),
+              "eval": ("training_benchmarks", "bench_eval"),
+              "training_loop": ("training_benchmarks", "bench_training_loop"),
+              "precision": ("training_benchmarks", "bench_precision"),
+              "memory": ("training_benchmarks", "bench_memory")}
+
+
+def benchmark(name: str):
+    import importlib
+
+    module, function = BENCHMARKS[name]
+    return getattr(importlib.import_module(module), function)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="Shorter runs (a few minutes in all).")
+    p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"),
+                   help="Folder with sst2/, wikitext2/, alpaca/ (default: ../shared/data beside the repository).")
+    p.add_argument("--out", default="bench.json", help="Where to write the JSON (default: bench.json).")
+    p.add_argument("--only", default=None, help=f"Comma-separated subset of: {', '.join(BENCHMARKS)}.")
+    p.add_argument("--work-dir", default=None, help="Scratch directory for runs and caches (default: a temporary "
+                                                    "one, removed afterwards).")
+    args = p.parse_args(argv)
+    args.groups = args.only.split(",") if args.only else list(BENCHMARKS)
+    unknown = [g for g in args.groups if g not in BENCHMARKS]
+    if unknown:
+        p.error(f"--only: unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    if not (Path(args.data_dir) / "sst2" / "train.tsv").is_file():
+        p.error(f"--data-dir: {args.data_dir} has no sst2/train.tsv; point it at the shared data folder")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    setup_logging()
+    args = parse_args(argv)
+    report = {"mode": "quick" if args.quick else "full", "data_dir": str(Path(args.data_dir).resolve()),
+              "machine": machine_info(), "results": [], "errors": {}, "seconds": {}}
+    start = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        work = Path(args.work_dir) if args.work_dir else Path(stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="llmkit-bench-")))
+        ctx = Context(data_dir=Path(args.data_dir), quick=args.quick, work_dir=work)
+        for name in args.groups:
+            log.info("== %s", name)
+            t0 = time.perf_counter()
+            try:
+                with contextlib.redirect_stdout(sys.stderr):  # recipes print progress; stdout is the JSON's
+                    report["results"] += benchmark(name)(ctx)
+            except Exception as e:  # one broken benchmark must not lose the others' figures
+                log.exception("%s failed", name)
+                report["errors"][name] = f"{type(e).__name__}: {e}"
+            report["seconds"][name] = round(time.perf_counter() - t0, 1)
+    report["total_seconds"] = round(time.perf_counter() - start, 1)
+    report["summary"] = {r["name"]: {k: r[k] for k in ("value", "unit", "ratio", "paired_ratio", "target",
+                                                        "meets_target") if k in r} for r in report["results"]}
+    text = json.dumps(report, indent=2)
+    print(text)
+    Path(args.out).write_text(text + "\n")
+    log.info("wrote %s (%.0f s)", args.out, report["total_seconds"])
+    return 1 if report["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

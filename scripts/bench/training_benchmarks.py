@@ -1,0 +1,367 @@
+"""Training benchmarks: llmkit's training loop against a hand-written PyTorch AdamW loop on the same model,
+batches, sequence length, precision and threads; bf16 autocast against fp32; model FLOPs utilisation against
+the measured matmul peak; evaluation against a plain `model(**batch)` loop.
+
+The llmkit side is the real recipe (`finetune.run` / `pretrain.run` with `train.max_steps`), its figure the
+run's own `train_tokens_per_second` (non-padding tokens over the wall time of `trainer.train()`). The plain
+side is the loop a user writes: a shuffled DataLoader with the same collator, forward, backward, gradient
+clipping at 1.0 (the Trainer's default), the same AdamW implementation the Trainer picks (fused on CPU), timed
+from building the optimizer and DataLoader to the last step.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from common import Context, log, paired_ratio, result
+from data_benchmarks import MINILM, head_lines, sst2_train
+
+GPT_TINY = {"family": "gpt2", "num_layers": 4, "hidden_size": 256, "num_heads": 4, "max_position_embeddings": 256}
+
+
+# ---------------------------------------------------------------- llmkit side
+
+
+def finetune_config(ctx: Context, train_file: Path, steps: int | None, precision: str, name: str,
+                    validation: bool = False, epochs: float = 1.0) -> dict:
+    train = {"learning_rate": 1e-4, "per_device_train_batch_size": 32, "per_device_eval_batch_size": 128,
+             "weight_decay": 0.01, "eval_strategy": "no", "save_strategy": "no", "logging_steps": 10,
+             "precision": precision, "seed": 42, "disable_tqdm": True, "num_train_epochs": epochs}
+    if steps:
+        train["max_steps"] = steps
+    data = {"train_file": str(train_file), "text_column": "sentence", "label_column": "label",
+            "label_names": ["negative", "positive"], "max_length": 64, "cache_dir": str(ctx.path("cache"))}
+    if validation:
+        data["validation_file"] = str(ctx.data_dir / "sst2" / "dev.tsv")
+    return {"model": {"name_or_path": MINILM}, "task": {"type": "sequence-classification"}, "data": data,
+            "train": train, "output_dir": str(ctx.path("runs", name))}
+
+
+def long_rows(ctx: Context) -> Path:
+    """SST-2 training phrases joined 8 at a time: rows of about 128 MiniLM tokens (for speed, not accuracy)."""
+    out = ctx.path("data", "sst2-long.tsv")
+    if not out.exists():
+        lines = (ctx.data_dir / "sst2" / "train.tsv").read_text().splitlines()[1:4001]
+        phrases = [line.split("\t") for line in lines]
+        rows = [" ".join(p[0] for p in phrases[i:i + 8]) + "\t" + phrases[i][1] for i in range(0, len(phrases), 8)]
+        out.write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
+    return out
+
+
+def run_finetune(config: dict) -> dict:
+    from llmkit.config import load_config
+    from llmkit.recipes.finetune import FinetuneConfig, run
+
+    return run(load_config(FinetuneConfig, None, data=config), overwrite=True)
+
+
+def pretrain_config(ctx: Context, tokenizer: str | None, steps: int, precision: str, name: str) -> dict:
+    # a slice of WikiText-2: enough blocks for the steps, fast to prepare
+    lines = head_lines(ctx, ctx.data_dir / "wikitext2" / "train.txt", 12000, "wikitext2-train-head-12000.txt")
+    return {"model": {"from_config": GPT_TINY},
+            "tokenizer": {"name_or_path": tokenizer} if tokenizer else {"train": {"type": "bpe", "vocab_size": 8000}},
+            "data": {"train_file": str(lines), "cache_dir": str(ctx.path("cache"))},
+            "pretrain": {"objective": "clm", "block_size": 256, "documents": "line"},
+            "train": {"max_steps": steps, "per_device_train_batch_size": 16, "learning_rate": 1e-3,
+                      "weight_decay": 0.1, "eval_strategy": "no", "save_strategy": "no", "logging_steps": 10,
+                      "precision": precision, "seed": 42, "disable_tqdm": True},
+            "output_dir": str(ctx.path("runs", name))}
+
+
+def run_pretrain(config: dict) -> dict:
+    from llmkit.config import load_config
+    from llmkit.recipes.pretrain import PretrainConfig, run
+
+    return run(load_config(PretrainConfig, None, data=config), overwrite=True)
+
+
+# ---------------------------------------------------------------- plain side
+
+
+def plain_loop(model: Any, dataset: Any, collate: Any, batch_size: int, steps: int, precision: str, lr: float,
+               weight_decay: float, seed: int, loss_fn: Any = None) -> float:
+    """Non-padding tokens per second of a hand-written AdamW loop (fused AdamW, as the Trainer uses on CPU)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    start = time.perf_counter()
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator, collate_fn=collate)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
+    model.train()
+    tokens = step = 0
+    while step < steps:
+        for batch in loader:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss = loss_fn(model, batch) if loss_fn else model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            mask = batch.get("attention_mask")
+            tokens += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+            step += 1
+            if step == steps:
+                break
+    return tokens / (time.perf_counter() - start)
+
+
+def classification_plain(config: dict, steps: int, precision: str) -> float:
+    """The plain loop on the finetune config's own prepared data (from llmkit's cache) and a fresh model."""
+    from transformers import DataCollatorWithPadding
+
+    from llmkit.config import load_config
+    from llmkit.data.classification import prepare_classification_data
+    from llmkit.models.loading import load_model, load_tokenizer
+    from llmkit.recipes.finetune import FinetuneConfig
+
+    cfg = load_config(FinetuneConfig, None, data=config)
+    tokenizer = load_tokenizer(cfg.model, cfg.tokenizer)
+    data = prepare_classification_data(cfg.data, tokenizer, False, cfg.train.seed)
+    model, _ = load_model("AutoModelForSequenceClassification", cfg.model, tokenizer, num_labels=2)
+    collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if precision == "bf16" else None)
+    return plain_loop(model, data.splits["train"], collate, 32, steps, precision, 1e-4, 0.01, 42)
+
+
+def causal_plain(config: dict, tokenizer_dir: str, steps: int, precision: str) -> tuple[float, Any]:
+    """The plain loop for the tiny GPT-2: the same model config, blocks of 256 tokens of the same text."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmkit.config import load_config
+    from llmkit.models.loading import build_model_config
+    from llmkit.recipes.pretrain import PretrainConfig
+
+    cfg = load_config(PretrainConfig, None, data=config)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(42)
+    model = AutoModelForCausalLM.from_config(build_model_config(cfg.model.from_config, tokenizer))
+    text = Path(config["data"]["train_file"]).read_text().splitlines()
+    ids = [t for line in text if line.strip() for t in tokenizer(line)["input_ids"] + [tokenizer.eos_token_id]]
+    blocks = torch.tensor(ids[:len(ids) // 256 * 256]).view(-1, 256)
+    dataset = [{"input_ids": b} for b in blocks]
+
+    def collate(rows):
+        return {"input_ids": torch.stack([r["input_ids"] for r in rows])}
+
+    def loss_fn(m, batch):
+        logits = m(input_ids=batch["input_ids"]).logits
+        return torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                                                 batch["input_ids"][:, 1:].reshape(-1))
+
+    return plain_loop(model, dataset, collate, 16, steps, precision, 1e-3, 0.1, 42, loss_fn), model
+
+
+# ---------------------------------------------------------------- benchmarks
+
+
+def bench_training_loop(ctx: Context) -> list[dict]:
+    """llmkit finetune (MiniLM, SST-2) and llmkit pretrain (tiny GPT-2, WikiText-2) vs the plain loop, alternating
+    after a warm-up; target >= 0.95."""
+    from llmkit.training.arguments import resolve_precision
+
+    precision = resolve_precision("auto")
+    rounds, steps = (1, 20) if ctx.quick else (3, 60)
+    records = []
+
+    train_file = sst2_train(ctx, 4000)
+    config = finetune_config(ctx, train_file, steps, precision, "overhead-finetune")
+    ours, plain = [], []
+    log.info("training loop, finetune: warm-up")
+    run_finetune({**config, "train": {**config["train"], "max_steps": 5}})
+    classification_plain(config, 5, precision)
+    for r in range(rounds):
+        ours.append(run_finetune(config)["train_tokens_per_second"])
+        plain.append(classification_plain(config, steps, precision))
+        log.info("round %d: llmkit %.0f, plain %.0f tokens/s", r + 1, ours[-1], plain[-1])
+    ratio = paired_ratio(ours, plain)
+    records.append(result("training_loop_finetune", sorted(ours)[len(ours) // 2], "tokens/s",
+                          baseline=sorted(plain)[len(plain) // 2], baseline_name="hand-written AdamW loop",
+                          target=">= 0.95", meets=ratio >= 0.95, paired_ratio=round(ratio, 4),
+                          settings={"model": "MiniLM-L6 (sequence classification)", "data": "SST-2 train, first "
+                                    "4,000 rows, max_length 64, dynamic padding", "batch": 32, "steps": steps,
+                                    "precision": precision, "rounds": rounds, "per_round": {"llmkit": ours,
+                                                                                             "plain": plain}}))
+
+    log.info("training loop, pretrain: warm-up (trains the BPE tokenizer)")
+    first = pretrain_config(ctx, None, 3, precision, "overhead-pretrain-warmup")
+    run_pretrain(first)
+    tokenizer_dir = str(ctx.path("runs", "overhead-pretrain-warmup", "model"))
+    steps = 10 if ctx.quick else 40
+    config = pretrain_config(ctx, tokenizer_dir, steps, precision, "overhead-pretrain")
+    causal_plain(config, tokenizer_dir, 3, precision)
+    ours, plain = [], []
+    model = None
+    for r in range(rounds):
+        ours.append(run_pretrain(config)["train_tokens_per_second"])
+        tps, model = causal_plain(config, tokenizer_dir, steps, precision)
+        plain.append(tps)
+        log.info("round %d: llmkit %.0f, plain %.0f tokens/s", r + 1, ours[-1], plain[-1])
+    ratio = paired_ratio(ours, plain)
+    llmkit_tps = sorted(ours)[len(ours) // 2]
+    records.append(result("training_loop_pretrain", llmkit_tps, "tokens/s",
+                          baseline=sorted(plain)[len(plain) // 2], baseline_name="hand-written AdamW loop",
+                          target=">= 0.95", meets=ratio >= 0.95, paired_ratio=round(ratio, 4),
+                          settings={"model": "GPT-2 4 x 256 from config, BPE 8,000", "data": "WikiText-2 train "
+                                    "(first 12,000 lines), packed blocks of 256", "batch": 16, "steps": steps,
+                                    "precision": precision, "rounds": rounds,
+                                    "per_round": {"llmkit": ours, "plain": plain}}))
+    records.append(mfu(model, llmkit_tps, precision, block=256, quick=ctx.quick))
+    return records
+
+
+def matmul_peak(precision: str, quick: bool) -> float:
+    """Measured FLOP/s of a square matmul at this precision (the machine's practical peak)."""
+    import torch
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    n = 1024
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    reps = 10 if quick else 30
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        best = min(best, (time.perf_counter() - start) / reps)
+    return 2 * n ** 3 / best
+
+
+def mfu(model: Any, tokens_per_second: float, precision: str, block: int, quick: bool) -> dict:
+    """Model FLOPs utilisation: (6 N + 12 L d T) FLOPs per token (PaLM's count; N = non-embedding parameters plus
+    the LM-head matmul, which runs even when tied) x tokens/s, over the measured matmul peak."""
+    config = model.config
+    embedding = sum(p.numel() for name, p in model.named_parameters() if "wte" in name or "wpe" in name)
+    n = sum(p.numel() for p in model.parameters()) - embedding + config.vocab_size * config.n_embd
+    per_token = 6 * n + 12 * config.n_layer * config.n_embd * block
+    peak = matmul_peak(precision, quick)
+    achieved = per_token * tokens_per_second
+    return result("model_flops_utilisation", achieved / peak, "fraction", settings={
+        "flops_per_token": per_token, "achieved_flops_per_second": round(achieved), "matmul_peak_flops_per_second":
+        round(peak), "precision": precision, "model": "GPT-2 4 x 256 (training_loop_pretrain's llmkit figure)"})
+
+
+def bench_precision(ctx: Context) -> list[dict]:
+    """precision auto (bf16 autocast where the CPU runs it fast) vs fp32 on MiniLM classification: tokens/s
+    alternating, and the SST-2 dev accuracy of each after the same training budget."""
+    from llmkit.training.arguments import resolve_precision
+
+    auto = resolve_precision("auto")
+    rounds, steps = (1, 15) if ctx.quick else (2, 40)
+    records = []
+    # SST-2's training rows are short phrases (~13 tokens): small matmuls, where fixed per-step costs (the
+    # dense embedding gradient and AdamW over all 22.7 M parameters, in fp32 either way) weigh most. Rows of
+    # ~128 tokens (8 consecutive phrases joined) show the matmul-bound case.
+    for label, train_file, batch, n in (("sst2_phrases", sst2_train(ctx, 4000), 32, steps),
+                                        ("rows_of_128_tokens", long_rows(ctx), 16, max(steps // 3, 5))):
+        config = finetune_config(ctx, train_file, n, "auto", f"precision-speed-{label}")
+        config["train"]["per_device_train_batch_size"] = batch
+        config["data"]["max_length"] = 128
+        speed: dict[str, list[float]] = {"auto": [], "fp32": []}
+        run_finetune({**config, "train": {**config["train"], "max_steps": 3, "precision": "fp32"}})  # warm-up
+        for _ in range(rounds):
+            for p in ("auto", "fp32"):
+                speed[p].append(run_finetune({**config, "train": {**config["train"], "precision": p}})[
+                    "train_tokens_per_second"])
+        ratio = paired_ratio(speed["auto"], speed["fp32"])
+        records.append(result(f"mixed_precision_speedup_{label}", ratio, "x (auto / fp32 tokens/s, paired)",
+                              target=">= 1.8", meets=auto == "bf16" and ratio >= 1.8, settings={
+                                  "auto_resolves_to": auto, "per_round": speed, "steps": n, "batch": batch,
+                                  "model": "MiniLM-L6", "data": label.replace("_", " ")}))
+    budget = 2000 if ctx.quick else 8000
+    accuracy = {}
+    for p in ("auto", "fp32"):
+        cfg = finetune_config(ctx, sst2_train(ctx, budget), None, p, f"precision-accuracy-{p}", validation=True)
+        accuracy[p] = run_finetune(cfg)["eval_accuracy"]
+    gap = abs(accuracy["auto"] - accuracy["fp32"]) * 100
+    return records + [
+            result("mixed_precision_accuracy_gap", gap, "points (|auto - fp32| dev accuracy)", target="<= 0.5",
+                   meets=gap <= 0.5, settings={"accuracy": accuracy, "budget": f"{budget} SST-2 training rows, 1 "
+                                               "epoch, batch 32, lr 1e-4, seed 42", "eval": "872 SST-2 dev sentences"})]
+
+
+def bench_eval(ctx: Context) -> list[dict]:
+    """llmkit's evaluation loop vs a plain DataLoader + model(**batch) loop (scripts/bench/eval_throughput.py)."""
+    import eval_throughput
+
+    args = eval_throughput.parse_args(["--data-dir", str(ctx.data_dir), "--repeats", "1" if ctx.quick else "3"]
+                                      + (["--max-examples", "256"] if ctx.quick else []))
+    out = eval_throughput.measure(args)
+    ratio = out["paired_ratio_llmkit_vs_plain"]
+    return [result("eval_throughput", out["variants"]["llmkit"]["tokens_per_second"], "tokens/s",
+                   baseline=out["variants"]["plain"]["tokens_per_second"],
+                   baseline_name="plain DataLoader + model(**batch) in file order", target=">= 0.95",
+                   meets=ratio >= 0.95, paired_ratio=ratio,
+                   vs_sorted_plain=out["paired_ratio_llmkit_vs_sorted_plain"],
+                   settings={k: out[k] for k in ("model", "examples", "batch_size", "precision", "repeats")})]
+
+
+# The child process of bench_memory: one training run, then exit (its peak RSS is the parent's wait4 figure).
+CHILD = """
+import json, sys
+sys.path.insert(0, {bench_dir!r})
+import training_benchmarks as t
+kind, config, steps, precision = sys.argv[1], json.loads(open(sys.argv[2]).read()), int(sys.argv[3]), sys.argv[4]
+if kind == "plain":
+    t.classification_plain(config, steps, precision)
+elif kind == "finetune":
+    t.run_finetune(config)
+else:
+    from llmkit.config import load_config
+    from llmkit.recipes import adapter, distill
+    module, cls = (adapter, adapter.AdapterConfig) if kind == "adapter" else (distill, distill.DistillConfig)
+    module.run(load_config(cls, None, data=config), overwrite=True)
+# This process's own peak since exec (wait4's ru_maxrss would include the parent it was forked from).
+peak = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+open(sys.argv[5], "w").write(peak.split()[1])
+"""
+
+
+def peak_rss_mb(ctx: Context, kind: str, config: dict, steps: int, precision: str) -> float:
+    """Run one training in a child process; its peak resident set size (MB, /proc VmHWM since exec; Linux)."""
+    import subprocess
+    import sys
+
+    path = ctx.path("memory", f"{kind}.json")
+    path.write_text(json.dumps(config))
+    peak = ctx.path("memory", f"{kind}.peak")
+    code = CHILD.format(bench_dir=str(Path(__file__).resolve().parent))
+    done = subprocess.run([sys.executable, "-c", code, kind, str(path), str(steps), precision, str(peak)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"the {kind} child failed (exit {done.returncode}): {done.stderr.strip()[-500:]}")
+    return int(peak.read_text()) / 1024  # kB -> MB
+
+
+def bench_memory(ctx: Context) -> list[dict]:
+    """Peak RSS of llmkit finetune / adapter (LoRA) / distill runs vs the plain loop, each in its own process,
+    on the same MiniLM model, data, batch, steps and precision."""
+    from llmkit.training.arguments import resolve_precision
+
+    precision = resolve_precision("auto")
+    steps = 10 if ctx.quick else 40
+    config = finetune_config(ctx, sst2_train(ctx, 4000), steps, precision, "memory-finetune")
+    plain = peak_rss_mb(ctx, "plain", config, steps, precision)
+    records = []
+    finetune = peak_rss_mb(ctx, "finetune", config, steps, precision)
+    lora = {**config, "adapter": {"method": "lora", "r": 8, "lora_alpha": 16,
+                                  "target_modules": ["query", "key", "value", "dense"]},
+            "output_dir": str(ctx.path("runs", "memory-lora"))}
+    teacher = str(ctx.path("runs", "memory-finetune"))
+    student = {k: v for k, v in config.items() if k != "model"}
+    student.update(distill={"teacher": teacher, "student": {"from_teacher": {"every": 2}}},
+                   output_dir=str(ctx.path("runs", "memory-distill")))
+    settings = {"model": "MiniLM-L6", "batch": 32, "steps": steps, "precision": precision,
+                "data": "SST-2 train, first 4,000 rows"}
+    for name, kind, cfg in (("finetune", "finetune", config), ("adapter_lora", "adapter", lora),
+                            ("distill", "distill", student)):
+        value = finetune if kind == "finetune" else peak_rss_mb(ctx, kind, cfg, steps, precision)
+        records.append(result(f"peak_rss_{name}", value, "MB", baseline=plain,
+                              baseline_name="hand-written AdamW loop (same process layout)", settings=settings))
+    return records

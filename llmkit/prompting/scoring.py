@@ -40,6 +40,7 @@ class ScoringPlan:
     virtual_tokens: bool = False  # a PEFT soft prompt is prepended to every row (prompt tuning, p-tuning)
     keys: list[Any] = field(default_factory=list)  # the variants every example is rendered as
     word_key: list[int] = field(default_factory=list)
+    class_words: list[list[int]] = field(default_factory=list)  # each class's word positions in word_ids
 
     def __post_init__(self):
         # causal: a word of n tokens is scored in the row context + its first n-1 tokens; masked: in the row
@@ -47,6 +48,7 @@ class ScoringPlan:
         keys = [tuple(ids[:-1]) if self.kind == "causal" else len(ids) for ids in self.word_ids]
         self.keys = list(dict.fromkeys(keys))
         self.word_key = [self.keys.index(k) for k in keys]
+        self.class_words = [[w for w, c in enumerate(self.word_class) if c == cls] for cls in range(self.num_classes)]
 
     @property
     def left_pad(self) -> bool:
@@ -153,8 +155,7 @@ def class_scores(model: Any, batch: dict, plan: ScoringPlan) -> Any:
         lengths = torch.tensor([len(w) for w in plan.word_ids], device=word_lp.device, dtype=word_lp.dtype)
         word_lp = word_lp / lengths
     columns = []
-    for c in range(plan.num_classes):
-        idx = [w for w, cls in enumerate(plan.word_class) if cls == c]
+    for idx in plan.class_words:
         group = word_lp[:, idx]
         if plan.combine == "max":
             columns.append(group.max(-1).values)

@@ -12,6 +12,7 @@ evaluate) -> aggregate -> outputs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import statistics
 import tempfile
 from dataclasses import dataclass
@@ -192,6 +193,13 @@ class Setup:
     @property
     def labels(self) -> list[str]:
         return self.data.label_names
+
+    @functools.cached_property
+    def metrics_fn(self) -> Any:
+        """Accuracy, macro and per-class scores (one instance: loading the metric scripts costs time)."""
+        from llmkit.metrics.classification import ClassificationMetrics
+
+        return ClassificationMetrics(self.labels)
 
     @property
     def auto_class(self) -> str:
@@ -429,10 +437,9 @@ def training_arguments(setup: Setup, run_dir: Path, seed: int, **overrides: Any)
 
 def trainer_kwargs(setup: Setup) -> dict:
     """What a PromptTrainer needs beside model and arguments: the plan, the collator, the metrics."""
-    from llmkit.metrics.classification import ClassificationMetrics
     from llmkit.prompting.scoring import PromptCollator
 
-    metrics_fn = ClassificationMetrics(setup.labels)
+    metrics_fn = setup.metrics_fn
     return {"plan": setup.plan, "data_collator": PromptCollator(setup.plan, setup.tokenizer.pad_token_id or 0),
             "compute_metrics": lambda p: metrics_fn.compute(p.predictions.argmax(-1), p.label_ids)}
 
@@ -441,7 +448,6 @@ def evaluate(setup: Setup, model: Any, out_dir: Path, sample: Sample, trainer: A
     """Score the validation (and test) data: metrics, calibrated metrics, predictions_<split>.jsonl."""
     import time
 
-    from llmkit.metrics.classification import ClassificationMetrics
     from llmkit.prompting.scoring import PromptTrainer
     from llmkit.training import rundir
 
@@ -452,7 +458,7 @@ def evaluate(setup: Setup, model: Any, out_dir: Path, sample: Sample, trainer: A
         trainer = PromptTrainer(model=model, args=args, processing_class=setup.tokenizer, **trainer_kwargs(setup))
         if (out_dir / rundir.CHECKPOINTS).is_dir() and not any((out_dir / rundir.CHECKPOINTS).iterdir()):
             (out_dir / rundir.CHECKPOINTS).rmdir()  # the Trainer makes its output directory; nothing is saved
-    metrics_fn = ClassificationMetrics(setup.labels)
+    metrics_fn = setup.metrics_fn
     calibration = None
     if sample.calibration_rows is not None:
         calibration = _softmax(trainer.predict(sample.calibration_rows).predictions).mean(axis=0)
@@ -584,7 +590,6 @@ def head_baseline(setup: Setup, train: Any, seed: int, head_dir: Path) -> dict:
     from transformers import DataCollatorWithPadding, set_seed
 
     from llmkit.data.classification import tokenize_splits
-    from llmkit.metrics.classification import ClassificationMetrics
     from llmkit.models.adapters import attach_adapter
     from llmkit.models.loading import load_model
     from llmkit.training.loop import train_and_save
@@ -601,7 +606,7 @@ def head_baseline(setup: Setup, train: Any, seed: int, head_dir: Path) -> dict:
                                 problem_type="single_label_classification")
     if setup.adapter is not None:
         model = attach_adapter(model, setup.adapter, "sequence-classification", missing)
-    metrics_fn = ClassificationMetrics(labels)
+    metrics_fn = setup.metrics_fn
     print(f"seed {seed}: head baseline on the same {len(train)} examples")
     args = training_arguments(setup, head_dir, seed)
     result = train_and_save(cfg=cfg, command=COMMAND, run_dir=head_dir, args=args, model=model,

@@ -16,3 +16,20 @@ def initial_weights(config: dict) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer.name_or_path)
     model, _ = load_model("AutoModelForSequenceClassification", cfg.model, tokenizer, num_labels=2)
     return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def invoke(*args):
+    """Run the real CLI in-process (typer's CliRunner); arguments may be paths."""
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def save_model_dir(tmp_path_factory, name: str, model, tokenizer) -> str:
+    """Save a tiny model with its tokenizer like a downloaded checkpoint; return the directory."""
+    out = tmp_path_factory.mktemp(name)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)

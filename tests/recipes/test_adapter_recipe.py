@@ -9,16 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from llmkit.cli import app
 from tests.conftest import write_yaml
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
+from tests.recipes.helpers import invoke, save_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +30,7 @@ def bert_base(tmp_path_factory, tokenizer_dir) -> str:
     train_on_sentiment(teacher, tokenizer)
     model = BertForMaskedLM(config)
     model.bert.load_state_dict(teacher.bert.state_dict(), strict=False)  # the encoder, without the pooler
-    out = tmp_path_factory.mktemp("bert-base")
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return str(out)
+    return save_model_dir(tmp_path_factory, "bert-base", model, tokenizer)
 
 
 @pytest.fixture

@@ -9,16 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from llmkit.cli import app
 from tests.conftest import sentiment_rows, train_on_sentiment, write_csv, write_yaml
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
+from tests.recipes.helpers import invoke, save_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +27,7 @@ def teacher_dir(tmp_path_factory, tokenizer_dir) -> str:
                         label2id={"negative": 0, "positive": 1})
     model = BertForSequenceClassification(config)
     train_on_sentiment(model, tokenizer)
-    out = tmp_path_factory.mktemp("teacher")
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return str(out)
+    return save_model_dir(tmp_path_factory, "teacher", model, tokenizer)
 
 
 @pytest.fixture
@@ -196,10 +186,7 @@ def llama_teacher(tmp_path_factory, chat_tokenizer_dir) -> str:
                                          num_attention_heads=2, num_key_value_heads=2, intermediate_size=64,
                                          max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
                                          eos_token_id=tokenizer.eos_token_id))
-    out = tmp_path_factory.mktemp("llama-teacher")
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return str(out)
+    return save_model_dir(tmp_path_factory, "llama-teacher", model, tokenizer)
 
 
 @pytest.fixture

@@ -10,16 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from llmkit.cli import app
 from tests.conftest import write_yaml
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
+from tests.recipes.helpers import invoke, save_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +25,7 @@ def llama_lm(tmp_path_factory, chat_tokenizer_dir) -> str:
     model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
                                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                          max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id))
-    out = tmp_path_factory.mktemp("llama-lm")
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return str(out)
+    return save_model_dir(tmp_path_factory, "llama-lm", model, tokenizer)
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +36,7 @@ def bert_mlm(tmp_path_factory, tokenizer_dir) -> str:
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     model = BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
                                        num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=64))
-    out = tmp_path_factory.mktemp("bert-mlm")
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return str(out)
+    return save_model_dir(tmp_path_factory, "bert-mlm", model, tokenizer)
 
 
 @pytest.fixture
@@ -302,3 +289,33 @@ def test_a_trained_run_rescored_zero_shot_gives_the_same_scores(tmp_path, config
     if not saved:  # training on top of an adapter run is refused
         assert "is an adapter run" in fails(tmp_path, {**with_prompt(config, mode="few-shot", shots_per_class=4),
                                                        "model": {"name_or_path": reference}})
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"prompt": {"seeds": [1, 1], "mode": "in-context", "demonstrations_per_class": 1}},
+     "prompt.seeds: give one or more distinct seeds"),
+    ({"prompt": {"calibration_inputs": ["nothing"]}}, "prompt.calibration_inputs: only applies with prompt.calibrate"),
+    ({"prompt": {"soft_prompt_init": "random"}}, "prompt.soft_prompt_init: only applies to mode soft-prompt"),
+    ({"prompt": {"demonstrations_per_class": 2}}, "prompt.demonstrations_per_class: only applies to mode in-context"),
+    ({"prompt": {"mode": "few-shot", "shots_per_class": 4, "demonstration_separator": " "}},
+     "prompt.demonstration_separator: only applies to mode in-context"),
+    ({"prompt": {"mode": "few-shot", "shots_per_class": 0}}, "prompt.shots_per_class: must be >= 1"),
+    ({"prompt": {"mode": "in-context"}}, "prompt.demonstrations_per_class: in-context needs the number"),
+    ({"prompt": {"shots_per_class": 4}}, "prompt.shots_per_class: zero-shot does not train or sample"),
+    ({"prompt": {"verbalizer": {}}}, "prompt.verbalizer: is empty"),
+    ({"prompt": {"mode": "soft-prompt"}, "model": {"from_config": {"family": "llama"}}},
+     "model.from_config: an adapter or soft prompt needs a pretrained base model"),
+    ({"prompt": {"mode": "in-context", "demonstrations_per_class": 1}, "data": {"train_file": None}},
+     "data.train_file: demonstrations are drawn from the training data"),
+    ({"data": {"validation_file": None}}, "data.validation_file: prompt scores the validation data"),
+    ({"prompt": {"template": "{text_a} ? {mask} , {text_b}"}}, "{text_b} needs data.text_pair_column"),
+    ({"prompt": {"verbalizer": {"negative": ["bad"], "positive": ["good"], "neutral": ["ok"]}}},
+     "prompt.verbalizer: 'neutral' is not a class"),
+    ({"prompt": {"mode": "soft-prompt", "shots_per_class": 4, "head_baseline": True},
+      "adapter": {"method": "prefix_tuning"}}, "(prompt.head_baseline trains a classification head with it)"),
+])
+def test_more_bad_settings_exit_2_naming_the_key(tmp_path, config, change, message):
+    cfg = {**config, **{k: {**config.get(k, {}), **v} if k != "model" else v for k, v in change.items()}}
+    out = fails(tmp_path, cfg)
+    assert message in out, out
+    assert not Path(config["output_dir"]).exists()

@@ -16,6 +16,7 @@ from typing import Any
 from llmkit.config.loader import save_config
 from llmkit.errors import UserError, first_line
 from llmkit.training import rundir
+from llmkit.training.arguments import attention_implementation, fast_cpu_bf16_attention
 from llmkit.training.callbacks import InterruptCallback, JsonlLogCallback, NanGuardCallback, TrainingStartedCallback
 from llmkit.training.report import write_report
 from llmkit.training.trainer import MeanLossTrainer
@@ -67,9 +68,16 @@ def train_and_save(*, cfg: Any, command: str, run_dir: Path, args: Any, model: A
     `adapter/` with it); return train metrics."""
     main = args.process_index == 0
     rundir.check_resume_config(run_dir, cfg)
+    requested = getattr(getattr(cfg, "model", None), "attn_implementation", None)
+    attention = fast_cpu_bf16_attention(model, requested, precision, args.device.type)
+    if attention and main:
+        print(f"attention: {attention} for bf16 training on CPU (faster than SDPA's bf16 backward here; "
+              "model.attn_implementation overrides)")
     if main:
         save_config(cfg, run_dir / "config.yaml", command)
-        rundir.write_json(run_dir / "env.json", rundir.environment(precision, args.world_size))
+        environment = rundir.environment(precision, args.world_size)
+        environment["attn_implementation"] = attention_implementation(model)
+        rundir.write_json(run_dir / "env.json", environment)
     checkpoint = rundir.find_resume_checkpoint(run_dir, cfg.train.resume)
     nan_guard, interrupt, started = NanGuardCallback(), InterruptCallback(), TrainingStartedCallback()
     trainer = trainer_cls(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,

@@ -118,11 +118,13 @@ def classification_plain(config: dict, steps: int, precision: str) -> float:
     from llmkit.data.classification import prepare_classification_data
     from llmkit.models.loading import load_model, load_tokenizer
     from llmkit.recipes.finetune import FinetuneConfig
+    from llmkit.training.arguments import fast_cpu_bf16_attention
 
     cfg = load_config(FinetuneConfig, None, data=config)
     tokenizer = load_tokenizer(cfg.model, cfg.tokenizer)
     data = prepare_classification_data(cfg.data, tokenizer, False, cfg.train.seed)
     model, _ = load_model("AutoModelForSequenceClassification", cfg.model, tokenizer, num_labels=2)
+    fast_cpu_bf16_attention(model, None, precision, "cpu")  # the attention llmkit trains with: same model
     collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if precision == "bf16" else None)
     return plain_loop(model, data.splits["train"], collate, 32, steps, precision, 1e-4, 0.01, 42)
 
@@ -135,11 +137,13 @@ def causal_plain(config: dict, tokenizer_dir: str, steps: int, precision: str) -
     from llmkit.config import load_config
     from llmkit.models.loading import build_model_config
     from llmkit.recipes.pretrain import PretrainConfig
+    from llmkit.training.arguments import fast_cpu_bf16_attention
 
     cfg = load_config(PretrainConfig, None, data=config)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(42)
     model = AutoModelForCausalLM.from_config(build_model_config(cfg.model.from_config, tokenizer))
+    fast_cpu_bf16_attention(model, None, precision, "cpu")
     text = Path(config["data"]["train_file"]).read_text().splitlines()
     ids = [t for line in text if line.strip() for t in tokenizer(line)["input_ids"] + [tokenizer.eos_token_id]]
     blocks = torch.tensor(ids[:len(ids) // 256 * 256]).view(-1, 256)

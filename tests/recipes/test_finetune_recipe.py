@@ -181,3 +181,19 @@ def test_resume_refuses_a_changed_experiment_but_allows_longer_training(tmp_path
     longer = invoke("finetune", cfg, "train.resume=auto", "train.max_steps=6")
     assert longer.exit_code == 0, longer.output
     assert "train.max_steps: 4 -> 6" in longer.output
+
+
+def test_bf16_training_on_cpu_uses_eager_attention_unless_configured(tmp_path, tiny_config):
+    # SDPA's fused CPU kernel is slow in its bf16 backward (docs/BENCHMARKS.md), so bf16 CPU training switches
+    # to eager attention; an explicit model.attn_implementation and fp32 runs are left alone.
+    tiny_config["train"].update(max_steps=2, eval_strategy="no", save_strategy="no")
+    cases = {"bf16": ("bf16", None, "eager"), "bf16-set": ("bf16", "sdpa", "sdpa"), "fp32": ("fp32", None, "sdpa")}
+    for name, (precision, requested, expected) in cases.items():
+        cfg = {**tiny_config, "output_dir": str(tmp_path / name),
+               "model": {**tiny_config["model"], "attn_implementation": requested},
+               "train": {**tiny_config["train"], "precision": precision}}
+        result = invoke("finetune", write_yaml(tmp_path / f"{name}.yaml", cfg))
+        assert result.exit_code == 0, result.output
+        assert json.loads((tmp_path / name / "env.json").read_text())["attn_implementation"] == expected, name
+        assert ("attention: eager" in result.output) == (name == "bf16"), result.output
+        assert "eager" not in (tmp_path / name / "model" / "config.json").read_text()  # not saved with the model

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from llmkit.errors import UserError
+from llmkit.errors import ConfigError, UserError
 
 # command -> (recipe module, its config class, the section that identifies its configs)
 RECIPES = {
@@ -282,6 +282,15 @@ def config_validate(
     """Check a config: keys, types, files and settings, all problems at once."""
 
     def body():
+        from llmkit.config import read_yaml
+        from llmkit.config.launch import check_accelerate_config, is_accelerate_config
+
+        if not command and is_accelerate_config(read_yaml(config)):  # configs/accelerate/*.yaml
+            issues = check_accelerate_config(config)
+            if issues:
+                raise ConfigError(issues, source=str(config))
+            typer.echo(f"{config}: valid accelerate config (accelerate launch --config_file {config} -m llmkit ...)")
+            return
         name = _infer_command(config, command)
         _load(name, config, overrides or [])
         typer.echo(f"{config}: valid {name} config")

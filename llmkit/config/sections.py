@@ -383,10 +383,12 @@ class TrainConfig:
         raise AttributeError(name)
 
     def validate(self) -> list[ConfigIssue]:
+        from llmkit.config.launch import check_deepspeed
         from llmkit.training.arguments import TrainingArgumentsError, make_training_arguments
 
-        try:
-            make_training_arguments(self, output_dir="llmkit-validate")
+        issues = check_deepspeed(self.passthrough["deepspeed"]) if self.passthrough.get("deepspeed") else []
+        try:  # the DeepSpeed config is checked above: building it here would need the deepspeed package
+            make_training_arguments(self, output_dir="llmkit-validate", deepspeed=None)
         except TrainingArgumentsError as e:
-            return [ConfigIssue(e.key, e.message)]
-        return []
+            issues.append(ConfigIssue(e.key, e.message))
+        return issues

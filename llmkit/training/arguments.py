@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from llmkit.errors import first_line
+
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
@@ -87,6 +89,10 @@ def make_training_arguments(train_cfg: Any, output_dir: str, **overrides: Any):
     except (ValueError, TypeError) as e:
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TrainingArgumentsError(_guess_key(message, kwargs), f"TrainingArguments rejected it: {message}") from e
+    except ImportError as e:  # train.deepspeed without the package (transformers imports it right away)
+        raise TrainingArgumentsError("deepspeed" if kwargs.get("deepspeed") else _guess_key(str(e), kwargs),
+                                     f"needs a package that is not installed ({first_line(e)}); for DeepSpeed: "
+                                     "pip install deepspeed (CUDA machines).") from e
 
 
 def _check_choices(kwargs: dict) -> None:

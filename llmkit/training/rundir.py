@@ -113,10 +113,11 @@ def environment(precision: str, world_size: int) -> dict:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             versions[pkg] = None
-    cpu = f"cpu ({platform.processor() or platform.machine()})"
+    cpu = f"cpu ({cpu_model() or platform.processor() or platform.machine()})"
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else cpu
     return {
         "versions": {"python": sys.version.split()[0], **versions},
+        "llmkit_git": git_state(),
         "device": device,
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         "gpus": torch.cuda.device_count(),
@@ -128,6 +129,35 @@ def environment(precision: str, world_size: int) -> dict:
         "command": " ".join(sys.argv),
         "started": datetime.datetime.now().isoformat(timespec="seconds"),
     }
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name from /proc/cpuinfo (Linux), e.g. "Intel(R) Xeon(R) Platinum 8488C"."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def git_state() -> dict | None:
+    """The commit of the llmkit checkout this run used, and whether it had uncommitted changes (None when
+    llmkit is installed from a wheel rather than a git checkout)."""
+    import subprocess
+
+    source = Path(__file__).resolve().parents[2]
+    if not (source / ".git").exists():
+        return None
+    try:
+        commit = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "uncommitted_changes": bool(dirty)}
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -30,7 +30,8 @@ BENCHMARKS = {"startup": ("data_benchmarks", "bench_startup"),
               "eval": ("training_benchmarks", "bench_eval"),
               "training_loop": ("training_benchmarks", "bench_training_loop"),
               "precision": ("training_benchmarks", "bench_precision"),
-              "memory": ("training_benchmarks", "bench_memory")}
+              "memory": ("training_benchmarks", "bench_memory"),
+              "settings": ("training_benchmarks", "bench_settings")}
 
 
 def benchmark(name: str):

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import Context, log, paired_ratio, result
+from common import Context, alternate, log, paired_ratio, result
 from data_benchmarks import MINILM, head_lines, sst2_train
 
 GPT_TINY = {"family": "gpt2", "num_layers": 4, "hidden_size": 256, "num_heads": 4, "max_position_embeddings": 256}
@@ -368,4 +368,46 @@ def bench_memory(ctx: Context) -> list[dict]:
         value = finetune if kind == "finetune" else peak_rss_mb(ctx, kind, cfg, steps, precision)
         records.append(result(f"peak_rss_{name}", value, "MB", baseline=plain,
                               baseline_name="hand-written AdamW loop (same process layout)", settings=settings))
+    return records
+
+
+def bench_settings(ctx: Context) -> list[dict]:
+    """The CPU settings issue 9 asks about, each against llmkit's default on the same finetune (MiniLM, SST-2,
+    bf16 where fast), alternating: DataLoader workers, torch.compile, and the thread count."""
+    import torch
+
+    from llmkit.training.arguments import resolve_precision
+
+    precision = resolve_precision("auto")
+    rounds, steps = (1, 15) if ctx.quick else (2, 40)
+    config = finetune_config(ctx, sst2_train(ctx, 4000), steps, "auto", "settings")
+    threads = torch.get_num_threads()
+
+    def variant(name: str, **train: Any):
+        def run() -> float:
+            return run_finetune({**config, "output_dir": str(ctx.path("runs", f"settings-{name}")),
+                                 "train": {**config["train"], **train}})["train_tokens_per_second"]
+        return run
+
+    def one_thread() -> float:
+        torch.set_num_threads(1)
+        try:
+            return variant("threads-1")()
+        finally:
+            torch.set_num_threads(threads)
+
+    variants = {"default": variant("default"), "dataloader_num_workers_1": variant("workers", dataloader_num_workers=1),
+                "torch_threads_1": one_thread}
+    if not ctx.quick:  # compiling takes minutes per new shape on 2 cores
+        variants["torch_compile"] = variant("compile", torch_compile=True)
+    speed = alternate(variants, rounds)
+    records = []
+    for name, values in speed.items():
+        if name == "default":
+            continue
+        ratio = paired_ratio(values, speed["default"])
+        records.append(result(f"setting_{name}", ratio, "x (tokens/s vs llmkit's default, paired)",
+                              settings={"default_threads": threads, "per_round": {"setting": values, "default": speed["default"]},
+                                        "steps": steps, "precision": precision, "batch": 32,
+                                        "model": "MiniLM-L6", "data": "SST-2 train, first 4,000 rows"}))
     return records

@@ -197,3 +197,25 @@ def test_bf16_training_on_cpu_uses_eager_attention_unless_configured(tmp_path, t
         assert json.loads((tmp_path / name / "env.json").read_text())["attn_implementation"] == expected, name
         assert ("attention: eager" in result.output) == (name == "bf16"), result.output
         assert "eager" not in (tmp_path / name / "model" / "config.json").read_text()  # not saved with the model
+
+
+def test_same_config_and_seed_give_the_same_metrics_and_weights(tmp_path, tiny_config):
+    from safetensors.torch import load_file
+
+    tiny_config["train"].update(num_train_epochs=2, save_strategy="no")
+    runs = []
+    for name in ("a", "b"):
+        cfg = write_yaml(tmp_path / f"{name}.yaml", {**tiny_config, "output_dir": str(tmp_path / name)})
+        result = invoke("finetune", cfg)
+        assert result.exit_code == 0, result.output
+        runs.append(tmp_path / name)
+    timing = ("runtime", "per_second", "seconds")
+    metrics = [{k: v for k, v in json.loads((r / "metrics.json").read_text()).items()
+                if not any(t in k for t in timing)} for r in runs]
+    assert metrics[0] == metrics[1]
+    weights = [load_file(r / "model" / "model.safetensors") for r in runs]
+    assert all(weights[0][k].equal(weights[1][k]) for k in weights[0])
+    env = json.loads((runs[0] / "env.json").read_text())
+    # what reproducing the run needs besides config.yaml: versions, llmkit's commit, hardware, precision
+    assert env["llmkit_git"]["commit"] and len(env["llmkit_git"]["commit"]) == 40
+    assert {"versions", "device", "cpu_count", "torch_threads", "precision", "world_size"} <= set(env)

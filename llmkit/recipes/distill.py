@@ -209,6 +209,7 @@ def run(cfg: DistillConfig, *, config_path: str | None = None, overwrite: bool =
     from llmkit.training import rundir
     from llmkit.training.arguments import (
         TrainingArgumentsError,
+        launch_state,
         make_training_arguments,
         planned_steps,
         resolve_precision,
@@ -219,6 +220,7 @@ def run(cfg: DistillConfig, *, config_path: str | None = None, overwrite: bool =
     d = cfg.distill
     task = TASKS[cfg.task.type](cfg)
     causal_lm = cfg.task.type == "causal-lm"
+    state = launch_state(cfg.train)  # under torchrun / accelerate launch: which process this is
     set_seed(cfg.train.seed)
     teacher_cfg = ModelConfig(name_or_path=resolve_teacher(d.teacher))
     teacher_tokenizer = load_tokenizer(teacher_cfg, TokenizerConfig())
@@ -230,9 +232,10 @@ def run(cfg: DistillConfig, *, config_path: str | None = None, overwrite: bool =
         raise UserError(VOCABULARY_MISMATCH.format(detail="the student's tokenizer differs from the teacher's"))
 
     labels = teacher_labels(teacher, cfg.data) if not causal_lm else []
-    data = prepare_data(cfg, task, tokenizer, labels)
-    print(f"data: {_describe_splits(data.stats)}; {task.describe(data)}; "
-          f"{'from cache' if data.from_cache else 'prepared'} in {data.seconds:.1f} s")
+    with state.main_process_first():  # the main process tokenizes and caches; the others read its cache
+        data = prepare_data(cfg, task, tokenizer, labels)
+    state.print(f"data: {_describe_splits(data.stats)}; {task.describe(data)}; "
+                f"{'from cache' if data.from_cache else 'prepared'} in {data.seconds:.1f} s")
 
     precision = resolve_precision(cfg.train.precision)
     target = Path(cfg.output_dir) if cfg.output_dir else rundir.default_run_dir(COMMAND, config_path)
@@ -259,25 +262,26 @@ def run(cfg: DistillConfig, *, config_path: str | None = None, overwrite: bool =
                                layer_pairs=pairs)
     teacher_params, student_params = count_parameters(teacher)[1], count_parameters(student)[1] - proj_params
     trainable = count_parameters(student)[0]
-    print(f"teacher: {type(teacher).__name__}, {num_layers(teacher)} layers, {teacher_params / 1e6:.2f} M "
-          f"parameters ({d.teacher})\nstudent: {describe_student(d.student, student)}, {num_layers(student)} "
-          f"layers, {student_params / 1e6:.2f} M parameters ({100 * student_params / teacher_params:.1f} % of the "
-          f"teacher), {trainable / 1e6:.2f} M trainable{f' incl. {proj_params} in projections' if proj_params else ''}")
-    print(f"loss: {describe_loss(settings)}")
+    state.print(f"teacher: {type(teacher).__name__}, {num_layers(teacher)} layers, {teacher_params / 1e6:.2f} M "
+                f"parameters ({d.teacher})\nstudent: {describe_student(d.student, student)}, {num_layers(student)} "
+                f"layers, {student_params / 1e6:.2f} M parameters ({100 * student_params / teacher_params:.1f} % of "
+                f"the teacher), {trainable / 1e6:.2f} M trainable"
+                f"{f' incl. {proj_params} in projections' if proj_params else ''}")
+    state.print(f"loss: {describe_loss(settings)}")
     if settings.needs_teacher and not d.cache_teacher and not same_vocab:
         raise UserError("distill.cache_teacher: the student's tokenizer differs from the teacher's, so the "
                         "teacher cannot read the student's batches; set distill.cache_teacher: true (the "
                         "teacher then labels the texts with its own tokenizer, once).")
     if dry_run:
         steps = planned_steps(args, len(data.splits["train"]))
-        print(f"plan: {steps} optimizer steps{' (before teacher-labelled texts)' if d.unlabeled else ''}, batch "
-              f"{args.per_device_train_batch_size} x accumulation {args.gradient_accumulation_steps} x "
-              f"{args.world_size} process(es), precision {precision}")
+        state.print(f"plan: {steps} optimizer steps{' (before teacher-labelled texts)' if d.unlabeled else ''}, "
+                    f"batch {args.per_device_train_batch_size} x accumulation {args.gradient_accumulation_steps} x "
+                    f"{args.world_size} process(es), precision {precision}")
         return {"dry_run": True, "train_steps": steps, "teacher_params": teacher_params,
                 "student_params": student_params, "data": data.stats, "label_names": labels,
                 "layer_pairs": pairs}
 
-    run_dir = rundir.prepare_run_dir(target, overwrite, cfg.train.resume)
+    run_dir = rundir.prepare_run_dir(target, overwrite, cfg.train.resume, state)
     train_split = data.splits["train"]
     extra = None
     if d.unlabeled is not None:
@@ -285,9 +289,9 @@ def run(cfg: DistillConfig, *, config_path: str | None = None, overwrite: bool =
         train_split = extra.merged(train_split)
     train_split = train_split.add_column(INDEX_COLUMN, list(range(len(train_split))))
     steps = planned_steps(args, len(train_split))
-    print(f"plan: {steps} optimizer steps, batch {args.per_device_train_batch_size} x accumulation "
-          f"{args.gradient_accumulation_steps} x {args.world_size} process(es), precision {precision}"
-          f"{', teacher outputs cached' if d.cache_teacher and settings.needs_teacher else ''}")
+    state.print(f"plan: {steps} optimizer steps, batch {args.per_device_train_batch_size} x accumulation "
+                f"{args.gradient_accumulation_steps} x {args.world_size} process(es), precision {precision}"
+                f"{', teacher outputs cached' if d.cache_teacher and settings.needs_teacher else ''}")
 
     if settings.needs_teacher and d.cache_teacher:
         settings.cache = teacher_cache(cfg, teacher, teacher_tokenizer, same_vocab, train_split, labels, pairs,
@@ -450,6 +454,8 @@ def describe_loss(s) -> str:
 def teacher_cache(cfg: DistillConfig, teacher, teacher_tokenizer, same_vocab: bool, train_split, labels, pairs,
                   precision: str, args, extra):
     """The teacher's outputs for every training example, from the cache or computed once and stored."""
+    from accelerate import PartialState
+
     from llmkit.data.cache import cache_key, cache_root, file_digest
     from llmkit.training.distill import TeacherCache, build_teacher_cache, cache_size_bytes, data_digest
 
@@ -468,16 +474,17 @@ def teacher_cache(cfg: DistillConfig, teacher, teacher_tokenizer, same_vocab: bo
     key = cache_key({"teacher": file_digest(resolve_teacher(d.teacher)), "data": data_digest(teacher_split),
                      "layers": layers, "per_token_logits": causal_lm, "precision": precision})
     directory = cache_root(cfg.data.cache_dir).parent / "teacher" / key
+    say = PartialState().print  # the launch's main process speaks (args set the state up)
     with args.main_process_first(desc="teacher outputs"):
         if (directory / "meta.json").is_file():
-            print(f"teacher outputs: from cache {directory}")
+            say(f"teacher outputs: from cache {directory}")
             return TeacherCache(directory)
-        print(f"teacher outputs: computing for {len(teacher_split)} examples ({size / 1e6:.0f} MB) ...")
+        say(f"teacher outputs: computing for {len(teacher_split)} examples ({size / 1e6:.0f} MB) ...")
         cache = build_teacher_cache(directory, teacher.to(args.device), teacher_split, teacher_tokenizer,
                                     batch_size=args.per_device_eval_batch_size, layers=layers,
                                     per_token_logits=causal_lm, num_outputs=num_outputs,
                                     hidden_width=hidden_size(teacher), precision=precision, device=args.device)
-        print(f"teacher outputs: {cache.meta['seconds']:.1f} s, cached in {directory}")
+        say(f"teacher outputs: {cache.meta['seconds']:.1f} s, cached in {directory}")
         return cache
 
 
@@ -541,6 +548,7 @@ def label_unlabeled(cfg: DistillConfig, teacher, teacher_tokenizer, tokenizer, l
     import time
 
     import numpy as np
+    from accelerate import PartialState
 
     from llmkit.data.cache import cache_key, cache_root, file_digest
     from llmkit.training.distill import run_teacher
@@ -550,10 +558,11 @@ def label_unlabeled(cfg: DistillConfig, teacher, teacher_tokenizer, tokenizer, l
     key = cache_key({"teacher": file_digest(resolve_teacher(d.teacher)), "texts": texts,
                      "max_length": cfg.data.max_length, "precision": precision})
     cached = cache_root(cfg.data.cache_dir).parent / "teacher-labels" / f"{key}.jsonl"
+    say = PartialState().print  # the launch's main process speaks (args set the state up)
     with args.main_process_first(desc="teacher labels"):
         if cached.is_file():
             probs = [json.loads(line) for line in cached.read_text().splitlines()]
-            print(f"teacher labels: {len(probs)} texts from cache {cached}")
+            say(f"teacher labels: {len(probs)} texts from cache {cached}")
         else:
             import datasets
 
@@ -572,8 +581,8 @@ def label_unlabeled(cfg: DistillConfig, teacher, teacher_tokenizer, tokenizer, l
             tmp = cached.with_name(f"{cached.name}.tmp")
             tmp.write_text("".join(json.dumps(p) + "\n" for p in probs))
             tmp.replace(cached)
-            print(f"teacher labels: {len(texts)} texts labelled in {time.perf_counter() - start:.1f} s, cached in "
-                  f"{cached}")
+            say(f"teacher labels: {len(texts)} texts labelled in {time.perf_counter() - start:.1f} s, cached in "
+                f"{cached}")
     threshold = d.unlabeled_min_confidence or 0.0
     rows = []
     for text, p in zip(texts, probs):
@@ -586,8 +595,8 @@ def label_unlabeled(cfg: DistillConfig, teacher, teacher_tokenizer, tokenizer, l
         path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     result = TeacherLabelled(rows=rows, targets=d.unlabeled_targets, label_names=labels, path=path,
                              max_length=cfg.data.max_length, tokenizer=tokenizer)
-    print(f"teacher labels: {len(result.kept)} of {len(rows)} texts kept (min confidence {threshold:g}), "
-          f"{d.unlabeled_targets} targets")
+    say(f"teacher labels: {len(result.kept)} of {len(rows)} texts kept (min confidence {threshold:g}), "
+        f"{d.unlabeled_targets} targets")
     return result
 
 

@@ -303,6 +303,7 @@ def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool 
     from llmkit.training import rundir
     from llmkit.training.arguments import (
         TrainingArgumentsError,
+        launch_state,
         make_training_arguments,
         planned_steps,
         resolve_precision,
@@ -310,12 +311,14 @@ def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool 
     from llmkit.training.loop import train_and_save
 
     task = TASKS[cfg.task.type](cfg)
+    state = launch_state(cfg.train)  # under torchrun / accelerate launch: which process this is
     set_seed(cfg.train.seed)
     tokenizer = load_tokenizer(cfg.model, cfg.tokenizer)
-    data = task.prepare(tokenizer, cfg.train.seed)
+    with state.main_process_first():  # the main process tokenizes and caches; the others read its cache
+        data = task.prepare(tokenizer, cfg.train.seed)
     labels = data.label_names
-    print(f"data: {_describe_splits(data.stats)}; {task.describe(data)}; "
-          f"{'from cache' if data.from_cache else 'prepared'} in {data.seconds:.1f} s")
+    state.print(f"data: {_describe_splits(data.stats)}; {task.describe(data)}; "
+                f"{'from cache' if data.from_cache else 'prepared'} in {data.seconds:.1f} s")
 
     refuse_adapter_model(cfg.model, command)
     model, missing = load_model(task.auto_class, cfg.model, tokenizer, **task.model_kwargs(labels))
@@ -333,8 +336,8 @@ def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool 
         model = attach_adapter(model, adapter, cfg.task.type, missing)
         new_head += f"\nadapter: {describe(model, adapter)}"
     trainable, total = count_parameters(model)
-    print(f"model: {base_name}, {total / 1e6:.2f} M parameters, {trainable / 1e6:.2f} M trainable "
-          f"({100 * trainable / total:.2f} %){new_head}")
+    state.print(f"model: {base_name}, {total / 1e6:.2f} M parameters, {trainable / 1e6:.2f} M trainable "
+                f"({100 * trainable / total:.2f} %){new_head}")
 
     has_eval = "validation" in data.splits
     eval_overrides = dict(task.training_overrides)
@@ -342,7 +345,7 @@ def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool 
         eval_overrides.update(eval_strategy="no", load_best_model_at_end=False)
     run_dir = None if dry_run else rundir.prepare_run_dir(
         Path(cfg.output_dir) if cfg.output_dir else rundir.default_run_dir(command, config_path),
-        overwrite, cfg.train.resume)
+        overwrite, cfg.train.resume, state)
     try:
         args = make_training_arguments(cfg.train, str((run_dir or Path("dry-run")) / rundir.CHECKPOINTS),
                                        **eval_overrides)
@@ -350,8 +353,8 @@ def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool 
         raise UserError(f"train.{e.key}: {e.message}" if e.key else f"train: {e.message}") from None
     steps = planned_steps(args, len(data.splits["train"]))
     precision = resolve_precision(cfg.train.precision)
-    print(f"plan: {steps} optimizer steps, batch {args.per_device_train_batch_size} x accumulation "
-          f"{args.gradient_accumulation_steps} x {args.world_size} process(es), precision {precision}")
+    state.print(f"plan: {steps} optimizer steps, batch {args.per_device_train_batch_size} x accumulation "
+                f"{args.gradient_accumulation_steps} x {args.world_size} process(es), precision {precision}")
     if dry_run:
         return {"dry_run": True, "train_steps": steps, "trainable_params": trainable, "total_params": total,
                 "data": data.stats, "label_names": labels}

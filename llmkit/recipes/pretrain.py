@@ -189,8 +189,10 @@ def run(cfg: PretrainConfig, *, config_path: str | None = None, overwrite: bool 
 
     from llmkit.data.pretraining import LazySplits, MaskingSettings, prepare_pretrain_data
     from llmkit.training import rundir
+    from llmkit.training.arguments import launch_state
 
     p = cfg.pretrain
+    state = launch_state(cfg.train)  # under torchrun / accelerate launch: which process this is
     set_seed(cfg.train.seed)
     if cfg.model.from_config is None:
         check_objective(cfg.model, p.objective)
@@ -198,28 +200,30 @@ def run(cfg: PretrainConfig, *, config_path: str | None = None, overwrite: bool 
     resume_from = rundir.find_resume_checkpoint(run_path, cfg.train.resume) \
         if cfg.train.resume and run_path.is_dir() and not p.sweep else None
     raw = LazySplits(cfg.data, cfg.train.seed, {"file": "document"}.get(p.documents, p.documents))
-    started = time.perf_counter()
-    tokenizer, how = load_or_train_tokenizer(cfg, raw, resume_from)
-    how += f" in {time.perf_counter() - started:.1f} s"
     masking = MaskingSettings(p.mlm_probability, p.mask_replace_prob, p.random_replace_prob, p.whole_word_mask)
-    data = prepare_pretrain_data(cfg.data, tokenizer, raw, p.objective, p.block_size, masking, cfg.train.seed)
-    print(f"tokenizer: {how}; data: {describe_splits(data.stats)}; "
-          f"{'from cache' if data.from_cache else 'prepared'} in {data.seconds:.1f} s")
+    with state.main_process_first():  # the main process trains the tokenizer and packs the blocks into the cache
+        started = time.perf_counter()
+        tokenizer, how = load_or_train_tokenizer(cfg, raw, resume_from)
+        how += f" in {time.perf_counter() - started:.1f} s"
+        data = prepare_pretrain_data(cfg.data, tokenizer, raw, p.objective, p.block_size, masking, cfg.train.seed)
+    state.print(f"tokenizer: {how}; data: {describe_splits(data.stats)}; "
+                f"{'from cache' if data.from_cache else 'prepared'} in {data.seconds:.1f} s")
     sizes = [dict(s) for s in p.sweep] or [{}]
-    plan = Plan(cfg, data, tokenizer, masking)
+    plan = Plan(cfg, data, tokenizer, masking, state)
     if dry_run:
         return plan.dry_run(sizes)
-    run_dir = rundir.prepare_run_dir(run_path, overwrite, cfg.train.resume)
+    run_dir = rundir.prepare_run_dir(run_path, overwrite, cfg.train.resume, state)
     if not p.sweep:
         return plan.train(cfg, run_dir, sweep_member=False)
-    return run_sweep(plan, sizes, run_dir)
+    return run_sweep(plan, sizes, run_dir, state)
 
 
 class Plan:
     """Builds and trains one model of the run (or of a sweep) on the prepared data."""
 
-    def __init__(self, cfg: PretrainConfig, data, tokenizer, masking):
+    def __init__(self, cfg: PretrainConfig, data, tokenizer, masking, state):
         self.cfg, self.data, self.tokenizer, self.masking = cfg, data, tokenizer, masking
+        self.state = state  # the launch's PartialState: only the main process prints
 
     def sized(self, size: dict) -> PretrainConfig:
         """The config of one sweep member: model.from_config with the size's fields, no sweep."""
@@ -270,8 +274,8 @@ class Plan:
             args = self.arguments(cfg, "dry-run")
             steps = arguments.planned_steps(args, len(self.data.splits["train"]))
             total = count_parameters(model)[1]
-            print(f"model: {type(model).__name__}, {total / 1e6:.2f} M parameters "
-                  f"({non_embedding_parameters(model) / 1e6:.2f} M non-embedding); plan: {steps} steps")
+            self.state.print(f"model: {type(model).__name__}, {total / 1e6:.2f} M parameters "
+                             f"({non_embedding_parameters(model) / 1e6:.2f} M non-embedding); plan: {steps} steps")
             out["sizes"].append({"total_params": total, "non_embedding_params": non_embedding_parameters(model),
                                  "train_steps": steps})
         return out
@@ -292,10 +296,10 @@ class Plan:
         args = self.arguments(cfg, str(run_dir / rundir.CHECKPOINTS))
         steps = arguments.planned_steps(args, len(self.data.splits["train"]))
         precision = resolve_precision(cfg.train.precision)
-        print(f"model: {type(model).__name__} ({model_label(cfg.model)}), {total / 1e6:.2f} M parameters, "
-              f"{non_embedding / 1e6:.2f} M non-embedding; plan: {steps} optimizer steps of "
-              f"{args.per_device_train_batch_size} x {args.gradient_accumulation_steps} x {args.world_size} blocks "
-              f"of {cfg.pretrain.block_size} tokens, precision {precision}")
+        self.state.print(f"model: {type(model).__name__} ({model_label(cfg.model)}), {total / 1e6:.2f} M "
+                         f"parameters, {non_embedding / 1e6:.2f} M non-embedding; plan: {steps} optimizer steps of "
+                         f"{args.per_device_train_batch_size} x {args.gradient_accumulation_steps} x "
+                         f"{args.world_size} blocks of {cfg.pretrain.block_size} tokens, precision {precision}")
         collator = BlockCollator(self.tokenizer, objective, self.masking)
         result = train_and_save(
             cfg=cfg, command=COMMAND, run_dir=run_dir, args=args, model=model, tokenizer=self.tokenizer,
@@ -324,8 +328,9 @@ def final_train_loss(trainer) -> float | None:
     return losses[-1] if losses else None
 
 
-def run_sweep(plan: Plan, sizes: list[dict], run_dir: Path) -> dict:
-    """Train each size in run_dir/sweep/<name> (finished ones are kept on resume), then fit and draw."""
+def run_sweep(plan: Plan, sizes: list[dict], run_dir: Path, state) -> dict:
+    """Train each size in run_dir/sweep/<name> (finished ones are kept on resume), then fit and draw (the main
+    process writes)."""
     import json
 
     from llmkit.config.loader import save_config
@@ -334,9 +339,12 @@ def run_sweep(plan: Plan, sizes: list[dict], run_dir: Path) -> dict:
     from llmkit.training.report import markdown_table, write_report
     from llmkit.training.scaling import fit_power_law, plot_scaling
 
+    main = state.is_main_process
     rundir.check_resume_config(run_dir, plan.cfg)
-    save_config(plan.cfg, run_dir / "config.yaml", COMMAND)
-    rundir.write_json(run_dir / "env.json", rundir.environment(resolve_precision(plan.cfg.train.precision), 1))
+    if main:
+        save_config(plan.cfg, run_dir / "config.yaml", COMMAND)
+        rundir.write_json(run_dir / "env.json", rundir.environment(resolve_precision(plan.cfg.train.precision),
+                                                                   state.num_processes))
     rows = []
     for i, size in enumerate(sizes):
         cfg = plan.sized(size)
@@ -344,10 +352,10 @@ def run_sweep(plan: Plan, sizes: list[dict], run_dir: Path) -> dict:
         name = size.get("name") or f"{i}-L{spec.num_layers}-H{spec.hidden_size}"
         sub = run_dir / "sweep" / name
         done = sub / "metrics.json"
-        print(f"\n=== sweep {i + 1}/{len(sizes)}: {name} ===")
+        state.print(f"\n=== sweep {i + 1}/{len(sizes)}: {name} ===")
         if cfg.train.resume and done.is_file():
             metrics = json.loads(done.read_text())
-            print("finished before; kept.")
+            state.print("finished before; kept.")
         else:
             sub.mkdir(parents=True, exist_ok=True)
             metrics = plan.train(cfg, sub, sweep_member=True)
@@ -363,11 +371,13 @@ def run_sweep(plan: Plan, sizes: list[dict], run_dir: Path) -> dict:
         fit = fit_power_law(params, losses)
     except ValueError as e:
         raise UserError(f"pretrain.sweep: cannot fit a scaling law: {e}") from None
+    summary = {"fit_on": key, "fit": fit.to_dict(), "sizes": rows}
+    metrics = {"sweep_alpha": fit.alpha, "sweep_n_c": fit.n_c, "sweep_r2": fit.r2, "sweep_sizes": len(rows)}
+    if not main:
+        return {**metrics, "sweep": summary}
     plot_scaling(params, losses, fit, run_dir / "scaling.png", labels=[r["name"] for r in rows],
                  ylabel="validation loss" if key == "eval_loss" else "final training loss")
-    summary = {"fit_on": key, "fit": fit.to_dict(), "sizes": rows}
     rundir.write_json(run_dir / "sweep.json", summary)
-    metrics = {"sweep_alpha": fit.alpha, "sweep_n_c": fit.n_c, "sweep_r2": fit.r2, "sweep_sizes": len(rows)}
     rundir.write_json(run_dir / "metrics.json", metrics)
     header = ["size", "non-embedding params", "params", "train tokens", "final train loss", "validation loss",
               "tokens/s"]

@@ -189,6 +189,7 @@ class Setup:
     renderer: Any
     adapter: AdapterSection | None
     precision: str
+    state: Any  # the launch's PartialState: only its main process prints and writes
 
     @property
     def labels(self) -> list[str]:
@@ -220,27 +221,31 @@ def run(cfg: PromptConfig, *, config_path: str | None = None, overwrite: bool = 
 
     set_seed(cfg.train.seed)
     setup, model = prepare(cfg)
+    say = setup.state.print
     mode = cfg.prompt.mode
     seeds = cfg.prompt.seeds or [cfg.train.seed]
-    print(f"data: {describe_splits(setup.data.splits)}; {len(setup.labels)} classes "
-          f"({', '.join(f'{n}: ' + '/'.join(w) for n, w in zip(setup.labels, setup.words))})")
+    say(f"data: {describe_splits(setup.data.splits)}; {len(setup.labels)} classes "
+        f"({', '.join(f'{n}: ' + '/'.join(w) for n, w in zip(setup.labels, setup.words))})")
     samples = plan_samples(setup, seeds)
-    print(f"example prompt: {example_prompt(setup, samples[0])}")
+    say(f"example prompt: {example_prompt(setup, samples[0])}")
     _, total = count_parameters(model)
-    print(f"model: {type(model).__name__} ({setup.kind} LM), {total / 1e6:.2f} M parameters; mode {mode}"
-          + (f", {len(seeds)} seed(s)" if mode != "zero-shot" else ""))
+    say(f"model: {type(model).__name__} ({setup.kind} LM), {total / 1e6:.2f} M parameters; mode {mode}"
+        + (f", {len(seeds)} seed(s)" if mode != "zero-shot" else ""))
     if dry_run:
         return {"dry_run": True, "mode": mode, "seeds": seeds, "label_names": setup.labels,
                 "examples": {name: len(ds) for name, ds in setup.data.splits.items()}}
     run_dir = rundir.prepare_run_dir(Path(cfg.output_dir) if cfg.output_dir else
-                                     rundir.default_run_dir(COMMAND, config_path), overwrite, cfg.train.resume)
-    write_run_files(cfg, run_dir, setup.precision)
+                                     rundir.default_run_dir(COMMAND, config_path), overwrite, cfg.train.resume,
+                                     setup.state)
+    main = setup.state.is_main_process
+    if main:
+        write_run_files(cfg, run_dir, setup.precision, setup.state.num_processes)
     per_seed: dict[str, dict] = {}
     if mode in TRAINING_MODES:
         del model  # every seed trains a fresh copy
     for sample in samples:
         out_dir = run_dir if mode == "zero-shot" else run_dir / f"seed-{sample.seed}"
-        if sample.picked:
+        if sample.picked and main:
             write_sample(out_dir, **sample.picked)
         per_seed[sample.name] = (train_seed(setup, sample, out_dir) if mode in TRAINING_MODES
                                  else evaluate(setup, model, out_dir, sample))
@@ -293,16 +298,18 @@ def plan_samples(setup: Setup, seeds: list[int]) -> list[Sample]:
     return samples
 
 
-def prepare(cfg: PromptConfig) -> tuple[Setup, Any]:
-    """Tokenizer, model (once, to know its kind and context), data, verbalizer ids and the renderer."""
+def prepare(cfg: PromptConfig, state: Any = None) -> tuple[Setup, Any]:
+    """Tokenizer, model (once, to know its kind and context), data, verbalizer ids and the renderer; `state` is
+    the launch's PartialState (default: arguments.launch_state)."""
     from llmkit.models.loading import load_model, load_tokenizer
     from llmkit.prompting.data import Renderer, label_context, load_labelled_splits
     from llmkit.prompting.scoring import ScoringPlan
     from llmkit.prompting.template import Template, check_label_words, label_word_ids, resolve_verbalizer
     from llmkit.recipes.evaluation import model_kind
-    from llmkit.training.arguments import resolve_precision
+    from llmkit.training.arguments import launch_state, resolve_precision
 
     p = cfg.prompt
+    state = state or launch_state(cfg.train)
     tokenizer = load_tokenizer(cfg.model, cfg.tokenizer)
     kind = model_kind(cfg.model)
     if kind not in ("causal", "masked"):
@@ -340,7 +347,8 @@ def prepare(cfg: PromptConfig) -> tuple[Setup, Any]:
                         "initialised), so its label-word scores would be random. Use a checkpoint that includes its "
                         "LM head, or llmkit finetune for a classification head.")
     template = Template.parse(p.template)
-    data = load_labelled_splits(cfg.data, template, cfg.train.seed)
+    with state.main_process_first():  # datasets caches what it reads: the main process first
+        data = load_labelled_splits(cfg.data, template, cfg.train.seed)
     if "validation" not in data.splits:
         raise UserError("data.validation_file: prompt scores the validation data; set data.validation_file.")
     words = resolve_verbalizer(p.verbalizer, data.label_names)
@@ -356,7 +364,7 @@ def prepare(cfg: PromptConfig) -> tuple[Setup, Any]:
     renderer = Renderer(template, columns, tokenizer, plan, cfg.data.max_length,
                         p.context_length or model_context(model), p.chat_template, p.demonstration_separator)
     return Setup(cfg, tokenizer, kind, data, words, plan, renderer, adapter,
-                 resolve_precision(cfg.train.precision)), model
+                 resolve_precision(cfg.train.precision), state), model
 
 
 def prepends_tokens(model: Any) -> bool:
@@ -456,8 +464,9 @@ def evaluate(setup: Setup, model: Any, out_dir: Path, sample: Sample, trainer: A
         args = training_arguments(setup, out_dir, setup.cfg.train.seed, eval_strategy="no", save_strategy="no",
                                   load_best_model_at_end=False)
         trainer = PromptTrainer(model=model, args=args, processing_class=setup.tokenizer, **trainer_kwargs(setup))
-        if (out_dir / rundir.CHECKPOINTS).is_dir() and not any((out_dir / rundir.CHECKPOINTS).iterdir()):
-            (out_dir / rundir.CHECKPOINTS).rmdir()  # the Trainer makes its output directory; nothing is saved
+        empty = out_dir / rundir.CHECKPOINTS
+        if setup.state.is_main_process and empty.is_dir() and not any(empty.iterdir()):
+            empty.rmdir()  # the Trainer makes its output directory; nothing is saved
     metrics_fn = setup.metrics_fn
     calibration = None
     if sample.calibration_rows is not None:
@@ -477,8 +486,9 @@ def evaluate(setup: Setup, model: Any, out_dir: Path, sample: Sample, trainer: A
 
             calibrated = (np.log(_softmax(scores)) - np.log(calibration)).argmax(-1)
             metrics.update({f"{prefix}_calibrated_{k}": v for k, v in metrics_fn.compute(calibrated, labels).items()})
-        write_predictions(out_dir / f"predictions_{split}.jsonl", rows["example"], scores, labels, calibrated,
-                          setup.labels)
+        if setup.state.is_main_process:  # predict() gathered every process's rows, in data order
+            write_predictions(out_dir / f"predictions_{split}.jsonl", rows["example"], scores, labels, calibrated,
+                              setup.labels)
     if calibration is not None:
         metrics["calibration_probabilities"] = {n: round(float(p), 6) for n, p in zip(setup.labels, calibration)}
     return metrics
@@ -530,8 +540,8 @@ def train_seed(setup: Setup, sample: Sample, seed_dir: Path) -> dict:
 
         freeze(model, cfg.model.freeze_embeddings, cfg.model.freeze_layers)
     trainable, total = count_parameters(model)
-    print(f"\nseed {seed}: training on {len(picked)} examples ({k or 'all'} per class); {trainable / 1e6:.3f} M of "
-          f"{total / 1e6:.2f} M parameters trainable")
+    setup.state.print(f"\nseed {seed}: training on {len(picked)} examples ({k or 'all'} per class); "
+                      f"{trainable / 1e6:.3f} M of {total / 1e6:.2f} M parameters trainable")
     args = training_arguments(setup, seed_dir, seed)
     result = train_and_save(
         cfg=cfg, command=COMMAND, run_dir=seed_dir, args=args, model=model, tokenizer=setup.tokenizer,
@@ -607,7 +617,7 @@ def head_baseline(setup: Setup, train: Any, seed: int, head_dir: Path) -> dict:
     if setup.adapter is not None:
         model = attach_adapter(model, setup.adapter, "sequence-classification", missing)
     metrics_fn = setup.metrics_fn
-    print(f"seed {seed}: head baseline on the same {len(train)} examples")
+    setup.state.print(f"seed {seed}: head baseline on the same {len(train)} examples")
     args = training_arguments(setup, head_dir, seed)
     result = train_and_save(cfg=cfg, command=COMMAND, run_dir=head_dir, args=args, model=model,
                             tokenizer=setup.tokenizer, train_dataset=splits["train"],
@@ -622,12 +632,12 @@ def head_baseline(setup: Setup, train: Any, seed: int, head_dir: Path) -> dict:
 # ---------------------------------------------------------------- outputs
 
 
-def write_run_files(cfg: PromptConfig, run_dir: Path, precision: str) -> None:
+def write_run_files(cfg: PromptConfig, run_dir: Path, precision: str, world_size: int) -> None:
     from llmkit.config.loader import save_config
     from llmkit.training import rundir
 
     save_config(cfg, run_dir / "config.yaml", COMMAND)
-    rundir.write_json(run_dir / "env.json", rundir.environment(precision, 1))
+    rundir.write_json(run_dir / "env.json", rundir.environment(precision, world_size))
 
 
 def aggregate(per_seed: dict[str, dict]) -> dict:
@@ -657,6 +667,8 @@ def finish(setup: Setup, run_dir: Path, per_seed: dict[str, dict]) -> dict:
         metrics["per_seed"] = per_seed
     else:
         metrics.update({k: v for k, v in per_seed["zero-shot"].items() if k not in metrics})
+    if not setup.state.is_main_process:
+        return metrics
     rundir.write_json(run_dir / "metrics.json", metrics)
     columns = [k for k in ("eval_accuracy", "eval_f1", "eval_calibrated_accuracy", "eval_calibrated_f1",
                            "head_eval_accuracy", "head_eval_f1") if k in metrics]

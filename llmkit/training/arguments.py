@@ -95,6 +95,50 @@ def make_training_arguments(train_cfg: Any, output_dir: str, **overrides: Any):
                                      "pip install deepspeed (CUDA machines).") from e
 
 
+def launch_state(train_cfg: Any) -> Any:
+    """This process's place in a multi-process launch (torchrun, accelerate launch), or the single process.
+
+    Returns accelerate's PartialState (process_index, num_processes, is_main_process, main_process_first(),
+    wait_for_everyone(), print()), so a recipe can prepare data and the run directory on the main process first,
+    before its own TrainingArguments exist. TrainingArguments set that state up, on CPU as a gloo group only with
+    use_cpu (TRANSFORMERS5.md §9; a bare PartialState() there counts one process per rank), so it is built here
+    exactly as training builds it. Settings that only matter once training starts are left out.
+    """
+    from accelerate import PartialState
+
+    try:
+        make_training_arguments(train_cfg, "llmkit-launch", eval_strategy="no", save_strategy="no",
+                                load_best_model_at_end=False)
+    except TrainingArgumentsError as e:
+        from llmkit.errors import UserError
+
+        raise UserError(f"train.{e.key}: {e.message}" if e.key else f"train: {e.message}") from None
+    return PartialState()
+
+
+MOE_CONFIG_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
+
+
+def ddp_find_unused_parameters(model: Any) -> bool | None:
+    """DDP's find_unused_parameters when train.ddp_find_unused_parameters is not set.
+
+    False for a plain transformers model, trained in full or with frozen parts (DDP only tracks parameters that
+    require gradients): each trainable parameter takes part in every loss, and transformers' default (True) makes
+    DDP walk the autograd graph every step and warn that it found nothing unused. None — transformers' choice,
+    True — for PEFT-wrapped models, mixture-of-experts models (an expert no token was routed to gets no gradient)
+    and LayerDrop: with False, a parameter that sits out a step fails the next one.
+    """
+    from transformers import PreTrainedModel
+
+    config = getattr(model, "config", None)
+    if not isinstance(model, PreTrainedModel) or hasattr(model, "peft_config") or config is None:
+        return None
+    experts = [getattr(config, key, None) for key in MOE_CONFIG_KEYS]
+    if any(isinstance(n, int) and n > 1 for n in experts) or (getattr(config, "layerdrop", 0) or 0) > 0:
+        return None
+    return False
+
+
 def _check_choices(kwargs: dict) -> None:
     """Fields whose choices only HF's CLI parser checks (in Python a bad value is silently accepted)."""
     from transformers import TrainingArguments

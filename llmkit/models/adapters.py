@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.errors import UserError, first_line
+from llmkit.models.safety import ADAPTER_SAFE, hub_pickle_refusal, is_safetensors_missing, weights_kwargs
 
 METADATA = "llmkit_adapter.json"
 ADAPTER_DIR = "adapter"
@@ -136,9 +137,22 @@ def attach_adapter(model: Any, spec: Any, task: str, missing_keys: set[str]) -> 
             warnings.simplefilter("ignore", FutureWarning)
             return get_peft_model(model, config, adapter_name=spec.name)
     except (ValueError, TypeError, NotImplementedError, AttributeError, RuntimeError) as e:
-        raise UserError(f"adapter.method: PEFT cannot apply {spec.method} to {type(model).__name__}: "
+        key = option_named_in(str(e), spec.passthrough) or "method"
+        value = f" ({key}={spec.passthrough[key]!r})" if key in spec.passthrough else ""
+        raise UserError(f"adapter.{key}: PEFT cannot apply {spec.method}{value} to {type(model).__name__}: "
                         f"{first_line(e)} Adjust the adapter options (e.g. adapter.target_modules), or choose "
                         "another method.") from None
+
+
+def option_named_in(message: str, options: dict) -> str | None:
+    """The adapter option a PEFT error message is about (PEFT writes `r`, `lora_dropout`, ...), if any."""
+    import re
+
+    for key in options:
+        pattern = rf"`{re.escape(key)}`" + (rf"|\b{re.escape(key)}\b" if len(key) > 2 else "")
+        if re.search(pattern, message):
+            return key
+    return None
 
 
 def peft_config(method: str, task: str, options: dict) -> Any:
@@ -146,7 +160,8 @@ def peft_config(method: str, task: str, options: dict) -> Any:
     try:
         return peft_methods()[method](task_type=TASK_TYPES[task], **options)
     except (ValueError, TypeError) as e:
-        raise UserError(f"adapter: invalid options for {method}: {first_line(e)}") from None
+        key = option_named_in(str(e), options)
+        raise UserError(f"adapter{'.' + key if key else ''}: invalid options for {method}: {first_line(e)}") from None
 
 
 # ---------------------------------------------------------------- saving and loading
@@ -207,8 +222,9 @@ def base_model_path(meta: dict) -> str:
 
 
 def load_adapter_model(adapter_dir: Path, auto_class_name: str | None = None, adapter_name: str | None = None,
-                       **load_kwargs: Any) -> Any:
-    """The base model with the saved adapter applied (eval mode, adapter active)."""
+                       allow_pickle: bool = False, allow_key: str = "model.allow_pickle", **load_kwargs: Any) -> Any:
+    """The base model with the saved adapter applied (eval mode, adapter active); base and adapter weights load
+    from safetensors only unless `allow_pickle`."""
     import transformers
 
     from llmkit.models.loading import quiet_transformers
@@ -219,10 +235,17 @@ def load_adapter_model(adapter_dir: Path, auto_class_name: str | None = None, ad
     task_config = dict(meta["task_config"])
     if "id2label" in task_config:  # JSON turned the class ids into strings
         task_config["id2label"] = {int(k): v for k, v in task_config["id2label"].items()}
+    if meta["method"] != BOTTLENECK:  # bottleneck adapters are always safetensors (written by llmkit)
+        weights_kwargs("model.name_or_path", peft_files(adapter_dir, meta["name"]), allow_pickle, allow_key,
+                       safe_names=ADAPTER_SAFE)
+    load_kwargs.update(weights_kwargs("model.name_or_path", path, allow_pickle, allow_key))
     try:
         with quiet_transformers():
             base = auto_cls.from_pretrained(path, revision=meta.get("revision"), **task_config, **load_kwargs)
     except (OSError, ValueError) as e:
+        if is_safetensors_missing(e):
+            raise UserError(f"model.name_or_path: the adapter's base model: "
+                            f"{hub_pickle_refusal(meta['base_model'], allow_key)}") from None
         raise UserError(f"model.name_or_path: cannot load the base model {meta['base_model']!r} of the adapter in "
                         f"{adapter_dir}: {first_line(e)}") from None
     if meta.get("pad_token_id") is not None:
@@ -290,10 +313,12 @@ def merge_adapter(reference: str, output: Path, overwrite: bool = False) -> dict
 # ---------------------------------------------------------------- library loading
 
 
-def load_reference(reference: str, adapters: list[str] | tuple[str, ...] = ()) -> tuple[Any, Any]:
+def load_reference(reference: str, adapters: list[str] | tuple[str, ...] = (),
+                   allow_pickle: bool = False) -> tuple[Any, Any]:
     """(model, tokenizer) from an llmkit run directory (full or adapter), an adapter folder, a model directory or
     a hub id; `adapters` loads further adapter runs onto the same base model, each under its adapter name
-    (switch with `model.set_adapter(name)`)."""
+    (switch with `model.set_adapter(name)`). Weights load from safetensors only unless `allow_pickle` (torch
+    pickles can run arbitrary code)."""
     import transformers
     from transformers import AutoConfig, AutoTokenizer
 
@@ -302,7 +327,7 @@ def load_reference(reference: str, adapters: list[str] | tuple[str, ...] = ()) -
 
     adapter_dir = find_adapter_dir(reference)
     if adapter_dir is not None:
-        model = load_adapter_model(adapter_dir)
+        model = load_adapter_model(adapter_dir, allow_pickle=allow_pickle, allow_key="allow_pickle")
         tokenizer_dir = str(adapter_dir)
     else:
         path = Path(reference).expanduser()
@@ -312,13 +337,14 @@ def load_reference(reference: str, adapters: list[str] | tuple[str, ...] = ()) -
             source = resolve_model_path(str(path) if path.exists() else reference)
         except ModelNotFound as e:
             raise UserError(str(e)) from None
+        safety = weights_kwargs("reference", source, allow_pickle, "allow_pickle")
         with quiet_transformers():
             config = AutoConfig.from_pretrained(source)
             auto = auto_class_for(config.architectures or [])
-            model = getattr(transformers, auto).from_pretrained(source).eval()
+            model = getattr(transformers, auto).from_pretrained(source, **safety).eval()
         tokenizer_dir = source
     for extra in adapters:
-        add_saved_adapter(model, extra, adapter_dir)
+        add_saved_adapter(model, extra, adapter_dir, allow_pickle)
     return model, AutoTokenizer.from_pretrained(tokenizer_dir)
 
 
@@ -334,7 +360,7 @@ def auto_class_for(architectures: list[str]) -> str:
     return "AutoModel"
 
 
-def add_saved_adapter(model: Any, reference: str, first: Path | None) -> None:
+def add_saved_adapter(model: Any, reference: str, first: Path | None, allow_pickle: bool = False) -> None:
     """Load another PEFT adapter run onto `model` (a PeftModel) under its own name; it must share the base model
     and the task head's shape (one transformers task model serves every adapter)."""
     adapter_dir = find_adapter_dir(reference)
@@ -351,6 +377,8 @@ def add_saved_adapter(model: Any, reference: str, first: Path | None) -> None:
                         f"differ from {first.parent}); load it on its own.")
     if meta["name"] in model.peft_config:
         raise UserError(f"adapters: two adapters are named {meta['name']!r}; give each run its own adapter.name.")
+    weights_kwargs("adapters", peft_files(adapter_dir, meta["name"]), allow_pickle, "allow_pickle",
+                   safe_names=ADAPTER_SAFE)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         model.load_adapter(str(peft_files(adapter_dir, meta["name"])), adapter_name=meta["name"])

@@ -8,6 +8,7 @@ from typing import Any
 from llmkit.errors import UserError, first_line
 from llmkit.models.adapters import find_adapter_dir, load_adapter_model
 from llmkit.models.resolve import ModelNotFound, resolve_model_path
+from llmkit.models.safety import hub_pickle_refusal, is_safetensors_missing, option_key, weights_kwargs
 
 # family -> (config class name, {llmkit size name: that class's argument name})
 FAMILIES = {
@@ -127,9 +128,11 @@ def load_model(auto_class_name: str, model_cfg: Any, tokenizer: Any, **task_kwar
     import transformers
 
     auto_cls = getattr(transformers, auto_class_name)
+    allow_pickle, allow_key = getattr(model_cfg, "allow_pickle", False), option_key(model_cfg, "allow_pickle")
     adapter_dir = find_adapter_dir(model_cfg.name_or_path and model_source(model_cfg))
     if adapter_dir is not None:  # an adapter run or folder: its base model with the adapter applied
-        return load_adapter_model(adapter_dir, auto_class_name), set()
+        return load_adapter_model(adapter_dir, auto_class_name, allow_pickle=allow_pickle,
+                                  allow_key=allow_key, trust_remote_code=model_cfg.trust_remote_code), set()
     common = {}
     if model_cfg.attn_implementation:
         common["attn_implementation"] = model_cfg.attn_implementation
@@ -140,12 +143,15 @@ def load_model(auto_class_name: str, model_cfg: Any, tokenizer: Any, **task_kwar
     key = "model.gguf_file" if getattr(model_cfg, "gguf_file", None) else "model.name_or_path"
     label = model_label(model_cfg)
     revision = None if key == "model.gguf_file" else model_cfg.revision  # the converted directory is local
+    common.update(weights_kwargs(key, path, allow_pickle, allow_key))  # safetensors only, unless allowed
     try:
         with quiet_transformers():
             model, info = auto_cls.from_pretrained(path, revision=revision, output_loading_info=True,
                                                    trust_remote_code=model_cfg.trust_remote_code, **common,
                                                    **task_kwargs)
     except (OSError, ValueError) as e:
+        if is_safetensors_missing(e):
+            raise UserError(f"{key}: {hub_pickle_refusal(label, allow_key)}") from None
         raise UserError(f"{key}: cannot load {label!r}: {first_line(e)} If this is "
                         "a hub id and you are offline, download it first or point to a local directory.") from None
     except RuntimeError as e:

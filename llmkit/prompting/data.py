@@ -32,9 +32,11 @@ def load_labelled_splits(data_cfg: Any, template: Template, seed: int) -> Labell
                 key = {"text": "data.text_column", "text_a": "data.text_column",
                        "text_b": "data.text_pair_column"}.get(field, "prompt.template")
                 source = getattr(data_cfg, SPLIT_KEYS[name]) or data_cfg.dataset_name
-                raise UserError(f"{key}: the template field {{{field}}} reads column {column!r}, which the {name} "
-                                f"data ({source}) does not have. Its columns are: {', '.join(ds.column_names)}. "
-                                "Fix the template or the data (data.column_map renames columns).")
+                raise UserError(f"{key}: {column!r} is not a column of the {name} data ({source}), yet the "
+                                f"template field {{{field}}} reads column {column!r}. Its columns are: "
+                                f"{', '.join(ds.column_names)}. "
+                                f"Fix {key} or the data (data.column_map renames columns)"
+                                + ("; {text} reads data.text_column." if key == "prompt.template" else "."))
     names = infer_label_names(raw.get("train"), data_cfg, multi_label=False)
     return LabelledSplits(encode_labels(raw, names, data_cfg, multi_label=False), names)
 

@@ -44,9 +44,9 @@ class Template:
                 raise ValueError(f"{source!r}: field {{{name}{'!' + conversion if conversion else ''}"
                                  f"{':' + spec if spec else ''}}} is not a plain column name; write fields as "
                                  "{text}, {text_b} or {column}.")
-        if not any(f in TEXT_FIELDS for f in fields):
-            raise ValueError(f"{source!r} has no {{text}} (or {{text_a}}) field, so the example text never reaches "
-                             "the model; e.g. '{text} It was {mask}.'")
+        if not fields:  # any column may be named directly; whether it exists is checked against the data
+            raise ValueError(f"{source!r} has no {{text}} field (nor any other data column), so the example text "
+                             "never reaches the model; e.g. '{text} It was {mask}.'")
         split = next(i for i, (_, name, _, _) in enumerate(parts) if name == MASK)
         before = tuple((literal, name) for literal, name, _, _ in parts[:split]) + ((parts[split][0], None),)
         after = tuple((literal, name) for literal, name, _, _ in parts[split + 1:])

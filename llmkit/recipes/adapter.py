@@ -14,6 +14,7 @@ from typing import Any, Literal
 from llmkit.config.sections import opt
 from llmkit.errors import ConfigIssue
 from llmkit.recipes.finetune import FinetuneConfig
+from llmkit.smoke import honoured
 
 COMMAND = "adapter"
 
@@ -78,6 +79,8 @@ class AdapterSection:
                 self.passthrough[key] = coerce(value, options[key], key, issues, {})
             except _Mismatch:
                 issues.append(ConfigIssue(key, f"expected {describe_type(options[key])}, got {value!r}."))
+                continue
+            issues += _check_option_range(key, self.passthrough[key])
         return issues
 
     def bottleneck_settings(self):
@@ -86,6 +89,16 @@ class AdapterSection:
         given = {k: getattr(self, k) for k in ("placement", "reduction_factor", "activation")
                  if getattr(self, k) is not None}
         return BottleneckSettings(**given)
+
+
+def _check_option_range(key: str, value: Any) -> list[ConfigIssue]:
+    """Ranges PEFT (or torch's Dropout) only enforce when the adapter is attached, in messages that may not name
+    the option: a rank must be positive, a dropout (lora_dropout, module_dropout, ...) a probability."""
+    if key == "r" and isinstance(value, int) and value < 1:
+        return [ConfigIssue(key, f"must be >= 1, got {value}.")]
+    if key.endswith("dropout") and isinstance(value, (int, float)) and not 0 <= value <= 1:
+        return [ConfigIssue(key, f"must be between 0 and 1 (a probability), got {value}.")]
+    return []
 
 
 @dataclass
@@ -114,6 +127,7 @@ class AdapterConfig(FinetuneConfig):
         return issues
 
 
+@honoured("adapter")
 def run(cfg: AdapterConfig, *, config_path: str | None = None, overwrite: bool = False,
         dry_run: bool = False) -> dict:
     """Train the adapter on the finetune task; save it (with the task head) in OUTPUT_DIR/adapter."""

@@ -22,6 +22,7 @@ from llmkit.config.sections import (
 )
 from llmkit.errors import ConfigIssue, UserError
 from llmkit.recipes.finetune import TaskConfig
+from llmkit.smoke import honoured
 
 COMMAND = "distill"
 TEACHER_LABELS_FILE = "teacher_labeled.jsonl"
@@ -51,6 +52,7 @@ class FromTeacherSpec:
 class StudentConfig(ModelConfig):
     """The student: a model path, a new model (from_config), or a copy of part of the teacher (from_teacher)."""
 
+    option_prefix = "distill.student."
     from_teacher: FromTeacherSpec | None = opt("Build the student from the teacher's layers (keep_layers or every).",
                                                default=None)
 
@@ -72,6 +74,11 @@ class DistillSection:
     """The teacher, the student and the loss: alpha * CE + (1 - alpha) * tau^2 * KL + beta * feature loss."""
 
     teacher: str = opt("The teacher: an llmkit run directory (full or adapter run) or a model path / hub id.")
+    teacher_trust_remote_code: bool = opt("Let the teacher's model repository run its own Python code on this "
+                                          "machine (as model.trust_remote_code; off by default).", default=False)
+    teacher_allow_pickle: bool = opt("Also load teacher weights stored as torch pickles (pytorch_model.bin, ...), "
+                                     "which can run arbitrary code when loaded (as model.allow_pickle; off by "
+                                     "default).", default=False)
     student: StudentConfig = opt("The student: name_or_path, from_config (uses the teacher's tokenizer unless "
                                  "tokenizer.name_or_path is set), or from_teacher: {keep_layers: [0, 2, 4]} / "
                                  "{every: 2}. Default: every 2nd teacher layer.", default_factory=_default_student)
@@ -199,6 +206,7 @@ class DistillConfig:
 # ---------------------------------------------------------------- the recipe
 
 
+@honoured("distill")
 def run(cfg: DistillConfig, *, config_path: str | None = None, overwrite: bool = False,
         dry_run: bool = False) -> dict:
     """Distil the teacher into the student; return the final metrics (also in OUTPUT_DIR/metrics.json)."""
@@ -222,7 +230,9 @@ def run(cfg: DistillConfig, *, config_path: str | None = None, overwrite: bool =
     causal_lm = cfg.task.type == "causal-lm"
     state = launch_state(cfg.train)  # under torchrun / accelerate launch: which process this is
     set_seed(cfg.train.seed)
-    teacher_cfg = ModelConfig(name_or_path=resolve_teacher(d.teacher))
+    teacher_cfg = ModelConfig(name_or_path=resolve_teacher(d.teacher), trust_remote_code=d.teacher_trust_remote_code,
+                              allow_pickle=d.teacher_allow_pickle)
+    teacher_cfg.option_prefix = "distill.teacher_"  # messages name distill.teacher_allow_pickle
     teacher_tokenizer = load_tokenizer(teacher_cfg, TokenizerConfig())
     teacher = load_model(task.auto_class, teacher_cfg, teacher_tokenizer)[0].eval().requires_grad_(False)
     own_tokenizer = bool(cfg.tokenizer.name_or_path or d.student.name_or_path)
@@ -281,11 +291,12 @@ def run(cfg: DistillConfig, *, config_path: str | None = None, overwrite: bool =
                 "student_params": student_params, "data": data.stats, "label_names": labels,
                 "layer_pairs": pairs}
 
+    texts = unlabeled_texts(cfg) if d.unlabeled is not None else None  # read before the run directory changes
     run_dir = rundir.prepare_run_dir(target, overwrite, cfg.train.resume, state)
     train_split = data.splits["train"]
     extra = None
-    if d.unlabeled is not None:
-        extra = label_unlabeled(cfg, teacher, teacher_tokenizer, tokenizer, labels, precision, args, run_dir)
+    if texts is not None:
+        extra = label_unlabeled(cfg, texts, teacher, teacher_tokenizer, tokenizer, labels, precision, args, run_dir)
         train_split = extra.merged(train_split)
     train_split = train_split.add_column(INDEX_COLUMN, list(range(len(train_split))))
     steps = planned_steps(args, len(train_split))
@@ -340,9 +351,10 @@ def teacher_labels(teacher, data_cfg: DataConfig) -> list[str]:
     config = teacher.config
     names = [str(config.id2label[i]) for i in range(config.num_labels)]
     if data_cfg.label_names and [str(n) for n in data_cfg.label_names] != names:
-        raise UserError(f"data.label_names: {list(data_cfg.label_names)} differs from the teacher's classes "
-                        f"{names} (in that order). Distillation matches the student's class i to the teacher's; "
-                        "use the teacher's names, or drop data.label_names to take them from the teacher.")
+        raise UserError(f"data.label_names: {', '.join(map(str, data_cfg.label_names))} differs from the teacher's "
+                        f"classes {', '.join(names)} (in that order). Distillation matches the student's class i to "
+                        "the teacher's; use the teacher's names, or drop data.label_names to take them from the "
+                        "teacher.")
     return names
 
 
@@ -541,9 +553,9 @@ class TeacherLabelled:
                 + markdown_table(["teacher's class", "texts"], rows))
 
 
-def label_unlabeled(cfg: DistillConfig, teacher, teacher_tokenizer, tokenizer, labels, precision, args,
-                    run_dir) -> TeacherLabelled:
-    """Have the teacher label the unlabelled texts (cached on disk by teacher + texts), write them to the run."""
+def label_unlabeled(cfg: DistillConfig, texts: list[str], teacher, teacher_tokenizer, tokenizer, labels, precision,
+                    args, run_dir) -> TeacherLabelled:
+    """Have the teacher label the unlabelled `texts` (cached on disk by teacher + texts), write them to the run."""
     import json
     import time
 
@@ -554,7 +566,6 @@ def label_unlabeled(cfg: DistillConfig, teacher, teacher_tokenizer, tokenizer, l
     from llmkit.training.distill import run_teacher
 
     d = cfg.distill
-    texts = unlabeled_texts(cfg)
     key = cache_key({"teacher": file_digest(resolve_teacher(d.teacher)), "texts": texts,
                      "max_length": cfg.data.max_length, "precision": precision})
     cached = cache_root(cfg.data.cache_dir).parent / "teacher-labels" / f"{key}.jsonl"

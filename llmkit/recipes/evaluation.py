@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from llmkit.config.sections import DataConfig, ModelConfig, TokenizerConfig, opt
 from llmkit.errors import ConfigIssue, UserError
+from llmkit.smoke import honoured
 
 COMMAND = "eval"
 # Data settings an eval of a run directory inherits from the run's config unless the eval config sets them.
@@ -112,6 +113,9 @@ class EvalSection:
                                   "run's task.threshold, else 0.5).", default=None)
     perplexity: PerplexitySpec = opt("Perplexity settings.", default_factory=PerplexitySpec)
     generation: GenerationSpec = opt("Generation settings.", default_factory=GenerationSpec)
+    smoke: bool = opt("Smoke mode (as --smoke): a tiny random copy of the model (same family and tokenizer), the "
+                      "first 32 rows (or lines), 8 generated tokens, output in smoke/ (see the README's Smoke mode).",
+                      default=False)
 
     def validate(self) -> list[ConfigIssue]:
         if self.batch_size < 1:
@@ -163,15 +167,14 @@ def find_run_directory(name: str | None, key: str = "model.name_or_path") -> Run
     path = Path(name).expanduser()
     if not (path / "config.yaml").is_file():
         return None
-    import yaml
-
+    from llmkit.config.loader import read_yaml
     from llmkit.models.adapters import find_adapter_dir
 
     if not (path / "model" / "config.json").is_file() and find_adapter_dir(path) is None:
         raise UserError(f"{key}: {path} is an llmkit run directory without a model (no "
                         "model/config.json nor adapter/): the run did not finish. Resume it with train.resume=auto, "
                         "or point to a checkpoint folder under checkpoints/.")
-    return RunDirectory(path=path.resolve(), config=yaml.safe_load((path / "config.yaml").read_text()) or {})
+    return RunDirectory(path=path.resolve(), config=read_yaml(path / "config.yaml"))  # safe loader, clear errors
 
 
 def inherit_from_run(raw: dict) -> dict:
@@ -190,6 +193,7 @@ def inherit_from_run(raw: dict) -> dict:
 # ---------------------------------------------------------------- the recipe
 
 
+@honoured("eval")
 def run(cfg: EvalConfig, *, config_path: str | None = None, overwrite: bool = False) -> dict:
     """Evaluate; write eval.json and report.md; return the figures."""
     from llmkit.models.loading import load_tokenizer
@@ -354,16 +358,23 @@ def evaluate_token_classification(cfg: EvalConfig, model_cfg: ModelConfig, token
 
 
 def read_eval_text(cfg: DataConfig) -> tuple[str, str]:
-    """The text to score and where it came from: a whole text file, or the text column joined by blank lines."""
+    """The text to score and where it came from: a whole text file, or the text column joined by blank lines;
+    with data.max_eval_samples, only the first that many lines (text files) or rows."""
     from llmkit.data.loading import load_file_split, require_columns
 
     key = "validation_file" if cfg.validation_file is not None else "test_file"
     files = getattr(cfg, key)
     files = [files] if isinstance(files, str) else list(files)
+    limit = cfg.max_eval_samples
     if all(Path(f).suffix.lower() == ".txt" for f in files) and cfg.format in ("auto", "text"):
-        return "".join(Path(f).read_text(encoding="utf-8") for f in files), ", ".join(files)
+        text = "".join(Path(f).read_text(encoding="utf-8") for f in files)
+        if limit is not None:
+            text = "".join(text.splitlines(keepends=True)[:limit])
+        return text, ", ".join(files)
     ds = load_file_split(key, files, cfg)
     require_columns({"validation": ds}, cfg, ["text_column"])
+    if limit is not None and limit < len(ds):
+        ds = ds.select(range(limit))
     return "\n\n".join(str(t) for t in ds[cfg.text_column] if t is not None), ", ".join(files)
 
 

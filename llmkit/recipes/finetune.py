@@ -13,6 +13,7 @@ from typing import Literal
 
 from llmkit.config.sections import DataConfig, ModelConfig, TokenizerConfig, TrainConfig, opt
 from llmkit.errors import ConfigIssue, UserError
+from llmkit.smoke import honoured
 
 COMMAND = "finetune"
 
@@ -181,9 +182,9 @@ class CausalLMTask(SequenceClassificationTask):
 
     @property
     def trainer_cls(self):
-        from transformers import Trainer
+        from llmkit.training.trainer import GuardedTrainer
 
-        return Trainer  # causal-LM losses are normalised over the tokens of the accumulation window already
+        return GuardedTrainer  # causal-LM losses are normalised over the tokens of the accumulation window already
 
     def prepare(self, tokenizer, seed: int):
         from llmkit.data.sft import PLAIN_TEMPLATE, prepare_sft_data, use_plain_template
@@ -251,7 +252,10 @@ class CausalLMTask(SequenceClassificationTask):
         prompts, references = self.sample_conversations()
         if not prompts:
             return [], [], []
-        rendered = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in prompts]
+        # Raw-text training (continued pretraining) leaves a tokenizer without a chat template: the prompt is
+        # then plain text to continue, as the model saw its training text.
+        rendered = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
+                    if tokenizer.chat_template else m[-1]["content"] for m in prompts]
         settings = GenerationSettings(max_new_tokens=self.cfg.task.sample_max_new_tokens, use_chat_template=False)
         return rendered, generate(model, tokenizer, rendered, settings), references
 
@@ -283,6 +287,7 @@ TASKS = {"sequence-classification": SequenceClassificationTask, "token-classific
          "causal-lm": CausalLMTask}
 
 
+@honoured("finetune")
 def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool = False,
         dry_run: bool = False, command: str = COMMAND) -> dict:
     """Fine-tune and evaluate; return the final metrics (also written to OUTPUT_DIR/metrics.json).

@@ -22,6 +22,7 @@ from typing import Any, Literal
 from llmkit.config.sections import DataConfig, ModelConfig, TokenizerConfig, TrainConfig, opt
 from llmkit.errors import ConfigIssue, UserError
 from llmkit.recipes.adapter import AdapterSection
+from llmkit.smoke import honoured
 
 COMMAND = "prompt"
 TRAINING_MODES = ("few-shot", "soft-prompt")
@@ -211,6 +212,7 @@ class Setup:
         return "causal-lm" if self.kind == "causal" else "masked-lm"
 
 
+@honoured("prompt")
 def run(cfg: PromptConfig, *, config_path: str | None = None, overwrite: bool = False,
         dry_run: bool = False) -> dict:
     """Score (and train) per the mode; return the final metrics (also in OUTPUT_DIR/metrics.json)."""
@@ -231,6 +233,8 @@ def run(cfg: PromptConfig, *, config_path: str | None = None, overwrite: bool = 
     _, total = count_parameters(model)
     say(f"model: {type(model).__name__} ({setup.kind} LM), {total / 1e6:.2f} M parameters; mode {mode}"
         + (f", {len(seeds)} seed(s)" if mode != "zero-shot" else ""))
+    if mode in TRAINING_MODES:
+        make_trainable(setup, model)  # once here, so a bad adapter or freeze setting fails before the run directory
     if dry_run:
         return {"dry_run": True, "mode": mode, "seeds": seeds, "label_names": setup.labels,
                 "examples": {name: len(ds) for name, ds in setup.data.splits.items()}}
@@ -533,12 +537,7 @@ def train_seed(setup: Setup, sample: Sample, seed_dir: Path) -> dict:
         head = head_baseline(setup, setup.data.splits["train"].select(picked), seed, seed_dir / "head")
     set_seed(seed)
     model, missing = load_model(setup.auto_class, cfg.model, setup.tokenizer)
-    if setup.adapter is not None:
-        model = attach(setup, model, missing)
-    else:
-        from llmkit.models.loading import freeze
-
-        freeze(model, cfg.model.freeze_embeddings, cfg.model.freeze_layers)
+    model = make_trainable(setup, model, missing)
     trainable, total = count_parameters(model)
     setup.state.print(f"\nseed {seed}: training on {len(picked)} examples ({k or 'all'} per class); "
                       f"{trainable / 1e6:.3f} M of {total / 1e6:.2f} M parameters trainable")
@@ -555,6 +554,16 @@ def train_seed(setup: Setup, sample: Sample, seed_dir: Path) -> dict:
     result.finish(metrics, [], summary={"seed": seed, "mode": cfg.prompt.mode}, headline=[
         k for k in ("eval_accuracy", "eval_calibrated_accuracy", "head_eval_accuracy") if k in metrics])
     return metrics
+
+
+def make_trainable(setup: Setup, model: Any, missing: set[str] = frozenset()) -> Any:
+    """The model with the adapter (or soft prompt) attached, or with model.freeze_* applied."""
+    if setup.adapter is not None:
+        return attach(setup, model, missing)
+    from llmkit.models.loading import freeze
+
+    freeze(model, setup.cfg.model.freeze_embeddings, setup.cfg.model.freeze_layers)
+    return model
 
 
 def attach(setup: Setup, model: Any, missing: set[str]) -> Any:

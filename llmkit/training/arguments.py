@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,9 @@ def make_training_arguments(train_cfg: Any, output_dir: str, **overrides: Any):
 
     kwargs = dict(train_cfg.passthrough)
     _check_choices(kwargs)
+    hub_token = kwargs.pop("hub_token", None)
+    if hub_token:  # the hub reads it from HF_TOKEN; in TrainingArguments it would be pickled into training_args.bin
+        os.environ["HF_TOKEN"] = hub_token
     precision = resolve_precision(train_cfg.precision)
     kwargs.update(bf16=precision == "bf16", fp16=precision == "fp16")
     if "use_cpu" not in kwargs and not cuda_available():

@@ -1,9 +1,8 @@
-"""Trainer callbacks: JSONL log history, NaN guard, Ctrl-C checkpointing."""
+"""Trainer callbacks: JSONL log history, Ctrl-C / SIGTERM checkpointing, start of training."""
 
 from __future__ import annotations
 
 import json
-import math
 import signal
 from pathlib import Path
 
@@ -23,55 +22,55 @@ class JsonlLogCallback(TrainerCallback):
             fh.write(json.dumps({**logs, "step": state.global_step, "epoch": state.epoch}) + "\n")
 
 
-class NanGuardCallback(TrainerCallback):
-    """Stop training as soon as the logged loss is NaN or infinite, remembering the step."""
-
-    def __init__(self):
-        self.bad_step: int | None = None
-        self.bad_value: float | None = None
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        logs = logs or {}
-        loss, grad_norm = logs.get("loss"), logs.get("grad_norm")
-        # A NaN gradient norm means the weights are NaN from here on, even when HF's logging_nan_inf_filter
-        # hides the loss; an infinite one alone is fp16 loss scaling skipping a step, not a failure.
-        if loss is not None and not math.isfinite(loss):
-            self.bad_step, self.bad_value = state.global_step, loss
-        elif grad_norm is not None and math.isnan(grad_norm):
-            self.bad_step, self.bad_value = state.global_step, grad_norm
-        if self.bad_step is not None:
-            control.should_training_stop = True
-
-
 class InterruptCallback(TrainerCallback):
-    """First Ctrl-C: finish the current step, save a checkpoint, stop. A second Ctrl-C aborts at once."""
+    """Ctrl-C (SIGINT) or SIGTERM (a scheduler's pre-emption, `kill`): finish the current step, save a checkpoint,
+    stop. A second signal aborts at once.
+
+    Under a multi-process launch the ranks agree at every step end (one all-reduce of a flag), so they save and
+    stop at the same step even when only one of them got the signal; otherwise the others would wait for it
+    forever in the next step's gradient all-reduce.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self.signal_name: str | None = None
+        self._previous: dict = {}
+        self._speaks = True
 
     def on_train_begin(self, args, state, control, **kwargs):
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread (e.g. a notebook worker): keep the default behaviour
-            self._previous = None
+        self._speaks = state.is_world_process_zero  # every rank gets Ctrl-C; one says so
+        for signum in self.SIGNALS:
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread (e.g. a notebook worker): keep the default behaviour
+                pass
 
     def _handle(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\nInterrupted: saving a checkpoint after this step (Ctrl-C again to abort without saving).",
-              flush=True)
+        self.signal_name = signal.Signals(signum).name
+        key = "Ctrl-C" if signum == signal.SIGINT else "the signal"
+        if self._speaks:
+            print(f"\n{self.signal_name}: saving a checkpoint after this step ({key} again to abort without "
+                  "saving).", flush=True)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.requested:
+        from llmkit.training.trainer import agree_across_processes
+
+        (requested,) = agree_across_processes([self.requested], args.device)
+        if requested:
+            self.requested = True
+            self.signal_name = self.signal_name or "SIGTERM"  # another rank was signalled
             control.should_save = True
             control.should_training_stop = True
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
 
 
 class TrainingStartedCallback(TrainerCallback):

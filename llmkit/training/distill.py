@@ -23,7 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import Trainer, TrainerCallback
+from transformers import TrainerCallback
+
+from llmkit.training.trainer import GuardedTrainer
 
 INDEX_COLUMN = "example_index"  # row index of a training example, to find its cached teacher outputs
 PROJECTIONS = "distill_projections"  # the student's submodule holding P while training (removed before saving)
@@ -93,7 +95,7 @@ class DropProjections(TrainerCallback):
 # ---------------------------------------------------------------- the trainer
 
 
-class DistillTrainer(Trainer):
+class DistillTrainer(GuardedTrainer):
     """Trainer whose training loss is the distillation loss; evaluation is the student's plain loss and metrics.
 
     The teacher stays outside the student (not optimised, not saved), in eval mode under no-grad; with a teacher

@@ -6,6 +6,7 @@ checkpoints/, model/, metrics.json, report.md + loss.png.
 
 from __future__ import annotations
 
+import errno
 import json
 import time
 from collections.abc import Callable
@@ -17,17 +18,26 @@ from llmkit.config.loader import save_config
 from llmkit.errors import UserError, first_line
 from llmkit.training import rundir
 from llmkit.training.arguments import attention_implementation, ddp_find_unused_parameters, fast_cpu_bf16_attention
-from llmkit.training.callbacks import InterruptCallback, JsonlLogCallback, NanGuardCallback, TrainingStartedCallback
+from llmkit.training.callbacks import InterruptCallback, JsonlLogCallback, TrainingStartedCallback
 from llmkit.training.report import write_report
 from llmkit.training.trainer import MeanLossTrainer
 
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+EXIT_SAVE_FAILED = 1
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS)
 
 
 class TrainingInterrupted(UserError):
-    """Ctrl-C during training: a checkpoint was saved; the run can be resumed."""
+    """Ctrl-C or SIGTERM during training: a checkpoint was saved; the run can be resumed."""
 
     exit_code = EXIT_INTERRUPTED
+
+
+class SaveFailed(UserError):
+    """Writing a checkpoint or the model failed (a full disk): the earlier checkpoints are intact."""
+
+    exit_code = EXIT_SAVE_FAILED
 
 
 @dataclass
@@ -83,41 +93,61 @@ def train_and_save(*, cfg: Any, command: str, run_dir: Path, args: Any, model: A
             environment["ddp_find_unused_parameters"] = args.ddp_find_unused_parameters
         rundir.write_json(run_dir / "env.json", environment)
     checkpoint = rundir.find_resume_checkpoint(run_dir, cfg.train.resume)
-    nan_guard, interrupt, started = NanGuardCallback(), InterruptCallback(), TrainingStartedCallback()
+    interrupt, started = InterruptCallback(), TrainingStartedCallback()
     trainer = trainer_cls(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                          processing_class=tokenizer, data_collator=data_collator,
-                          callbacks=[JsonlLogCallback(run_dir / "log_history.jsonl"), nan_guard, interrupt, started],
+                          processing_class=tokenizer, data_collator=data_collator, on_nan=cfg.train.on_nan,
+                          callbacks=[JsonlLogCallback(run_dir / "log_history.jsonl"), interrupt, started],
                           **trainer_kwargs)
     if checkpoint and main:
         print(f"resuming from {checkpoint}")
     resumed = _checkpoint_state(checkpoint)
     start = time.perf_counter()
+    resume_hint = f"llmkit {command} {run_dir / 'config.yaml'} train.resume=auto --output-dir {run_dir}"
     try:
         output = trainer.train(resume_from_checkpoint=checkpoint)
-    except (RuntimeError, ValueError, KeyError, OSError) as e:
-        if checkpoint and not started.started:
-            raise UserError(f"train.resume: the checkpoint {checkpoint} cannot be loaded into this model/config "
-                            f"({first_line(e)}) Resume with the config the run was started with "
-                            f"({run_dir / 'config.yaml'}), or start a new run.") from None
+    except OSError as e:
+        if e.errno in DISK_ERRORS:
+            raise _save_failed(e, run_dir, "a checkpoint", resume_hint) from None
+        _refuse_checkpoint(e, checkpoint, started, run_dir)
+        raise
+    except (RuntimeError, ValueError, KeyError) as e:
+        _refuse_checkpoint(e, checkpoint, started, run_dir)
         raise
     wall = time.perf_counter() - start
-    if nan_guard.bad_step is not None:
-        raise UserError(f"training stopped: the loss (or its gradient) became {nan_guard.bad_value} at step "
-                        f"{nan_guard.bad_step}. "
-                        "Lower train.learning_rate, use train.precision: fp32 or bf16 instead of fp16, or check the "
-                        f"data for broken rows. Logs so far are in {run_dir}.")
+    guard = trainer.guard
+    if guard.bad_step is not None:
+        several = f" ({len(guard.skipped) + 1} bad steps in a row)" if guard.skipped and cfg.train.on_nan == "skip" \
+            else ""
+        raise UserError(f"training stopped: the loss (or its gradient) became {guard.bad_value} at step "
+                        f"{guard.bad_step}{several}; that update was not applied. Lower train.learning_rate, use "
+                        "train.precision: fp32 or bf16 instead of fp16, check the data for broken rows, or set "
+                        f"train.on_nan: skip to drop such batches and go on. Logs so far are in {run_dir}.")
+    if guard.skipped and main:
+        print(f"train.on_nan=skip: dropped the update of {len(guard.skipped)} step(s) with a non-finite loss or "
+              f"gradient: {', '.join(map(str, guard.skipped[:20]))}{' ...' if len(guard.skipped) > 20 else ''}")
     if interrupt.requested:
         if main:
             rundir.write_log_history(run_dir / "log_history.jsonl", trainer.state.log_history)
-        raise TrainingInterrupted(f"Interrupted at step {trainer.state.global_step}; a checkpoint was saved in "
-                                  f"{run_dir / rundir.CHECKPOINTS}. Continue with: llmkit {command} "
-                                  f"{run_dir / 'config.yaml'} train.resume=auto --output-dir {run_dir}")
+        interrupted = TrainingInterrupted(f"Interrupted by {interrupt.signal_name} at step "
+                                          f"{trainer.state.global_step}: a checkpoint was saved in "
+                                          f"{run_dir / rundir.CHECKPOINTS}. Continue with: {resume_hint}")
+        interrupted.exit_code = EXIT_TERMINATED if interrupt.signal_name == "SIGTERM" else EXIT_INTERRUPTED
+        raise interrupted
     saved_as = "model" if save is None else "adapter"
-    if save is None:
-        trainer.save_model(str(run_dir / saved_as))
-    elif main:
-        save(trainer, run_dir / saved_as)
+    try:
+        if save is None:
+            trainer.save_model(str(run_dir / saved_as))
+        elif main:
+            save(trainer, run_dir / saved_as)
+    except OSError as e:
+        if e.errno in DISK_ERRORS:
+            raise _save_failed(e, run_dir, f"the final {saved_as}", resume_hint) from None
+        raise
     metrics = dict(output.metrics)
+    if guard.skipped:
+        metrics["skipped_steps"] = guard.skipped
+    if args.world_size > 1:
+        metrics["replicas_identical"] = replicas_identical(trainer)
     # Throughput of this session's training steps: tokens seen since the start (or the resumed checkpoint),
     # over wall time minus the evaluations run in between.
     eval_seconds = sum(h["eval_runtime"] for h in trainer.state.log_history
@@ -127,6 +157,45 @@ def train_and_save(*, cfg: Any, command: str, run_dir: Path, args: Any, model: A
     metrics.update(train_tokens=tokens, train_tokens_per_second=tokens / train_seconds, world_size=args.world_size,
                    precision=precision)
     return TrainingRun(trainer=trainer, run_dir=run_dir, metrics=metrics, command=command, saved_as=saved_as)
+
+
+def _refuse_checkpoint(e: Exception, checkpoint: str | None, started: TrainingStartedCallback, run_dir: Path) -> None:
+    """A failure while loading the resume checkpoint (before the first step) is a mismatch of run and config."""
+    if checkpoint and not started.started:
+        raise UserError(f"train.resume: the checkpoint {checkpoint} cannot be loaded into this model/config "
+                        f"({first_line(e)}) Resume with the config the run was started with "
+                        f"({run_dir / 'config.yaml'}), or start a new run.") from None
+
+
+def _save_failed(e: OSError, run_dir: Path, what: str, resume_hint: str) -> SaveFailed:
+    ckpt_dir = run_dir / rundir.CHECKPOINTS
+    good = next((c for c in rundir.checkpoints_newest_first(ckpt_dir) if rundir.checkpoint_problem(c) is None),
+                None) if ckpt_dir.is_dir() else None
+    kept = f"the newest complete checkpoint, {good}, is intact" if good else "no complete checkpoint was saved yet"
+    return SaveFailed(f"could not write {what} in {run_dir} ({e.strerror or first_line(e)}); {kept}. Free space "
+                      f"(or fix the disk), then continue with: {resume_hint}")
+
+
+def replicas_identical(trainer: Any) -> bool | None:
+    """Whether every process ended with the same weights (plain data-parallel training), from a float64 sum and
+    norm of each parameter all-gathered across ranks; None where parameters are sharded (FSDP, ZeRO-3).
+
+    Every rank applies the same all-reduced gradients to the same initial weights, so any difference means the
+    run was not one data-parallel training (e.g. ranks that each trained alone).
+    """
+    import torch
+    from accelerate.utils import DistributedType
+
+    if trainer.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        return None
+    params = [p.detach() for _, p in sorted(trainer.accelerator.unwrap_model(trainer.model).named_parameters())]
+    sums = torch.stack([torch.stack([p.double().sum(), p.double().norm()]) for p in params]).flatten()
+    gathered = trainer.accelerator.gather(sums.unsqueeze(0))
+    identical = bool((gathered == gathered[0]).all())
+    if not identical and trainer.is_world_process_zero():
+        print(f"warning: the {gathered.shape[0]} processes ended with different weights; this was not one "
+              "data-parallel run (see the README's multi-process section for launches that really distribute).")
+    return identical
 
 
 def _checkpoint_state(checkpoint: str | None) -> dict:

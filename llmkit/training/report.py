@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from llmkit.config.secrets import scrub
+
 
 def plot_loss(history: list[dict], path: Path) -> bool:
     """Draw training (and validation) loss against step; False when there is nothing to draw."""
@@ -79,5 +81,5 @@ def write_report(run_dir: Path, title: str, summary: dict, metrics: dict, sectio
     if plot_loss(history, run_dir / "loss.png"):
         parts += ["", "## Loss", "", "![loss curve](loss.png)"]
     path = run_dir / "report.md"
-    path.write_text("\n".join(parts) + "\n")
+    path.write_text(scrub("\n".join(parts)) + "\n")
     return path

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from llmkit.errors import UserError
+from llmkit.config.secrets import redact_argv, scrub
+from llmkit.errors import UserError, first_line
 
 CHECKPOINTS = "checkpoints"
 
@@ -22,13 +23,10 @@ def default_run_dir(command: str, config_path: str | None) -> Path:
     return Path("runs") / f"{command}-{name}-{stamp}"
 
 
-def prepare_run_dir(path: Path, overwrite: bool, resume: str | None, state: Any = None) -> Path:
-    """Create the run directory; never touch an existing one unless asked (--overwrite or train.resume).
-
-    `state`: the launch's PartialState (arguments.launch_state). Under a multi-process launch every process
-    checks the directory, then only the main process clears and creates it while the others wait: a second
-    rank's --overwrite would otherwise delete what the first had started writing.
-    """
+def refuse_existing(path: Path, overwrite: bool, resume: str | None) -> bool:
+    """Refuse a run directory that is a file, or exists with content and neither --overwrite nor train.resume
+    was given (checked once before any work, and again when the directory is prepared); True if it has
+    content."""
     path = path.expanduser().resolve()
     if path.exists() and not path.is_dir():
         raise UserError(f"output_dir: {path} exists and is a file, not a directory. Choose another --output-dir.")
@@ -37,6 +35,18 @@ def prepare_run_dir(path: Path, overwrite: bool, resume: str | None, state: Any 
         raise UserError(f"output_dir: {path} already exists and is not empty; nothing was changed. Use "
                         "--overwrite to replace it, train.resume=auto to continue that run, or --output-dir "
                         "for a new one.")
+    return existing
+
+
+def prepare_run_dir(path: Path, overwrite: bool, resume: str | None, state: Any = None) -> Path:
+    """Create the run directory; never touch an existing one unless asked (--overwrite or train.resume).
+
+    `state`: the launch's PartialState (arguments.launch_state). Under a multi-process launch every process
+    checks the directory, then only the main process clears and creates it while the others wait: a second
+    rank's --overwrite would otherwise delete what the first had started writing.
+    """
+    path = path.expanduser().resolve()
+    existing = refuse_existing(path, overwrite, resume)
     together = state is not None and state.num_processes > 1
     if together:
         state.wait_for_everyone()  # every process has looked before the main one changes anything
@@ -65,15 +75,15 @@ def _flatten(data: Any, prefix: str = "") -> dict:
 def check_resume_config(run_dir: Path, cfg: Any) -> None:
     """Resuming must continue the same experiment: refuse changed model/tokenizer/task/data settings (listing
     them); changed training settings (e.g. a longer max_steps) are allowed and reported."""
-    import yaml
-
+    from llmkit.config.loader import read_yaml
     from llmkit.config.schema import to_dict
+    from llmkit.config.secrets import redact_config
 
     saved_path = run_dir / "config.yaml"
     if not cfg.train.resume or not saved_path.is_file():
         return
-    saved = _flatten(yaml.safe_load(saved_path.read_text()) or {})
-    now = _flatten(to_dict(cfg))
+    saved = _flatten(read_yaml(saved_path))
+    now = _flatten(redact_config(to_dict(cfg))[0])  # secrets are saved as null: compare them as such
     changed = sorted(k for k in set(saved) | set(now)
                      if saved.get(k) != now.get(k) and k not in ("train.resume", "output_dir"))
     fixed = [k for k in changed if k.split(".")[0] in RESUME_FIXED_SECTIONS]
@@ -87,27 +97,71 @@ def check_resume_config(run_dir: Path, cfg: Any) -> None:
               "; ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed))
 
 
+def checkpoint_problem(path: Path) -> str | None:
+    """Why a checkpoint directory cannot be resumed from (None when it looks whole): its trainer_state.json
+    must parse, every safetensors file must be covered by its header, and every torch file (optimizer,
+    scheduler, RNG states) must be an intact zip archive. Reads the files but unpickles nothing."""
+    import zipfile
+
+    from safetensors import safe_open
+
+    try:
+        json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return "its trainer_state.json is missing or corrupt"
+    weights = sorted(path.rglob("*.safetensors"))
+    if not weights:
+        return "it holds no model or adapter weights (*.safetensors)"
+    for file in weights:
+        try:
+            with safe_open(str(file), "pt"):
+                pass
+        except Exception as e:  # safetensors raises its own SafetensorError (and OSError)
+            return f"{file.relative_to(path)} is truncated or corrupt ({first_line(e).rstrip('.')})"
+    for file in sorted([*path.glob("*.pt"), *path.glob("*.pth")]):
+        try:
+            with zipfile.ZipFile(file) as archive:
+                bad = archive.testzip()
+        except (OSError, zipfile.BadZipFile):
+            bad = file.name
+        if bad:
+            return f"{file.name} is truncated or corrupt"
+    return None
+
+
+def checkpoints_newest_first(ckpt_dir: Path) -> list[Path]:
+    found = [p for p in ckpt_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]), reverse=True)
+
+
 def find_resume_checkpoint(run_dir: Path, resume: str | None) -> str | None:
-    """The checkpoint to resume from: newest in the run (`auto`), a given path, or None."""
+    """The checkpoint to resume from: the newest whole one in the run (`auto`; a broken newer one is named and
+    passed over), a given path (refused when broken, naming the newest whole one), or None."""
     if not resume:
         return None
+    ckpt_dir = run_dir / CHECKPOINTS
+    candidates = checkpoints_newest_first(ckpt_dir) if ckpt_dir.is_dir() else []
     if resume == "auto":
-        from transformers.trainer_utils import get_last_checkpoint
-
-        ckpt_dir = run_dir / CHECKPOINTS
-        last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
-        if last is None:
-            print(f"train.resume=auto: no checkpoint in {ckpt_dir} yet; starting from the beginning.")
-        return last
+        for checkpoint in candidates:
+            problem = checkpoint_problem(checkpoint)
+            if problem is None:
+                return str(checkpoint)
+            print(f"train.resume=auto: skipping {checkpoint.name}: {problem}.")
+        if candidates:
+            raise UserError(f"train.resume: no usable checkpoint in {ckpt_dir} (every one is broken, see above). "
+                            "Start the run again with --overwrite, or resume from a copy of a good checkpoint.")
+        print(f"train.resume=auto: no checkpoint in {ckpt_dir} yet; starting from the beginning.")
+        return None
     path = Path(resume).expanduser()
     if not path.is_dir():
         raise UserError(f"train.resume: no checkpoint directory at {resume!r}. Use auto, or a checkpoint-N folder.")
-    state = path / "trainer_state.json"
-    try:
-        json.loads(state.read_text())
-    except (OSError, ValueError):
-        raise UserError(f"train.resume: {path} is not a usable checkpoint (its trainer_state.json is missing or "
-                        "corrupt). Point to another checkpoint-N folder.") from None
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        siblings = checkpoints_newest_first(path.parent) if path.parent.is_dir() else []
+        good = next((c for c in siblings if c.resolve() != path.resolve() and checkpoint_problem(c) is None), None)
+        fix = f"The newest whole checkpoint beside it is {good}; resume from that one." if good else \
+            "Point to another checkpoint-N folder."
+        raise UserError(f"train.resume: {path} is not a usable checkpoint ({problem}). {fix}")
     return str(path.resolve())
 
 
@@ -136,7 +190,7 @@ def environment(precision: str, world_size: int) -> dict:
         "precision": precision,
         "world_size": world_size,
         "platform": platform.platform(),
-        "command": " ".join(sys.argv),
+        "command": " ".join(redact_argv(sys.argv)),
         "started": datetime.datetime.now().isoformat(timespec="seconds"),
     }
 
@@ -171,9 +225,9 @@ def git_state() -> dict | None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    path.write_text(scrub(json.dumps(data, indent=2, default=str)) + "\n")
 
 
 def write_log_history(path: Path, history: list[dict]) -> None:
     """Rewrite log_history.jsonl from the Trainer's state (exact after a resume)."""
-    path.write_text("".join(json.dumps(record) + "\n" for record in history))
+    path.write_text(scrub("".join(json.dumps(record) + "\n" for record in history)))

@@ -2,10 +2,167 @@
 
 from __future__ import annotations
 
-from transformers import Trainer
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from transformers import Trainer, TrainerCallback
+
+STAGING = ".incomplete"  # checkpoints are written under checkpoints/.incomplete/ and renamed when complete
+MAX_SKIPPED_IN_A_ROW = 10
 
 
-class MeanLossTrainer(Trainer):
+def _finite(value: Any) -> bool:
+    return value is None or math.isfinite(float(value))
+
+
+def agree_across_processes(flags: list[bool], device: Any) -> list[bool]:
+    """Each flag set on any process is set on all of them (an all-reduce of max), so that every rank of a
+    multi-process run stops, saves or skips at the same step; unchanged in a single process."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return flags
+    tensor = torch.tensor([float(f) for f in flags], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in tensor.tolist()]
+
+
+class NonFiniteGuard(TrainerCallback):
+    """A NaN or infinite loss or gradient norm: the update of that step is not applied, then the run stops
+    (`train.on_nan: stop`, naming the step) or goes on with the next batch (`skip`; MAX_SKIPPED_IN_A_ROW bad
+    steps in a row stop it all the same, since then the model itself is broken).
+
+    Checked on every step, not only at logging steps: HF's logging_nan_inf_filter would hide a NaN loss from the
+    logs, and an update with a NaN gradient makes every weight NaN for good.
+    """
+
+    def __init__(self, policy: str = "stop"):
+        self.policy = policy
+        self.window_loss: float | None = None  # the first non-finite loss of the current optimizer step
+        self.grad_norm: Any = None
+        self.update_skipped = False
+        self.bad_step: int | None = None  # the step that stopped the run
+        self.bad_value: float | None = None
+        self.skipped: list[int] = []  # steps whose update was dropped (policy skip)
+        self._in_a_row = 0
+
+    def loss_seen(self, loss: Any) -> None:
+        if self.window_loss is None and not _finite(loss):
+            self.window_loss = float(loss)
+
+    def window_is_bad(self, scaled: bool) -> bool:
+        """The update about to be applied is poisoned: a non-finite loss in this step, or a non-finite gradient
+        norm (except under fp16 loss scaling, where an infinite norm is the scaler's own overflow skip)."""
+        return self.window_loss is not None or (not scaled and not _finite(self.grad_norm))
+
+    def on_step_end(self, args, state, control, **kwargs):
+        bad = self.update_skipped or self.window_loss is not None
+        (bad,) = agree_across_processes([bad], args.device)
+        if bad:
+            value = self.window_loss if self.window_loss is not None else self.grad_norm
+            self.bad_value = float(value) if value is not None else float("nan")
+            self._in_a_row += 1
+            if self.policy == "skip" and self._in_a_row < MAX_SKIPPED_IN_A_ROW:
+                self.skipped.append(state.global_step)
+            else:
+                self.bad_step = state.global_step
+                control.should_training_stop = True
+                control.should_save = False  # the last checkpoint stays the newest good state
+        else:
+            self._in_a_row = 0
+        self.window_loss, self.grad_norm, self.update_skipped = None, None, False
+
+
+class GuardedTrainer(Trainer):
+    """The Trainer every llmkit recipe trains with: non-finite steps are caught (NonFiniteGuard) and checkpoints
+    are written whole or not at all.
+
+    transformers writes checkpoint-N file by file and only then rotates old checkpoints, so a full disk or a kill
+    while saving leaves a half-written checkpoint-N that a resume would pick as the newest. Here it is written
+    under checkpoints/.incomplete/ and renamed into place once every process has finished writing (a rename on
+    one filesystem is atomic): checkpoints/checkpoint-N is complete or absent.
+    """
+
+    def __init__(self, *args, on_nan: str = "stop", **kwargs):
+        self.guard = NonFiniteGuard(on_nan)
+        callbacks = list(kwargs.pop("callbacks", None) or []) + [self.guard]
+        super().__init__(*args, callbacks=callbacks, **kwargs)
+        self._staging: str | None = None
+
+    # ---- non-finite steps
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self.guard.loss_seen(loss)  # one sync per step, as HF's own logging_nan_inf_filter check makes
+        return loss
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        self.guard.grad_norm = norm
+        return norm
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model) if model is not None else super().create_optimizer()
+        step = optimizer.step
+
+        def guarded_step(*args, **kwargs):
+            # Wrapped before the LR scheduler wraps it in turn. Under fp16 the grad scaler calls this only for
+            # finite gradients; its own overflow skips never get here.
+            if self.guard.window_is_bad(scaled=self.accelerator.scaler is not None):
+                self.guard.update_skipped = True
+                return None
+            return step(*args, **kwargs)
+
+        optimizer.step = guarded_step
+        return optimizer
+
+    # ---- checkpoints written whole
+
+    def _get_output_dir(self, trial):
+        return self._staging or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial):
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+        final_root = Path(super()._get_output_dir(trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging = final_root / STAGING
+        main = self.args.should_save
+        if main and (staging / name).exists():
+            shutil.rmtree(staging / name)  # left by a save that was killed
+        self.accelerator.wait_for_everyone()
+        self._staging = str(staging)
+        try:
+            super()._save_checkpoint(model, trial)  # rotation there sees only the staging folder: a no-op
+        except BaseException:
+            if main:  # a full disk: free what the partial checkpoint took; the complete ones stay untouched
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
+        finally:
+            self._staging = None
+        self.accelerator.wait_for_everyone()  # every rank's files (e.g. rng_state_1.pth) are written
+        if main:
+            target = final_root / name
+            if target.exists():  # saved again at the same step (a resumed run)
+                shutil.rmtree(target)
+            os.replace(staging / name, target)
+            if not any(staging.iterdir()):
+                staging.rmdir()
+            best = self.state.best_global_step
+            if best and (final_root / f"{PREFIX_CHECKPOINT_DIR}-{best}").is_dir():
+                # transformers looked for the best checkpoint beside the staged one
+                self.state.best_model_checkpoint = str(final_root / f"{PREFIX_CHECKPOINT_DIR}-{best}")
+                self.state.save_to_json(str(target / "trainer_state.json"))
+            rotate_checkpoints(output_dir=str(final_root), save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()
+
+
+class MeanLossTrainer(GuardedTrainer):
     """For models whose loss is a per-micro-batch mean (sequence classification heads).
 
     transformers 5 treats a loss as already normalised over the gradient
@@ -43,7 +200,7 @@ def per_example_nll(logits, labels, shift: bool):
     return nll.sum(dim=1), (labels != -100).sum(dim=1)
 
 
-class TokenLossTrainer(Trainer):
+class TokenLossTrainer(GuardedTrainer):
     """Language-model pretraining: the loss is the mean negative log-likelihood per predicted token.
 
     Training: summed token NLL over the tokens of the whole gradient-accumulation window (`num_items_in_batch`,

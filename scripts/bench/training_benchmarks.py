@@ -407,7 +407,8 @@ def bench_settings(ctx: Context) -> list[dict]:
             continue
         ratio = paired_ratio(values, speed["default"])
         records.append(result(f"setting_{name}", ratio, "x (tokens/s vs llmkit's default, paired)",
-                              settings={"default_threads": threads, "per_round": {"setting": values, "default": speed["default"]},
+                              settings={"default_threads": threads,
+                                        "per_round": {"setting": values, "default": speed["default"]},
                                         "steps": steps, "precision": precision, "batch": 32,
                                         "model": "MiniLM-L6", "data": "SST-2 train, first 4,000 rows"}))
     return records

@@ -288,7 +288,8 @@ def test_a_trained_run_rescored_zero_shot_gives_the_same_scores(tmp_path, config
     assert first == pytest.approx(second, abs=1e-4)
     if not saved:  # training on top of an adapter run is refused
         assert "is an adapter run" in fails(tmp_path, {**with_prompt(config, mode="few-shot", shots_per_class=4),
-                                                       "model": {"name_or_path": reference}})
+                                                       "model": {"name_or_path": reference},
+                                                       "output_dir": str(tmp_path / "on-top")})
 
 
 @pytest.mark.parametrize("change, message", [

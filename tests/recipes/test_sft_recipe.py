@@ -137,3 +137,20 @@ def test_plain_template_is_saved_when_the_tokenizer_has_none(tmp_path, sft_confi
     assert "### Instruction:" in template and "### Response:" in template
     samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
     assert samples[0]["prompt"].endswith("### Response:\n")
+
+
+def test_raw_text_with_sample_prompts_and_no_chat_template(tmp_path, sft_config):
+    """Continued pretraining on plain text: the sample prompts are continued as plain text (there is no chat
+    template to render them with)."""
+    from tests.conftest import build_chat_tokenizer
+
+    build_chat_tokenizer(None).save_pretrained(tmp_path / "no-template")
+    (tmp_path / "data/train.txt").write_text("the film was great and wonderful\n" * 40)
+    sft_config["tokenizer"]["name_or_path"] = str(tmp_path / "no-template")
+    sft_config["data"] = {"train_file": str(tmp_path / "data/train.txt"), "max_length": 32}
+    sft_config["task"]["sample_prompts"] = ["the film was"]
+    sft_config["train"].update(num_train_epochs=1, eval_strategy="no")
+    result = runner.invoke(app, ["finetune", str(write_yaml(tmp_path / "sft.yaml", sft_config))])
+    assert result.exit_code == 0, result.output
+    samples = [json.loads(line) for line in (tmp_path / "run/samples.jsonl").read_text().splitlines()]
+    assert [s["prompt"] for s in samples] == ["the film was"] and isinstance(samples[0]["output"], str)

@@ -52,7 +52,7 @@ def run_interrupted_and_resumed(monkeypatch, tmp_path, command: str, config: dic
         interrupt_at(m, half)
         stopped = invoke(command, cfg)
     assert stopped.exit_code == loop.EXIT_INTERRUPTED, stopped.output
-    assert f"Interrupted at step {half}" in stopped.output
+    assert f"Interrupted by SIGINT at step {half}" in stopped.output
     assert sorted(p.name for p in (parts / "checkpoints").iterdir()) == [f"checkpoint-{half}"]
     resumed = invoke(command, cfg, "train.resume=auto")
     assert resumed.exit_code == 0, resumed.output

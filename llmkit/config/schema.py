@@ -67,6 +67,16 @@ def describe_type(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _yaml_word(value: Any, choices: Any) -> Any:
+    """YAML 1.1 reads an unquoted no / yes (also off / on) as a boolean: `eval_strategy: no` arrives as False.
+    Where the choices hold that word, take the boolean for it."""
+    if isinstance(value, bool):
+        for word in (("yes", "on") if value else ("no", "off")):
+            if word in choices:
+                return word
+    return value
+
+
 class _Mismatch(Exception):
     """Raised inside coercion when a value does not fit a type."""
 
@@ -95,6 +105,7 @@ def coerce(value: Any, tp: Any, key: str, issues: list[ConfigIssue], index: dict
                 continue
         raise _Mismatch
     if origin is Literal:
+        value = _yaml_word(value, typing.get_args(tp))
         if value in typing.get_args(tp):
             return value
         raise _Mismatch
@@ -107,6 +118,7 @@ def coerce(value: Any, tp: Any, key: str, issues: list[ConfigIssue], index: dict
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         if isinstance(value, tp):
             return value.value
+        value = _yaml_word(value, [m.value for m in tp])
         if value in {m.value for m in tp}:
             return value
         raise _Mismatch

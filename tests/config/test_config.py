@@ -147,3 +147,14 @@ def test_task_options_of_another_task_are_refused(tiny_config):
     with pytest.raises(ConfigError) as exc:
         load_config(FinetuneConfig, None, data=tiny_config)
     assert "task.multi_label: only applies to task.type: sequence-classification" in str(exc.value)
+
+
+def test_unquoted_no_is_the_strategy_no_not_a_boolean(tmp_path, tiny_config):
+    """YAML 1.1 reads `eval_strategy: no` as False; where "no" is a choice, llmkit takes it as "no"."""
+    text = yaml.safe_dump(tiny_config).replace("save_strategy: epoch", "save_strategy: no")
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    cfg = load_config(FinetuneConfig, path, ["train.eval_strategy=no"])
+    assert cfg.train.eval_strategy == "no" and cfg.train.save_strategy == "no"
+    with pytest.raises(ConfigError, match="train.eval_strategy"):
+        load_config(FinetuneConfig, path, ["train.eval_strategy=yes"])  # True: no "yes" among the choices

@@ -261,9 +261,14 @@ def bench_precision(ctx: Context) -> list[dict]:
     records = []
     # SST-2's training rows are short phrases (~13 tokens): small matmuls, where fixed per-step costs (the
     # dense embedding gradient and AdamW over all 22.7 M parameters, in fp32 either way) weigh most. Rows of
-    # ~128 tokens (8 consecutive phrases joined) show the matmul-bound case.
-    for label, train_file, batch, n in (("sst2_phrases", sst2_train(ctx, 4000), 32, steps),
-                                        ("rows_of_128_tokens", long_rows(ctx), 16, max(steps // 3, 5))):
+    # ~128 tokens (8 consecutive phrases joined) show the matmul-bound case, at two batch sizes. Every variant
+    # runs the same number of steps: the one-off cost of starting train() (~1 s) would otherwise weigh more on
+    # the faster bf16 runs.
+    variants = [("sst2_phrases", sst2_train(ctx, 4000), 32), ("rows_of_128_tokens", long_rows(ctx), 16)]
+    if not ctx.quick:
+        variants.append(("rows_of_128_tokens_batch_32", long_rows(ctx), 32))
+    for label, train_file, batch in variants:
+        n = steps
         config = finetune_config(ctx, train_file, n, "auto", f"precision-speed-{label}")
         config["train"]["per_device_train_batch_size"] = batch
         config["data"]["max_length"] = 128
@@ -278,6 +283,7 @@ def bench_precision(ctx: Context) -> list[dict]:
                               target=">= 1.8", meets=auto == "bf16" and ratio >= 1.8, settings={
                                   "auto_resolves_to": auto, "per_round": speed, "steps": n, "batch": batch,
                                   "model": "MiniLM-L6", "data": label.replace("_", " ")}))
+    records.append(dropout_share(quick=ctx.quick))
     budget = 2000 if ctx.quick else 8000
     accuracy = {}
     for p in ("auto", "fp32"):
@@ -288,6 +294,59 @@ def bench_precision(ctx: Context) -> list[dict]:
             result("mixed_precision_accuracy_gap", gap, "points (|auto - fp32| dev accuracy)", target="<= 0.5",
                    meets=gap <= 0.5, settings={"accuracy": accuracy, "budget": f"{budget} SST-2 training rows, 1 "
                                                "epoch, batch 32, lr 1e-4, seed 42", "eval": "872 SST-2 dev sentences"})]
+
+
+def dropout_share(quick: bool) -> dict:
+    """Why bf16 autocast falls short of 2 x on MiniLM here: a bare training step (fixed batch 16 x 128, no
+    padding, eager attention, fused AdamW, clipping) in fp32 and bf16, with the model's dropout and with dropout
+    off. Dropout draws one random number per element from the CPU generator (attention probabilities: 16 x 12 x
+    128 x 128 per layer), which takes as long in bf16 as in fp32."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from llmkit.models.resolve import resolve_model_path
+
+    path = resolve_model_path(MINILM)
+    torch.manual_seed(0)
+    batch = {"input_ids": torch.randint(1000, 20000, (16, 128)),
+             "attention_mask": torch.ones(16, 128, dtype=torch.long), "labels": torch.randint(0, 2, (16,))}
+    warm, timed_steps = (2, 4) if quick else (3, 10)
+
+    def step_seconds(precision: str, dropout: bool) -> float:
+        config = AutoConfig.from_pretrained(path, num_labels=2)
+        if not dropout:
+            config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
+        model = AutoModelForSequenceClassification.from_pretrained(path, config=config, attn_implementation="eager")
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+
+        def step():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad()
+
+        for _ in range(warm):
+            step()
+        start = time.perf_counter()
+        for _ in range(timed_steps):
+            step()
+        return (time.perf_counter() - start) / timed_steps
+
+    seconds = {f"{p}_{'dropout' if d else 'no_dropout'}": step_seconds(p, d) for d in (True, False)
+               for p in ("fp32", "bf16")}
+    with_dropout = seconds["fp32_dropout"] / seconds["bf16_dropout"]
+    without = seconds["fp32_no_dropout"] / seconds["bf16_no_dropout"]
+    share = 1 - seconds["bf16_no_dropout"] / seconds["bf16_dropout"]
+    log.info("bare step: bf16/fp32 speed-up %.2f x with dropout, %.2f x without; dropout is %.0f %% of the bf16 "
+             "step", with_dropout, without, 100 * share)
+    return result("mixed_precision_bare_step_dropout", with_dropout, "x (fp32 / bf16 seconds per bare step)",
+                  without_dropout=round(without, 3), dropout_share_of_bf16_step=round(share, 3), settings={
+                      "seconds_per_step": {k: round(v, 4) for k, v in seconds.items()},
+                      "batch": "16 x 128, no padding",
+                      "model": "MiniLM-L6, eager attention", "steps": timed_steps, "warm_up": warm})
 
 
 def bench_eval(ctx: Context) -> list[dict]:

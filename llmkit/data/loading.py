@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import tempfile
@@ -51,7 +52,7 @@ def load_file_split(key: str, files: str | list[str], cfg: Any, text_sample_by: 
             raise UserError(f"data.column_names: only applies to csv/tsv files without a header; {files[0]} is {fmt}.")
         kwargs.update(column_names=list(cfg.column_names), header=None)
     # Raw arrow files go to a throw-away directory: llmkit caches the tokenized result itself.
-    with tempfile.TemporaryDirectory(prefix="llmkit-raw-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="llmkit-raw-") as tmp, _quiet_datasets():
         try:
             ds = datasets.load_dataset(builder, data_files=files, split="train", cache_dir=tmp, keep_in_memory=True,
                                        **kwargs)
@@ -59,7 +60,9 @@ def load_file_split(key: str, files: str | list[str], cfg: Any, text_sample_by: 
             cause = e.__cause__ or e
             if any(s in str(cause) for s in EMPTY_MARKERS):
                 raise UserError(f"data.{key}: {', '.join(files)} is empty (0 rows). Check the file.") from None
-            raise UserError(f"data.{key}: cannot read {', '.join(files)} as {fmt}: {first_line(cause)}") from None
+            fix = (" Check the delimiter and quoting: a field that holds the delimiter must be in double quotes "
+                   "(for a header-less file, name the columns with data.column_names)." if builder == "csv" else "")
+            raise UserError(f"data.{key}: cannot read {', '.join(files)} as {fmt}: {first_line(cause)}{fix}") from None
     return ds
 
 
@@ -94,7 +97,7 @@ def _check_json_lines(key: str, path: str) -> None:
     import json
 
     records = 0
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8-sig") as fh:  # a byte-order mark (Windows editors write one) is fine
         for number, line in enumerate(fh, 1):
             if not line.strip():
                 continue
@@ -116,6 +119,19 @@ def _check_json_lines(key: str, path: str) -> None:
 def _json_kind(value) -> str:
     names = {list: "array", str: "string", bool: "boolean", int: "number", float: "number", type(None): "null"}
     return names.get(type(value), type(value).__name__)
+
+
+@contextlib.contextmanager
+def _quiet_datasets():
+    """datasets logs "Failed to read file ..." before raising; llmkit's own message (below) says it better."""
+    from datasets.utils import logging as ds_logging
+
+    level = ds_logging.get_verbosity()
+    ds_logging.set_verbosity(ds_logging.CRITICAL)
+    try:
+        yield
+    finally:
+        ds_logging.set_verbosity(level)
 
 
 def _load_from_disk(key: str, path: str, cfg: Any):

@@ -99,8 +99,8 @@ def check_resume_config(run_dir: Path, cfg: Any) -> None:
 
 def checkpoint_problem(path: Path) -> str | None:
     """Why a checkpoint directory cannot be resumed from (None when it looks whole): its trainer_state.json
-    must parse, every safetensors file must be covered by its header, and every torch file (optimizer,
-    scheduler, RNG states) must be an intact zip archive. Reads the files but unpickles nothing."""
+    must parse, every safetensors file must be covered by its header, the optimizer, scheduler and RNG states
+    must be there and every torch file must be an intact zip archive. Reads the files but unpickles nothing."""
     import zipfile
 
     from safetensors import safe_open
@@ -118,6 +118,12 @@ def checkpoint_problem(path: Path) -> str | None:
                 pass
         except Exception as e:  # safetensors raises its own SafetensorError (and OSError)
             return f"{file.relative_to(path)} is truncated or corrupt ({first_line(e).rstrip('.')})"
+    sharded = any(path.glob("global_step*")) or any(path.glob("*fsdp*")) or any(path.glob("optimizer_0*"))
+    if not sharded:  # DeepSpeed and FSDP keep their optimizer state in folders of their own
+        missing = [name for name in ("optimizer.pt", "scheduler.pt") if not (path / name).is_file()]
+        missing += [] if any(path.glob("rng_state*.pth")) else ["rng_state.pth"]
+        if missing:  # transformers would resume without them, silently starting the optimizer or RNG anew
+            return f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing"
     for file in sorted([*path.glob("*.pt"), *path.glob("*.pth")]):
         try:
             with zipfile.ZipFile(file) as archive:

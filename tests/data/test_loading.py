@@ -136,6 +136,20 @@ def test_jsonl_file(tmp_path, tiny_config, tokenizer):
     assert data.splits["train"]["input_ids"][3] == ids_of(tokenizer, rows[3]["text"])
 
 
+@pytest.mark.parametrize("name", ["train.jsonl", "train.csv"])
+def test_a_byte_order_mark_is_accepted(tmp_path, tiny_config, tokenizer, name):
+    """Files saved "UTF-8 with BOM" (as some Windows editors do) read like plain UTF-8."""
+    rows = sentiment_rows(6, seed=6)
+    path = tmp_path / name
+    if name.endswith(".jsonl"):
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+    else:
+        text = "text,label\n" + "".join(f"{r['text']},{r['label']}\n" for r in rows)
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    raw = load_raw_splits(data_cfg(tiny_config, train_file=str(path)), seed=0)["train"]
+    assert raw.column_names == ["text", "label"] and raw["text"] == [r["text"] for r in rows]
+
+
 def test_parquet_file(tmp_path, tiny_config, tokenizer):
     import datasets
 

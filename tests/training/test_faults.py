@@ -120,6 +120,16 @@ def test_resume_passes_over_a_broken_newest_checkpoint(checkpointed, broken):
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5, 6]
 
 
+def test_resume_passes_over_a_checkpoint_missing_its_optimizer_state(checkpointed):
+    """transformers would resume from it with a fresh optimizer, silently; llmkit takes the one before."""
+    cfg, ckpts = checkpointed
+    (ckpts / "checkpoint-4" / "optimizer.pt").unlink()
+    result = invoke("finetune", cfg, "train.resume=auto", "train.max_steps=6")
+    assert result.exit_code == 0, result.output
+    assert "skipping checkpoint-4: optimizer.pt is missing" in result.output
+    assert f"resuming from {ckpts / 'checkpoint-2'}" in result.output
+
+
 def test_resume_from_a_broken_checkpoint_path_names_the_good_one(checkpointed):
     cfg, ckpts = checkpointed
     truncate(ckpts / "checkpoint-4/model.safetensors")

@@ -346,6 +346,7 @@ class _Shrinker:
         copy of its config.yaml, so the run-directory code paths (inherited data settings, labels) stay."""
         import shutil
 
+        from llmkit.data.cache import publishing
         from llmkit.models.adapters import find_adapter_dir
         from llmkit.models.tiny import ModelSource
         from llmkit.recipes.evaluation import find_run_directory
@@ -358,13 +359,9 @@ class _Shrinker:
         tiny = self._tiny(ModelSource(str(run.model_dir), ref, key=key), layers, label_too=False)
         wrapper = tiny.with_name(tiny.name + "-run")
         if not (wrapper / "model").is_dir():
-            tmp = wrapper.with_name(f"{wrapper.name}.tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            shutil.copy2(run.path / "config.yaml", tmp / "config.yaml")
-            shutil.copytree(tiny, tmp / "model")
-            shutil.rmtree(wrapper, ignore_errors=True)
-            tmp.rename(wrapper)
+            with publishing(wrapper, lambda path: (path / "model").is_dir()) as tmp:
+                shutil.copy2(run.path / "config.yaml", tmp / "config.yaml")
+                shutil.copytree(tiny, tmp / "model")
         self.run.names[str(wrapper)] = ref
         return str(wrapper)
 

@@ -10,11 +10,13 @@ process for data loaded in memory, hence this small layer.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +74,27 @@ def tokenizer_digest(tokenizer: Any) -> str:
 def cache_key(parts: dict) -> str:
     payload = json.dumps({"llmkit": llmkit.__version__, **parts}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+@contextlib.contextmanager
+def publishing(target: Path, complete: Callable[[Path], bool]) -> Iterator[Path]:
+    """Build a cache directory under a temporary name beside `target`, renamed into place when the block ends
+    without an error: a concurrent or interrupted run never sees it half-written. `complete(path)` tells a
+    finished directory (another process may have published `target` first: then its result is kept) from one an
+    earlier, interrupted run left behind (replaced)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f"{target.name}.tmp-"))
+    try:
+        yield tmp
+        if target.exists() and not complete(target):
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not complete(target):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def cached_dataset(enabled: bool, cache_dir: str | None, parts: dict, build: Callable[[], tuple[Any, dict]]):

@@ -13,12 +13,12 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from llmkit.data.cache import publishing
 from llmkit.errors import UserError, first_line
 
 MARKER = "llmkit-gguf.json"  # written last: a directory without it is an interrupted conversion
@@ -131,9 +131,7 @@ def convert_gguf(gguf_path: str | Path) -> Path:
 
     print(f"converting {source.name} (once) -> {target}", end="", flush=True)
     start = time.perf_counter()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f"{target.name}.tmp-"))
-    try:
+    with publishing(target, is_converted) as tmp:
         try:
             with quiet_transformers(), _no_progress_bars():
                 model = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name)
@@ -153,14 +151,5 @@ def convert_gguf(gguf_path: str | Path) -> Path:
             tokenizer.save_pretrained(tmp)
         _write_json(tmp / MARKER, {"source": str(source), "sha256": file_digest(source),
                                    "converted": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        if target.exists() and not is_converted(target):
-            shutil.rmtree(target, ignore_errors=True)  # an interrupted conversion from an earlier run
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not is_converted(target):  # another run finished first: use its result
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     print(f" ({time.perf_counter() - start:.1f} s)", flush=True)
     return target

@@ -15,13 +15,11 @@ import contextlib
 import copy
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from llmkit.data.cache import publishing
 from llmkit.errors import UserError, first_line
 
 MARKER = "llmkit-tiny.json"  # written last: a directory without it is an interrupted build
@@ -141,24 +139,13 @@ def tiny_model_dir(source: ModelSource, sizes: TinySizes = TinySizes(), cache_di
         return target
     config, tokenizer, generation = _read_source(source)
     model = _build(source, config, sizes)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f"{key}.tmp-"))
-    try:
+    with publishing(target, is_tiny_dir) as tmp:
         _save(model, tokenizer, generation, tmp)
         info = {"source": source.label, "architecture": type(model).__name__, "sizes": asdict(sizes),
                 "layers": model.config.num_hidden_layers, "hidden_size": model.config.hidden_size,
                 "parameters": sum(p.numel() for p in model.parameters()), "vocab_size": model.config.vocab_size,
                 "tokenizer": tokenizer is not None}
         (tmp / MARKER).write_text(json.dumps(info, indent=1) + "\n")
-        if target.exists() and not is_tiny_dir(target):
-            shutil.rmtree(target, ignore_errors=True)  # an interrupted build from an earlier run
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not is_tiny_dir(target):  # another run finished first: use its result
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

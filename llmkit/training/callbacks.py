@@ -26,9 +26,10 @@ class InterruptCallback(TrainerCallback):
     """Ctrl-C (SIGINT) or SIGTERM (a scheduler's pre-emption, `kill`): finish the current step, save a checkpoint,
     stop. A second signal aborts at once.
 
-    Under a multi-process launch the ranks agree at every step end (one all-reduce of a flag), so they save and
-    stop at the same step even when only one of them got the signal; otherwise the others would wait for it
-    forever in the next step's gradient all-reduce.
+    It only records the signal: the trainer's NonFiniteGuard acts on it at the step's end, where the ranks of a
+    multi-process launch agree (one all-reduce per step for both), so they save and stop at the same step even
+    when only one of them got the signal; otherwise the others would wait for it forever in the next step's
+    gradient all-reduce.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -56,16 +57,6 @@ class InterruptCallback(TrainerCallback):
         if self._speaks:
             print(f"\n{self.signal_name}: saving a checkpoint after this step ({key} again to abort without "
                   "saving).", flush=True)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        from llmkit.training.trainer import agree_across_processes
-
-        (requested,) = agree_across_processes([self.requested], args.device)
-        if requested:
-            self.requested = True
-            self.signal_name = self.signal_name or "SIGTERM"  # another rank was signalled
-            control.should_save = True
-            control.should_training_stop = True
 
     def on_train_end(self, args, state, control, **kwargs):
         for signum, previous in self._previous.items():

@@ -96,6 +96,7 @@ def train_and_save(*, cfg: Any, command: str, run_dir: Path, args: Any, model: A
     interrupt, started = InterruptCallback(), TrainingStartedCallback()
     trainer = trainer_cls(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                           processing_class=tokenizer, data_collator=data_collator, on_nan=cfg.train.on_nan,
+                          interrupt=interrupt,
                           callbacks=[JsonlLogCallback(run_dir / "log_history.jsonl"), interrupt, started],
                           **trainer_kwargs)
     if checkpoint and main:

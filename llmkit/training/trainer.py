@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 from pathlib import Path
@@ -12,10 +11,6 @@ from transformers import Trainer, TrainerCallback
 
 STAGING = ".incomplete"  # checkpoints are written under checkpoints/.incomplete/ and renamed when complete
 MAX_SKIPPED_IN_A_ROW = 10
-
-
-def _finite(value: Any) -> bool:
-    return value is None or math.isfinite(float(value))
 
 
 def agree_across_processes(flags: list[bool], device: Any) -> list[bool]:
@@ -37,44 +32,74 @@ class NonFiniteGuard(TrainerCallback):
     steps in a row stop it all the same, since then the model itself is broken).
 
     Checked on every step, not only at logging steps: HF's logging_nan_inf_filter would hide a NaN loss from the
-    logs, and an update with a NaN gradient makes every weight NaN for good.
+    logs, and an update with a NaN gradient makes every weight NaN for good. The losses of a step are kept as
+    device tensors and read once, at the optimizer step (one host sync per step, none per micro-batch).
+
+    It is also where the processes of a multi-process run agree on how a step ended, in one all-reduce: a bad
+    update, and a Ctrl-C / SIGTERM that `interrupt` (an InterruptCallback) caught on any of them.
     """
 
-    def __init__(self, policy: str = "stop"):
+    def __init__(self, policy: str = "stop", interrupt: Any = None):
         self.policy = policy
-        self.window_loss: float | None = None  # the first non-finite loss of the current optimizer step
+        self.interrupt = interrupt
         self.grad_norm: Any = None
-        self.update_skipped = False
+        self.decided: bool | None = None  # the optimizer step's verdict (None: not reached, an fp16 overflow skip)
+        self._bad_loss: Any = None  # device tensors: any non-finite loss in this step, and the first such value
+        self._first_bad: Any = None
         self.bad_step: int | None = None  # the step that stopped the run
         self.bad_value: float | None = None
         self.skipped: list[int] = []  # steps whose update was dropped (policy skip)
         self._in_a_row = 0
 
     def loss_seen(self, loss: Any) -> None:
-        if self.window_loss is None and not _finite(loss):
-            self.window_loss = float(loss)
+        import torch
 
-    def window_is_bad(self, scaled: bool) -> bool:
+        loss = loss.detach()
+        bad = ~torch.isfinite(loss)
+        if self._bad_loss is None:
+            self._bad_loss, self._first_bad = bad, torch.where(bad, loss, torch.zeros_like(loss))
+        else:
+            self._first_bad = torch.where(bad & ~self._bad_loss, loss, self._first_bad)
+            self._bad_loss = self._bad_loss | bad
+
+    def update_is_bad(self, scaled: bool) -> bool:
         """The update about to be applied is poisoned: a non-finite loss in this step, or a non-finite gradient
         norm (except under fp16 loss scaling, where an infinite norm is the scaler's own overflow skip)."""
-        return self.window_loss is not None or (not scaled and not _finite(self.grad_norm))
+        import torch
+
+        checks = [] if self._bad_loss is None else [self._bad_loss]
+        if not scaled and self.grad_norm is not None:
+            norm = torch.as_tensor(self.grad_norm)
+            checks.append(~torch.isfinite(norm.to(checks[0].device) if checks else norm))
+        self.decided = bool(torch.stack(checks).any()) if checks else False
+        return self.decided
 
     def on_step_end(self, args, state, control, **kwargs):
-        bad = self.update_skipped or self.window_loss is not None
-        (bad,) = agree_across_processes([bad], args.device)
+        local = self.decided if self.decided is not None else bool(self._bad_loss is not None and self._bad_loss)
+        requested = bool(self.interrupt is not None and self.interrupt.requested)
+        requested, bad = agree_across_processes([requested, local], args.device)
         if bad:
-            value = self.window_loss if self.window_loss is not None else self.grad_norm
-            self.bad_value = float(value) if value is not None else float("nan")
-            self._in_a_row += 1
-            if self.policy == "skip" and self._in_a_row < MAX_SKIPPED_IN_A_ROW:
-                self.skipped.append(state.global_step)
-            else:
-                self.bad_step = state.global_step
-                control.should_training_stop = True
-                control.should_save = False  # the last checkpoint stays the newest good state
+            self._count_bad_step(state, control)
         else:
             self._in_a_row = 0
-        self.window_loss, self.grad_norm, self.update_skipped = None, None, False
+        if requested:
+            self.interrupt.requested = True
+            self.interrupt.signal_name = self.interrupt.signal_name or "SIGTERM"  # another rank was signalled
+            control.should_save = self.bad_step is None  # a stopped run keeps its newest good checkpoint
+            control.should_training_stop = True
+        self.grad_norm, self.decided, self._bad_loss, self._first_bad = None, None, None, None
+
+    def _count_bad_step(self, state, control) -> None:
+        loss_was_bad = self._bad_loss is not None and bool(self._bad_loss)
+        value = self._first_bad if loss_was_bad else self.grad_norm
+        self.bad_value = float(value) if value is not None else float("nan")
+        self._in_a_row += 1
+        if self.policy == "skip" and self._in_a_row < MAX_SKIPPED_IN_A_ROW:
+            self.skipped.append(state.global_step)
+            return
+        self.bad_step = state.global_step
+        control.should_training_stop = True
+        control.should_save = False  # the last checkpoint stays the newest good state
 
 
 class GuardedTrainer(Trainer):
@@ -87,8 +112,8 @@ class GuardedTrainer(Trainer):
     one filesystem is atomic): checkpoints/checkpoint-N is complete or absent.
     """
 
-    def __init__(self, *args, on_nan: str = "stop", **kwargs):
-        self.guard = NonFiniteGuard(on_nan)
+    def __init__(self, *args, on_nan: str = "stop", interrupt: Any = None, **kwargs):
+        self.guard = NonFiniteGuard(on_nan, interrupt)
         callbacks = list(kwargs.pop("callbacks", None) or []) + [self.guard]
         super().__init__(*args, callbacks=callbacks, **kwargs)
         self._staging: str | None = None
@@ -97,7 +122,7 @@ class GuardedTrainer(Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
-        self.guard.loss_seen(loss)  # one sync per step, as HF's own logging_nan_inf_filter check makes
+        self.guard.loss_seen(loss)
         return loss
 
     def _get_grad_norm(self, model, grad_norm=None):
@@ -112,8 +137,7 @@ class GuardedTrainer(Trainer):
         def guarded_step(*args, **kwargs):
             # Wrapped before the LR scheduler wraps it in turn. Under fp16 the grad scaler calls this only for
             # finite gradients; its own overflow skips never get here.
-            if self.guard.window_is_bad(scaled=self.accelerator.scaler is not None):
-                self.guard.update_skipped = True
+            if self.guard.update_is_bad(scaled=self.accelerator.scaler is not None):
                 return None
             return step(*args, **kwargs)
 

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from tests.conftest import sentiment_rows, write_yaml
-from tests.recipes.helpers import invoke
+from tests.recipes.helpers import invoke, tiny_bert_config
 
 Edit = Callable[[dict, Path], "dict | bytes | Path"]
 
@@ -499,14 +499,11 @@ MODELS: dict[str, str] = {}  # filled by the `models` fixture: "cls" (BERT class
 def models(tmp_path_factory, tokenizer_dir) -> dict[str, str]:
     """A 2-layer BERT sentiment classifier (teacher, eval target) and a 2-layer BERT masked LM (adapter base,
     prompt model), saved like downloaded checkpoints."""
-    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, BertForSequenceClassification
+    from transformers import AutoTokenizer, BertForMaskedLM, BertForSequenceClassification
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
-                        num_labels=2, id2label={0: "negative", 1: "positive"},
-                        label2id={"negative": 0, "positive": 1})
+    config = tiny_bert_config(tokenizer)
     for name, cls in (("cls", BertForSequenceClassification), ("mlm", BertForMaskedLM)):
         out = tmp_path_factory.mktemp(name)
         cls(config).save_pretrained(out)

@@ -33,3 +33,16 @@ def save_model_dir(tmp_path_factory, name: str, model, tokenizer) -> str:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return str(out)
+
+
+SENTIMENT_LABELS = {"id2label": {0: "negative", 1: "positive"}, "label2id": {"negative": 0, "positive": 1}}
+
+
+def tiny_bert_config(tokenizer, num_hidden_layers: int = 2, labels: bool = True, **extra):
+    """The tests' tiny BERT config (hidden 32, 2 heads, 64 positions) for `tokenizer`; with the sentiment labels
+    (negative/positive) unless `labels` is False. `extra` overrides any field (e.g. dropout)."""
+    from transformers import BertConfig
+
+    return BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=num_hidden_layers,
+                      num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
+                      pad_token_id=tokenizer.pad_token_id, **(SENTIMENT_LABELS if labels else {}), **extra)

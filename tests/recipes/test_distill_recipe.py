@@ -11,21 +11,17 @@ import pytest
 import torch
 
 from tests.conftest import sentiment_rows, train_on_sentiment, write_csv, write_yaml
-from tests.recipes.helpers import invoke, save_model_dir
+from tests.recipes.helpers import invoke, save_model_dir, tiny_bert_config
 
 
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory, tokenizer_dir) -> str:
     """A 4-layer BERT sentiment classifier (negative/positive), briefly trained, saved as a model directory."""
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+    from transformers import AutoTokenizer, BertForSequenceClassification
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
-                        num_labels=2, id2label={0: "negative", 1: "positive"},
-                        label2id={"negative": 0, "positive": 1})
-    model = BertForSequenceClassification(config)
+    model = BertForSequenceClassification(tiny_bert_config(tokenizer, num_hidden_layers=4))
     train_on_sentiment(model, tokenizer)
     return save_model_dir(tmp_path_factory, "teacher", model, tokenizer)
 

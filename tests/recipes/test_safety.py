@@ -13,21 +13,17 @@ import torch
 import yaml
 
 from tests.conftest import write_yaml
-from tests.recipes.helpers import invoke
+from tests.recipes.helpers import invoke, tiny_bert_config
 
 PYTHON_TAG = '!!python/object/apply:os.system ["touch {marker}"]'
 
 
 def _tiny_bert(tokenizer_dir):
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+    from transformers import AutoTokenizer, BertForSequenceClassification
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
-                        num_labels=2, id2label={0: "negative", 1: "positive"},
-                        label2id={"negative": 0, "positive": 1})
-    return BertForSequenceClassification(config), tokenizer
+    return BertForSequenceClassification(tiny_bert_config(tokenizer)), tokenizer
 
 
 @pytest.fixture(scope="module")

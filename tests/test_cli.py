@@ -175,3 +175,14 @@ def test_init_covers_every_command(tmp_path):
         model = data["model"]
         assert model["name_or_path"] or model["from_config"]  # a starting model is filled in
     assert invoke("init", "nonsense").exit_code == 2
+
+
+def test_an_error_on_another_rank_says_which(tmp_path, tiny_config, monkeypatch):
+    """Under torchrun every process prints its error; those of ranks other than 0 say which rank they are."""
+    config = write_yaml(tmp_path / "cfg.yaml", tiny_config)
+    assert CliRunner().invoke(app, ["finetune", str(config), "train.learning_rate=fast"]).output.startswith(
+        "error: Invalid config")
+    monkeypatch.setenv("RANK", "1")
+    result = CliRunner().invoke(app, ["finetune", str(config), "train.learning_rate=fast"])
+    assert result.exit_code == 2
+    assert result.output.startswith("error (rank 1): Invalid config") and "train.learning_rate" in result.output

@@ -50,19 +50,39 @@ def resolve_precision(requested: str) -> str:
     return "bf16" if cpu_has_fast_bf16() else "fp32"
 
 
-def fast_cpu_bf16_attention(model: Any, requested: str | None, precision: str, device_type: str) -> str | None:
-    """Switch a model from SDPA to eager attention for bf16 training on CPU; return the implementation chosen.
+ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout", "attn_pdrop", "attention_dropout_prob")
 
-    torch's fused CPU attention kernel runs its bf16 backward about 3 x slower than its fp32 one when there is an
-    attention mask, which capped bf16 training at 1.1-1.5 x fp32 (docs/BENCHMARKS.md): eager attention (plain
-    bf16 matmuls + softmax) gives MiniLM 1.69-1.99 x and a small Llama 1.50 x instead of 1.37 x; the forward
-    pass is equally fast either way. The choice is not saved with the model. Left alone when
-    model.attn_implementation is set, on GPUs, in fp32/fp16, and for models not using SDPA.
+
+def attention_dropout(model: Any) -> float:
+    """The model's dropout on attention probabilities (0 when its config names none)."""
+    config = getattr(unwrapped(model), "config", None)
+    values = [getattr(config, key, None) for key in ATTENTION_DROPOUT_KEYS]
+    return max((float(v) for v in values if isinstance(v, (int, float))), default=0.0)
+
+
+def cpu_training_attention(model: Any, requested: str | None, precision: str, device_type: str,
+                           cpu_dropout: str) -> str | None:
+    """Switch a model from SDPA to eager attention for training on CPU where eager is faster; return the reason.
+
+    - bf16: torch's fused CPU attention kernel runs its bf16 backward about 3 x slower than its fp32 one when
+      there is an attention mask, which capped bf16 training at 1.1-1.5 x fp32 (docs/BENCHMARKS.md): eager
+      attention (plain bf16 matmuls + softmax) gives MiniLM 1.69-1.99 x and a small Llama 1.50 x instead of 1.37 x.
+    - fp32 with attention dropout (BERT-style encoders, GPT-2) and train.cpu_dropout=fast: SDPA draws its dropout
+      mask inside the kernel with torch's per-element generator; in eager attention it is a functional dropout
+      that llmkit's CpuDropout replaces: MiniLM 16 x 128 777 -> 654 ms per step, GPT-2 4 x 256 984 -> 882 ms.
+    The forward pass is equally fast either way (inference keeps SDPA); the choice is not saved with the model.
+    Left alone when model.attn_implementation is set, on GPUs, and for models not using SDPA.
     """
-    if requested or precision != "bf16" or device_type != "cpu" or attention_implementation(model) != "sdpa":
+    if requested or device_type != "cpu" or attention_implementation(model) != "sdpa":
+        return None
+    if precision == "bf16":
+        reason = "bf16 training on CPU (faster than SDPA's bf16 backward here)"
+    elif cpu_dropout == "fast" and attention_dropout(model) > 0:
+        reason = "attention dropout on CPU (llmkit's fast dropout replaces SDPA's per-element one)"
+    else:
         return None
     unwrapped(model).set_attn_implementation("eager")
-    return "eager"
+    return reason
 
 
 def unwrapped(model: Any) -> Any:

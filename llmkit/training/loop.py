@@ -17,7 +17,7 @@ from typing import Any
 from llmkit.config.loader import save_config
 from llmkit.errors import UserError, first_line
 from llmkit.training import rundir
-from llmkit.training.arguments import attention_implementation, ddp_find_unused_parameters, fast_cpu_bf16_attention
+from llmkit.training.arguments import attention_implementation, cpu_training_attention, ddp_find_unused_parameters
 from llmkit.training.callbacks import InterruptCallback, JsonlLogCallback, TrainingStartedCallback
 from llmkit.training.report import write_report
 from llmkit.training.trainer import MeanLossTrainer
@@ -79,10 +79,9 @@ def train_and_save(*, cfg: Any, command: str, run_dir: Path, args: Any, model: A
     main = args.process_index == 0
     rundir.check_resume_config(run_dir, cfg)
     requested = getattr(getattr(cfg, "model", None), "attn_implementation", None)
-    attention = fast_cpu_bf16_attention(model, requested, precision, args.device.type)
-    if attention and main:
-        print(f"attention: {attention} for bf16 training on CPU (faster than SDPA's bf16 backward here; "
-              "model.attn_implementation overrides)")
+    reason = cpu_training_attention(model, requested, precision, args.device.type, cfg.train.cpu_dropout)
+    if reason and main:
+        print(f"attention: eager for {reason}; model.attn_implementation overrides")
     if args.world_size > 1 and args.ddp_find_unused_parameters is None:
         args.ddp_find_unused_parameters = ddp_find_unused_parameters(model)
     if main:
@@ -96,7 +95,7 @@ def train_and_save(*, cfg: Any, command: str, run_dir: Path, args: Any, model: A
     interrupt, started = InterruptCallback(), TrainingStartedCallback()
     trainer = trainer_cls(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                           processing_class=tokenizer, data_collator=data_collator, on_nan=cfg.train.on_nan,
-                          interrupt=interrupt,
+                          interrupt=interrupt, cpu_dropout=cfg.train.cpu_dropout,
                           callbacks=[JsonlLogCallback(run_dir / "log_history.jsonl"), interrupt, started],
                           **trainer_kwargs)
     if checkpoint and main:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from transformers import Trainer, TrainerCallback
+
+from llmkit.training.dropout import CpuDropout
 
 STAGING = ".incomplete"  # checkpoints are written under checkpoints/.incomplete/ and renamed when complete
 MAX_SKIPPED_IN_A_ROW = 10
@@ -112,16 +115,19 @@ class GuardedTrainer(Trainer):
     one filesystem is atomic): checkpoints/checkpoint-N is complete or absent.
     """
 
-    def __init__(self, *args, on_nan: str = "stop", interrupt: Any = None, **kwargs):
+    def __init__(self, *args, on_nan: str = "stop", interrupt: Any = None, cpu_dropout: str = "fast", **kwargs):
         self.guard = NonFiniteGuard(on_nan, interrupt)
         callbacks = list(kwargs.pop("callbacks", None) or []) + [self.guard]
         super().__init__(*args, callbacks=callbacks, **kwargs)
         self._staging: str | None = None
+        # train.cpu_dropout: fast -> CpuDropout's masks for every dropout of a training step on CPU
+        self._dropout = CpuDropout if cpu_dropout == "fast" and self.args.device.type == "cpu" else nullcontext
 
     # ---- non-finite steps
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        loss = super().training_step(model, inputs, num_items_in_batch)
+        with self._dropout():
+            loss = super().training_step(model, inputs, num_items_in_batch)
         self.guard.loss_seen(loss)
         return loss
 

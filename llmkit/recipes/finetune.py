@@ -310,6 +310,7 @@ def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool 
         TrainingArgumentsError,
         launch_state,
         make_training_arguments,
+        pad_multiple,
         planned_steps,
         resolve_precision,
     )
@@ -371,7 +372,7 @@ def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool 
         cfg=cfg, command=command, run_dir=run_dir, save=adapter_saver(cfg, tokenizer) if adapter else None, args=args,
         model=model, tokenizer=tokenizer,
         train_dataset=data.splits["train"], eval_dataset=data.splits.get("validation"),
-        data_collator=task.collator(tokenizer, 8 if precision != "fp32" else None),
+        data_collator=task.collator(tokenizer, pad_multiple(precision, args.device.type)),
         compute_metrics=metrics_fn,
         preprocess_logits_for_metrics=metrics_fn.preprocess_logits_for_metrics if metrics_fn else None,
         precision=precision, **({"trainer_cls": task.trainer_cls} if task.trainer_cls else {}))

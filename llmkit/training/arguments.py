@@ -85,6 +85,16 @@ def cpu_training_attention(model: Any, requested: str | None, precision: str, de
     return reason
 
 
+def pad_multiple(precision: str, device_type: str) -> int | None:
+    """Pad batches to a multiple of 8 for half precision on GPUs (tensor-core tile sizes), never on CPU.
+
+    On CPU it adds tokens without making short steps faster: MiniLM bf16 training steps at batch 32 ran 8 %
+    fewer real tokens/s padded (13 -> 16 tokens 2,679 -> 2,455, 21 -> 24 3,775 -> 3,464); 16 x 121 -> 128 was
+    1.05 x (bench.py's bf16_cpu_padding_to_multiple_of_8). fp32 CPU training never padded.
+    """
+    return 8 if precision in ("bf16", "fp16") and device_type != "cpu" else None
+
+
 def unwrapped(model: Any) -> Any:
     """The transformers model inside a PEFT wrapper (or the model itself)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model

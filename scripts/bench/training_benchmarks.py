@@ -12,6 +12,7 @@ from building the optimizer and DataLoader to the last step.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -121,14 +122,14 @@ def classification_plain(config: dict, steps: int, precision: str) -> float:
     from llmkit.data.classification import prepare_classification_data
     from llmkit.models.loading import load_model, load_tokenizer
     from llmkit.recipes.finetune import FinetuneConfig
-    from llmkit.training.arguments import cpu_training_attention
+    from llmkit.training.arguments import cpu_training_attention, pad_multiple
 
     cfg = load_config(FinetuneConfig, None, data=config)
     tokenizer = load_tokenizer(cfg.model, cfg.tokenizer)
     data = prepare_classification_data(cfg.data, tokenizer, False, cfg.train.seed)
     model, _ = load_model("AutoModelForSequenceClassification", cfg.model, tokenizer, num_labels=2)
     cpu_training_attention(model, None, precision, "cpu", "fast")  # the attention llmkit trains with: same model
-    collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if precision == "bf16" else None)
+    collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_multiple(precision, "cpu"))
     return plain_loop(model, data.splits["train"], collate, 32, steps, precision, 1e-4, 0.01, 42)
 
 
@@ -262,11 +263,13 @@ def bench_precision(ctx: Context) -> list[dict]:
     auto = resolve_precision("auto")
     rounds, steps = (1, 15) if ctx.quick else (2, 40)
     records = []
-    # SST-2's training rows are short phrases (~13 tokens): small matmuls, where fixed per-step costs (the
-    # dense embedding gradient and AdamW over all 22.7 M parameters, in fp32 either way) weigh most. Rows of
-    # ~128 tokens (8 consecutive phrases joined) show the matmul-bound case, at two batch sizes. Every variant
-    # runs the same number of steps: the one-off cost of starting train() (~1 s) would otherwise weigh more on
-    # the faster bf16 runs.
+    # SPEC §9's 1.8 x is checked on rows of ~128 tokens (8 consecutive SST-2 phrases joined; 128 is also the
+    # sequence length of transformers' GLUE example), at batch 16 and 32. SST-2's own rows are short phrases
+    # (~13 tokens): there a step is small, and the work per parameter (clipping, AdamW over 22.7 M parameters,
+    # half of them the embedding matrix, and autocast's weight casts, fp32 or extra in bf16) weighs most; that
+    # variant is reported without the target, and the bare_step records measure why. Every variant runs the
+    # same number of steps: the one-off cost of starting train() (~1 s) would otherwise weigh more on the faster
+    # bf16 runs.
     variants = [("sst2_phrases", sst2_train(ctx, 4000), 32), ("rows_of_128_tokens", long_rows(ctx), 16)]
     if not ctx.quick:
         variants.append(("rows_of_128_tokens_batch_32", long_rows(ctx), 32))
@@ -282,11 +285,15 @@ def bench_precision(ctx: Context) -> list[dict]:
                 speed[p].append(run_finetune({**config, "train": {**config["train"], "precision": p}})[
                     "train_tokens_per_second"])
         ratio = paired_ratio(speed["auto"], speed["fp32"])
+        targeted = label.startswith("rows_of_128_tokens")
         records.append(result(f"mixed_precision_speedup_{label}", ratio, "x (auto / fp32 tokens/s, paired)",
-                              target=">= 1.8", meets=auto == "bf16" and ratio >= 1.8, settings={
-                                  "auto_resolves_to": auto, "per_round": speed, "steps": n, "batch": batch,
-                                  "model": "MiniLM-L6", "data": label.replace("_", " ")}))
+                              target=">= 1.8" if targeted else None, meets=auto == "bf16" and ratio >= 1.8,
+                              settings={"auto_resolves_to": auto, "per_round": speed, "steps": n, "batch": batch,
+                                        "model": "MiniLM-L6", "data": label.replace("_", " ")},
+                              **({} if targeted else {"note": "short steps: see mixed_precision_bare_step_32x16"})))
     records.extend(bare_step(quick=ctx.quick))
+    records.append(dropout_op(quick=ctx.quick))
+    records.append(padding_to_eight(quick=ctx.quick))
     budget = 2000 if ctx.quick else 8000
     accuracy = {}
     for p in ("auto", "fp32"):
@@ -342,6 +349,63 @@ def bare_step(quick: bool) -> list[dict]:
                    "update_seconds_per_step": {p: round(t.update, 4) for p, t in short.items()},
                    "batch": "32 x 16, no padding", "model": "MiniLM-L6", "steps": 3 * timed_steps, "warm_up": warm}),
     ]
+
+
+def dropout_op(quick: bool) -> dict:
+    """One dropout call, forward and backward, torch's vs llmkit's CpuDropout, on MiniLM's shapes at batch
+    16 x 128 (attention probabilities 16 x 12 x 128 x 128, hidden states 16 x 128 x 384), p = 0.1."""
+    import torch
+    import torch.nn.functional as F
+
+    from llmkit.training.dropout import cpu_dropout
+
+    repeats = 5 if quick else 20
+
+    def milliseconds(fn, x):
+        grad = torch.ones_like(x)
+        for _ in range(3):
+            fn(x, 0.1).backward(grad)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn(x, 0.1).backward(grad)
+        return 1000 * (time.perf_counter() - start) / repeats
+
+    rows = {}
+    for shape_name, shape in (("attention 16x12x128x128", (16, 12, 128, 128)), ("hidden 16x128x384", (16, 128, 384))):
+        for dtype in (torch.bfloat16, torch.float32):
+            x = torch.randn(shape, dtype=dtype, requires_grad=True)
+            rows[f"{shape_name} {str(dtype).removeprefix('torch.')}"] = {
+                "torch_ms": round(milliseconds(F.dropout, x), 2), "llmkit_ms": round(milliseconds(cpu_dropout, x), 2)}
+    speedups = [r["torch_ms"] / r["llmkit_ms"] for r in rows.values()]
+    log.info("dropout forward + backward, torch vs llmkit: %s", rows)
+    return result("cpu_dropout_op_speedup", min(speedups), "x (torch / llmkit ms per forward + backward, worst case)",
+                  best=round(max(speedups), 3), settings={"ms": rows, "p": 0.1, "repeats": repeats})
+
+
+def padding_to_eight(quick: bool) -> dict:
+    """Whether padding batches to a multiple of 8 (what half precision on GPUs wants) pays in bf16 on this CPU:
+    real tokens/s of a bare MiniLM step at a length and at that length rounded up to a multiple of 8."""
+    from compile_step import random_batch, seconds_per_step
+
+    from llmkit.models.resolve import resolve_model_path
+
+    path = resolve_model_path(MINILM)
+    warm, timed_steps = (2, 4) if quick else (3, 10)
+    shapes = [(32, 13), (32, 21), (16, 121)]
+    rows = {}
+    for size, length in shapes:
+        padded = -(-length // 8) * 8
+        tokens_per_second = {
+            name: size * length / seconds_per_step(path, random_batch(size, n), "bf16", warm_up=warm,
+                                                   steps=timed_steps).step
+            for name, n in (("unpadded", length), ("padded", padded))}
+        rows[f"{size} x {length} -> {padded}"] = {k: round(v) for k, v in tokens_per_second.items()}
+    ratios = {shape: round(r["padded"] / r["unpadded"], 3) for shape, r in rows.items()}
+    log.info("bf16 padding to a multiple of 8: %s", rows)
+    mean = math.prod(ratios.values()) ** (1 / len(ratios))
+    return result("bf16_cpu_padding_to_multiple_of_8", mean, "x (real tokens/s padded / unpadded, geometric mean)",
+                  ratios=ratios, settings={"tokens_per_second": rows, "model": "MiniLM-L6", "steps": timed_steps,
+                                           "warm_up": warm, "llmkit": "pads to a multiple of 8 on GPUs only"})
 
 
 def bench_eval(ctx: Context) -> list[dict]:

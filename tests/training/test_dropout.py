@@ -36,7 +36,10 @@ def test_backward_uses_the_forward_mask_and_dtype_and_shape_are_kept():
     kept = y != 0
     assert torch.allclose(y[kept], x.detach()[kept] * scale)
     assert torch.equal(x.grad, kept.float() * 2.0 * scale)
-    assert cpu_dropout(torch.randn(4, 9, dtype=torch.bfloat16), 0.1).dtype == torch.bfloat16
+    half = torch.randn(40, 9, dtype=torch.bfloat16)
+    out = cpu_dropout(half, 0.1)
+    assert out.dtype == torch.bfloat16  # scale rounded to bf16, as in torch's own dropout of a bf16 tensor
+    assert torch.equal(out[out != 0], half[out != 0] * torch.tensor(LANES / (LANES - round(0.1 * LANES))).bfloat16())
     assert cpu_dropout(torch.randn(4, 9), 0.1).shape == (4, 9)
 
 
@@ -91,3 +94,26 @@ def test_the_mode_covers_dropout_modules_and_the_functional_dropout_of_eager_att
     # other functions pass through unchanged
     with CpuDropout():
         assert torch.equal(F.relu(torch.tensor([-1.0, 2.0])), torch.tensor([0.0, 2.0]))
+
+
+def test_attention_switch_reads_each_familys_attention_dropout_and_padding_stays_off_on_cpu():
+    from transformers import BertConfig, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    from llmkit.training.arguments import attention_dropout, cpu_training_attention, pad_multiple
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=40, attn_implementation="sdpa"))
+    llama = LlamaForCausalLM(LlamaConfig(num_hidden_layers=1, hidden_size=16, num_attention_heads=2,
+                                         intermediate_size=32, vocab_size=40, attn_implementation="sdpa"))
+    assert attention_dropout(gpt2) == 0.1 and attention_dropout(llama) == 0.0
+    assert attention_dropout(type("M", (), {"config": BertConfig(attention_probs_dropout_prob=0.2)})()) == 0.2
+    # fp32: only a model with attention dropout, only with fast dropout, only on CPU
+    assert cpu_training_attention(llama, None, "fp32", "cpu", "fast") is None
+    assert cpu_training_attention(gpt2, None, "fp32", "cuda", "fast") is None
+    assert cpu_training_attention(gpt2, None, "fp32", "cpu", "torch") is None
+    assert gpt2.config._attn_implementation == "sdpa"
+    assert "attention dropout" in cpu_training_attention(gpt2, None, "fp32", "cpu", "fast")
+    assert gpt2.config._attn_implementation == "eager"
+    assert "bf16" in cpu_training_attention(llama, None, "bf16", "cpu", "torch")
+    # padding to a multiple of 8 only where tensor cores want it
+    assert pad_multiple("bf16", "cpu") is None and pad_multiple("fp32", "cuda") is None
+    assert pad_multiple("bf16", "cuda") == 8 and pad_multiple("fp16", "cuda") == 8

@@ -76,7 +76,13 @@ def recipe_config_class(command: str) -> type:
 def _load(command: str, config: Path | None, overrides: list[str]):
     from llmkit.config import load_config
 
-    return load_config(recipe_config_class(command), config, overrides or [])
+    return load_config(recipe_config_class(command), config, overrides or [], foreign_sections=_foreign(command))
+
+
+def _foreign(command: str) -> dict[str, str]:
+    """The sections that identify other commands' configs (`prompt:` -> llmkit prompt), for the message about a
+    section that belongs to another command."""
+    return {section: f"llmkit {name}" for name, (_, _, section) in RECIPES.items() if name != command}
 
 
 @app.callback()
@@ -159,16 +165,23 @@ def _run_recipe(command: str, config: Path, overrides: list[str] | None, dry_run
             typer.echo(run.describe())
         if dry_run:
             typer.echo(dump_config(run.config, command))
-        elif run.config.output_dir:  # before any data or model work, which a taken directory would waste
-            from llmkit.training.rundir import refuse_existing
-
-            refuse_existing(Path(run.config.output_dir), overwrite or run.replace_output, run.config.train.resume)
+        _check_output(run.config, str(config), run.overwrite(overwrite))
         with run.original_names():
             importlib.import_module(RECIPES[command][0]).run(run.config, config_path=str(config),
-                                                             overwrite=overwrite or run.replace_output,
-                                                             dry_run=dry_run)
+                                                             overwrite=run.overwrite(overwrite), dry_run=dry_run)
 
     guarded(body)
+
+
+def _check_output(cfg, config_path: str | None, overwrite: bool | str) -> None:
+    """The output directory's checks, before any data or model work (which a taken directory would waste);
+    --dry-run runs them too."""
+    from llmkit.training.rundir import check_output_dir, input_paths
+
+    if cfg.output_dir:
+        resume = getattr(getattr(cfg, "train", None), "resume", None)
+        check_output_dir(Path(cfg.output_dir), overwrite=overwrite, resume=resume,
+                         inputs=input_paths(cfg, config_path))
 
 
 @app.command()
@@ -208,11 +221,20 @@ def adapter(
 
     def merge():
         from llmkit.models.adapters import merge_adapter
+        from llmkit.training import rundir
 
         if not overrides or len(overrides) != 1 or output is None:
             raise UserError("adapter merge: give one adapter run directory and --output DIR, e.g. llmkit adapter "
                             "merge runs/minilm-sst2-lora --output merged/minilm-sst2.")
-        meta = merge_adapter(overrides[0], output, overwrite)
+        inputs = _merge_inputs(overrides[0])
+        rundir.check_output_dir(output, overwrite=overwrite, inputs=inputs, key="--output")  # before loading
+
+        def claim(path: Path) -> Path:
+            return rundir.prepare_run_dir(path, overwrite, None, command="adapter merge", inputs=inputs,
+                                          key="--output")
+
+        with rundir.claims_released():
+            meta = merge_adapter(overrides[0], output, prepare_output=claim)
         typer.echo(f"merged the {meta['method']} adapter {meta['name']!r} into {meta['base_model']}; wrote {output} "
                    "(loads with transformers' from_pretrained, no PEFT needed)")
 
@@ -260,6 +282,8 @@ def eval_command(
                                                                                 "go."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory."),
     smoke: bool = typer.Option(False, "--smoke", help=SMOKE_HELP),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate, load the model and the data, run every check; "
+                                                          "do not score or write anything."),
 ) -> None:
     """Evaluate a model or run directory (classification metrics, perplexity); `eval compare RUN...` tabulates runs."""
 
@@ -280,8 +304,9 @@ def eval_command(
         run = prepare_smoke(cfg, "eval", enabled=smoke, config_path=config_path or target, output_dir=output_dir)
         if run.enabled:
             typer.echo(run.describe())
+        _check_output(run.config, config_path, run.overwrite(overwrite))
         with run.original_names():
-            evaluation.run(run.config, config_path=config_path, overwrite=overwrite or run.replace_output)
+            evaluation.run(run.config, config_path=config_path, overwrite=run.overwrite(overwrite), dry_run=dry_run)
 
     guarded(body)
 
@@ -302,7 +327,19 @@ def _load_eval_config(target: Path, overrides: list[str], data: Path | None):
     if data is not None:
         overrides = [f"data.validation_file={data}", *overrides]
     raw = inherit_from_run(apply_overrides(raw, overrides))
-    return load_config(EvalConfig, None, data=raw)
+    return load_config(EvalConfig, None, data=raw, foreign_sections=_foreign("eval"))
+
+
+def _merge_inputs(reference: str) -> list[tuple[str, Path]]:
+    """What `adapter merge` reads: the adapter run and, when it is a local folder, its base model."""
+    from llmkit.models.adapters import find_adapter_dir, read_metadata
+
+    inputs = [("adapter run", Path(reference).expanduser().resolve())]
+    adapter_dir = find_adapter_dir(reference)
+    base = read_metadata(adapter_dir).get("base_model_path") if adapter_dir is not None else None
+    if isinstance(base, str) and Path(base).is_dir():
+        inputs.append(("base model", Path(base).resolve()))
+    return inputs
 
 
 def _holds_model(directory: Path) -> bool:

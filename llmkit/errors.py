@@ -3,6 +3,49 @@
 from __future__ import annotations
 
 EXIT_USER_ERROR = 2
+SHOWN_LIMIT = 200  # characters of a user's value a message echoes: a 10 MB string must not make a 10 MB error
+MAX_SHOWN_ISSUES = 50  # problems one ConfigError lists; a config with thousands of bad keys gets a count for the rest
+MAX_ISSUE_CHARS = 1000  # one listed problem, cut beyond this: a safety net for a message that echoes a value whole
+
+
+def shown(value: object, limit: int = SHOWN_LIMIT) -> str:
+    """`repr(value)` for a message, cut after `limit` characters with the full size, e.g. "'aaaa... (10,485,760
+    characters)" or "[0, 1, 2, ... (1,000,000 items)". Only the start of a large value is ever rendered."""
+    text = _repr_start(value, limit + 1)
+    if len(text) <= limit:
+        return text
+    if isinstance(value, str):
+        size = f"{len(value):,} characters"
+    elif isinstance(value, (list, dict)):
+        noun = "item" if isinstance(value, list) else "key"
+        size = f"{len(value):,} {noun}{'s' if len(value) != 1 else ''}"
+    else:
+        size = f"{len(text):,} characters"
+    return f"{text[:limit]}... ({size})"
+
+
+def _repr_start(value: object, budget: int) -> str:
+    """`repr(value)`, or a start of it at least `budget` characters long: a list or mapping stops at the item
+    that fills the budget, so a million items (or a list that holds itself) cost no more than a few."""
+    if isinstance(value, str):
+        return repr(value) if len(value) <= budget else repr(value[:budget])[:-1]
+    if isinstance(value, (list, dict)):
+        text, closing = ("[", "]") if isinstance(value, list) else ("{", "}")
+        for i, item in enumerate(value.items() if isinstance(value, dict) else value):
+            if len(text) >= budget:
+                return text
+            text += ", " if i else ""
+            if isinstance(value, dict):
+                text += _repr_start(item[0], budget - len(text)) + ": "
+                item = item[1]
+            text += _repr_start(item, budget - len(text))
+        return text + closing
+    try:
+        return repr(value)
+    except ValueError:  # Python refuses to write an int of more than 4,300 digits
+        if isinstance(value, int):
+            return f"<an integer of {value.bit_length():,} bits>"
+        raise
 
 
 class UserError(Exception):
@@ -32,8 +75,14 @@ class ConfigError(UserError):
         self.issues = issues
         self.source = source
         where = f" in {source}" if source else ""
-        count = f"{len(issues)} problem{'s' if len(issues) != 1 else ''}"
-        lines = [f"Invalid config{where} ({count}):"] + [f"  - {issue}" for issue in issues]
+        count = f"{len(issues):,} problem{'s' if len(issues) != 1 else ''}"
+        lines = [f"Invalid config{where} ({count}):"]
+        for issue in issues[:MAX_SHOWN_ISSUES]:
+            text = str(issue)
+            cut = f"{text[:MAX_ISSUE_CHARS]}... ({len(text):,} characters)" if len(text) > MAX_ISSUE_CHARS else text
+            lines.append(f"  - {cut}")
+        if len(issues) > MAX_SHOWN_ISSUES:
+            lines.append(f"  ... and {len(issues) - MAX_SHOWN_ISSUES:,} more.")
         super().__init__("\n".join(lines))
 
 
@@ -66,11 +115,23 @@ def first_non_utf8(path) -> tuple[int, int] | None:
                 return None
 
 
+# Longest first: the UTF-32 little-endian mark starts with the UTF-16 one.
+UTF16_32_MARKS = [(b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"),
+                  (b"\xfe\xff", "UTF-16")]
+
+
 def not_utf8_message(path) -> str | None:
-    """'PATH is not UTF-8 ...' with the offending byte, its line and the fix; None for a UTF-8 file."""
+    """'PATH is not UTF-8 ...' with the offending byte, its line and the fix; None for a UTF-8 file (with or without
+    a UTF-8 byte-order mark). A UTF-16/32 file (Windows editors and PowerShell write them) is named as such."""
     found = first_non_utf8(path)
     if found is None:
         return None
+    with open(path, "rb") as fh:
+        start = fh.read(4)
+    for mark, encoding in UTF16_32_MARKS:
+        if start.startswith(mark):
+            return (f"{path} is {encoding} (it starts with a byte-order mark); save it as UTF-8, e.g. iconv -f "
+                    f"{encoding.lower()} -t utf-8.")
     line, byte = found
     return (f"{path} is not UTF-8: byte 0x{byte:02x} on line {line} cannot be decoded (a Latin-1/Windows-1252 "
             "file, or not a text file at all). Open it in an editor and save it as UTF-8, e.g. iconv -f latin1 "

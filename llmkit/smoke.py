@@ -63,11 +63,17 @@ class SmokeRun:
     command: str
     names: dict[str, str] = field(default_factory=dict)  # tiny model path -> the reference the config gave
     notes: list[str] = field(default_factory=list)
-    replace_output: bool = False  # the default smoke/ directory: always replaced
+    replace_output: bool = False  # the default smoke/ directory: replaced when it holds a smoke run
     enabled: bool = True
 
     def describe(self) -> str:
         return "smoke: " + "; ".join(self.notes)
+
+    def overwrite(self, requested: bool | str) -> bool | str:
+        """The run's overwrite mode: the user's --overwrite, else replace the default directory's smoke run only."""
+        from llmkit.training.rundir import REPLACE_SMOKE
+
+        return requested or (REPLACE_SMOKE if self.replace_output else False)
 
     @contextlib.contextmanager
     def original_names(self) -> Iterator[None]:
@@ -95,14 +101,17 @@ def honoured(command: str):
 
     def wrap(run_fn):
         @functools.wraps(run_fn)
-        def run(cfg: Any, *, config_path: str | None = None, overwrite: bool = False, **kwargs: Any):
-            if not requested(cfg) or getattr(cfg, APPLIED, False):
-                return run_fn(cfg, config_path=config_path, overwrite=overwrite, **kwargs)
-            smoke = apply_smoke(cfg, command, config_path=config_path)
-            print(smoke.describe())
-            with smoke.original_names():
-                return run_fn(smoke.config, config_path=config_path, overwrite=overwrite or smoke.replace_output,
-                              **kwargs)
+        def run(cfg: Any, *, config_path: str | None = None, overwrite: bool | str = False, **kwargs: Any):
+            from llmkit.training.rundir import claims_released
+
+            with claims_released():  # the run directory's lock is given back however the run ends
+                if not requested(cfg) or getattr(cfg, APPLIED, False):
+                    return run_fn(cfg, config_path=config_path, overwrite=overwrite, **kwargs)
+                smoke = apply_smoke(cfg, command, config_path=config_path)
+                print(smoke.describe())
+                with smoke.original_names():
+                    return run_fn(smoke.config, config_path=config_path, overwrite=smoke.overwrite(overwrite),
+                                  **kwargs)
 
         return run
 
@@ -346,7 +355,7 @@ class _Shrinker:
         copy of its config.yaml, so the run-directory code paths (inherited data settings, labels) stay."""
         import shutil
 
-        from llmkit.data.cache import publishing
+        from llmkit.data.cache import cache_error, publishing
         from llmkit.models.adapters import find_adapter_dir
         from llmkit.models.tiny import ModelSource
         from llmkit.recipes.evaluation import find_run_directory
@@ -359,9 +368,12 @@ class _Shrinker:
         tiny = self._tiny(ModelSource(str(run.model_dir), ref, key=key), layers, label_too=False)
         wrapper = tiny.with_name(tiny.name + "-run")
         if not (wrapper / "model").is_dir():
-            with publishing(wrapper, lambda path: (path / "model").is_dir()) as tmp:
-                shutil.copy2(run.path / "config.yaml", tmp / "config.yaml")
-                shutil.copytree(tiny, tmp / "model")
+            try:
+                with publishing(wrapper, lambda path: (path / "model").is_dir()) as tmp:
+                    shutil.copy2(run.path / "config.yaml", tmp / "config.yaml")
+                    shutil.copytree(tiny, tmp / "model")
+            except OSError as e:  # the cache location failed: name the setting that chose it
+                raise cache_error(e, wrapper, self.cache_dir) from None
         self.run.names[str(wrapper)] = ref
         return str(wrapper)
 
@@ -698,14 +710,15 @@ def run_config(command: str, path: Path, overrides: list[str] = (), output_dir: 
     import importlib
 
     from llmkit.cli import RECIPES
+    from llmkit.training.rundir import REPLACE_SMOKE
 
     cfg = load_for_command(command, path, list(overrides))
     run = apply_smoke(cfg, command, config_path=str(path), output_dir=output_dir, layers=layers)
     if announce:
         print(run.describe(), flush=True)
     recipe = importlib.import_module(RECIPES[command][0])
-    with run.original_names():
-        return recipe.run(run.config, config_path=str(path), overwrite=True)
+    with run.original_names():  # smoke replaces only an earlier smoke run, never a real run in its place
+        return recipe.run(run.config, config_path=str(path), overwrite=REPLACE_SMOKE)
 
 
 def run_jobs(jobs: list[SmokeJob], verbose: bool = False, progress=print) -> list[SmokeResult]:

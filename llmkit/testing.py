@@ -152,6 +152,7 @@ def smoke_run(config: str | Path | dict, command: str | None = None, overrides: 
 
     from llmkit import smoke
     from llmkit.cli import RECIPES
+    from llmkit.training.rundir import REPLACE_SMOKE
 
     if isinstance(config, dict):
         command = command or _command_of(config)
@@ -159,7 +160,7 @@ def smoke_run(config: str | Path | dict, command: str | None = None, overrides: 
         run = smoke.apply_smoke(cfg, command, config_path=None, output_dir=output_dir)
         recipe = importlib.import_module(RECIPES[command][0])
         with run.original_names():
-            return recipe.run(run.config, config_path=None, overwrite=True)
+            return recipe.run(run.config, config_path=None, overwrite=REPLACE_SMOKE)
     from llmkit.cli import _infer_command
 
     path = Path(config)

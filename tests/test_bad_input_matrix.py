@@ -606,10 +606,12 @@ def test_bad_input(tmp_path, base_configs, case):
 @pytest.mark.parametrize("case", LATE, ids=str)
 def test_bad_input_leaves_an_existing_run_untouched(tmp_path, base_configs, case):
     """A run that fails while reading its data or building its model, started with --overwrite over an existing
-    run directory, must leave that directory as it was."""
+    llmkit run directory (it holds the run marker, so --overwrite may replace it), must leave that directory as
+    it was."""
     base = base_configs[case.command]
     output_dir = Path(base["output_dir"])
     output_dir.mkdir(parents=True)
+    (output_dir / ".llmkit-run").write_text(json.dumps({"command": case.command, "smoke": False}) + "\n")
     (output_dir / "metrics.json").write_text('{"eval_accuracy": 0.9}\n')
     (output_dir / "model").mkdir()
     (output_dir / "model" / "config.json").write_text("{}\n")

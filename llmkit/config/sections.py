@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from llmkit.errors import ConfigIssue
+from llmkit.errors import ConfigIssue, first_line, shown
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 DATA_FORMATS = ("csv", "tsv", "json", "jsonl", "parquet", "text", "disk", "conll")
@@ -162,18 +162,18 @@ class ModelConfig:
         from llmkit.models.gguf import gguf_path
 
         if not self.gguf_file.lower().endswith(".gguf"):
-            return [ConfigIssue("gguf_file", f"expected a .gguf file, got {self.gguf_file!r}.")]
+            return [ConfigIssue("gguf_file", f"expected a .gguf file, got {shown(self.gguf_file)}.")]
         path = gguf_path(self)
         if path.is_file():
             return []
         if self.name_or_path and not Path(path.parent).is_dir():
-            return [ConfigIssue("gguf_file", f"model.name_or_path {self.name_or_path!r} is not a local directory "
+            return [ConfigIssue("gguf_file", f"model.name_or_path {shown(self.name_or_path)} is not a local directory "
                                              "or package; with model.gguf_file it must name the folder holding "
                                              "the file.")]
         here = f" in {path.parent}" if self.name_or_path else f" (from {Path.cwd()})"
         found = sorted(p.name for p in path.parent.glob("*.gguf")) if path.parent.is_dir() else []
         hint = f" GGUF files there: {', '.join(found[:5])}." if found else " Check the path."
-        return [ConfigIssue("gguf_file", f"no GGUF file {self.gguf_file!r}{here}.{hint}")]
+        return [ConfigIssue("gguf_file", f"no GGUF file {shown(self.gguf_file)}{here}.{hint}")]
 
 
 SPECIAL_ROLES = ("pad", "unk", "bos", "eos", "cls", "sep", "mask")
@@ -326,7 +326,61 @@ class DataConfig:
                 issues.append(ConfigIssue(key, f"must be >= 1, got {value}."))
         if self.data_dir is not None and not Path(self.data_dir).expanduser().is_dir():
             issues.append(ConfigIssue("data_dir", f"directory not found: {self.data_dir} (from {os.getcwd()})."))
+        if self.label_separator == "":  # str.split("") raises
+            issues.append(ConfigIssue("label_separator", "is empty; give the text between labels, e.g. ','."))
+        return issues + self._label_name_issues() + self._column_issues()
+
+    def _label_name_issues(self) -> list[ConfigIssue]:
+        """Class names are compared without surrounding spaces (as the data's labels are): " pos" is "pos"."""
+        if self.label_names is None:
+            return []
+        self.label_names = [name.strip() if isinstance(name, str) else name for name in self.label_names]
+        issues = []
+        if any(name == "" for name in self.label_names):
+            issues.append(ConfigIssue("label_names", f"{self.label_names} has an empty name; give every class a "
+                                                     "name."))
+        seen: set = set()
+        for name in self.label_names:
+            if name in seen and name != "":
+                issues.append(ConfigIssue("label_names", f"{name!r} is listed twice in {self.label_names}; list "
+                                                         "each class once, in label-id order."))
+                break
+            seen.add(name)
         return issues
+
+    def _column_issues(self) -> list[ConfigIssue]:
+        issues = []
+        twice = [n for i, n in enumerate(self.column_names or []) if n in self.column_names[:i]]
+        if twice:
+            issues.append(ConfigIssue("column_names", f"{twice[0]!r} is given twice in {self.column_names}; give "
+                                                      "every column its own name."))
+        sources: dict[str, str] = {}
+        for old, new in self.column_map.items():
+            if new in sources:
+                issues.append(ConfigIssue("column_map", f"{sources[new]!r} and {old!r} are both renamed to {new!r}; "
+                                                        "a column name can be given once."))
+                break
+            sources[new] = old
+        return issues
+
+    def label_separator_issues(self, task_type: str, multi_label: bool, command: str | None = None
+                               ) -> list[ConfigIssue]:
+        """data.label_separator splits the string labels of multi-label classification; anywhere else it would do
+        nothing, or leave 'a,b' as one class, so it is refused. For the recipe configs' top-level validate:
+        `command` names a command that only does single-label classification (prompt, distill)."""
+        separator = self.label_separator
+        if separator is None or (task_type == "sequence-classification" and multi_label and command is None):
+            return []
+        if task_type != "sequence-classification":
+            why, fix = f"task.type is {task_type}, which has no class labels to split", ""
+        elif command is not None:
+            why, fix = f"llmkit {command} does single-label classification (one class per example)", ""
+        else:
+            why = ("task.multi_label is false (single-label: one class per example), so a label 'a,b' would stay "
+                   "one class named 'a,b'")
+            fix = "set task.multi_label: true for several labels per example, or "
+        return [ConfigIssue("data.label_separator", f"{separator!r} splits the labels of multi-label "
+                                                    f"classification, but {why}; {fix}remove data.label_separator.")]
 
     def _resolve(self, key: str, value: str | list[str]) -> tuple[str | list[str], list[ConfigIssue]]:
         """Resolve relative paths against data_dir, expand globs, and check that files exist."""
@@ -338,11 +392,22 @@ class DataConfig:
         for raw in paths:
             p = Path(raw).expanduser()
             p = p if p.is_absolute() else base / p
-            matches = sorted(glob.glob(str(p))) if glob.has_magic(str(p)) else ([str(p)] if p.exists() else [])
+            try:
+                matches = sorted(glob.glob(str(p))) if glob.has_magic(str(p)) else ([str(p)] if p.exists() else [])
+            except OSError as e:  # a name longer than the file system takes
+                issues.append(ConfigIssue(key, f"{shown(raw, 80)} is not a usable path ({e.strerror}). Check the "
+                                               "value."))
+                continue
+            odd = [m for m in matches if not (os.path.isfile(m) or os.path.isdir(m))]
+            if odd:  # a FIFO would block the reader forever; a device is never a dataset
+                issues.append(ConfigIssue(key, f"{odd[0]} is not a regular file (a FIFO, device or socket); give a "
+                                               "data file."))
+                continue
             if not matches:
                 where = f"data.data_dir={self.data_dir}" if self.data_dir else f"the current directory {os.getcwd()}"
-                issues.append(ConfigIssue(key, f"file not found: {raw!r} (resolved against {where} to {p}). Check "
-                                               "the path, or set data.data_dir=DIR to where the data lives."))
+                issues.append(ConfigIssue(key, f"file not found: {shown(raw)} (resolved against {where} to "
+                                               f"{shown(str(p))}). Check the path, or set data.data_dir=DIR to where "
+                                               "the data lives."))
                 continue
             out.extend(str(Path(m).resolve()) for m in matches)
             if self.format == "auto":
@@ -409,6 +474,29 @@ def training_argument_fields() -> dict[str, tuple[Any, Any]]:
             if f.init and f.name not in TRAIN_RENAMED}
 
 
+def _missing_packages(args: Any) -> list[ConfigIssue]:
+    """train.report_to and train.optim values whose package is not installed: the Trainer would say so only when
+    it starts, after the data and the model were prepared and the run directory written."""
+    from transformers import Trainer
+    from transformers.integrations import get_reporting_integration_callbacks
+
+    issues = []
+    for name in args.report_to or []:
+        try:
+            for callback in get_reporting_integration_callbacks([name]):
+                callback()  # the integration callbacks import their package here, and raise when it is missing
+        except (ImportError, RuntimeError, ValueError) as e:
+            issues.append(ConfigIssue("report_to", f"{name!r}: {first_line(e)} Or set train.report_to: none."))
+    try:
+        Trainer.get_optimizer_cls_and_kwargs(args)
+    except (ImportError, ValueError) as e:
+        if "install" in str(e):
+            optim = getattr(args.optim, "value", args.optim)
+            issues.append(ConfigIssue("optim", f"{optim!r} needs a package that is not installed: {first_line(e)} "
+                                               "Or choose another train.optim, e.g. adamw_torch."))
+    return issues
+
+
 @dataclass
 class TrainConfig:
     """Training settings: every HF TrainingArguments field, plus llmkit's own keys below."""
@@ -463,10 +551,10 @@ class TrainConfig:
         if issues:  # TrainingArguments would only repeat them, less clearly
             return issues
         try:  # the DeepSpeed config is checked above: building it here would need the deepspeed package
-            make_training_arguments(self, output_dir="llmkit-validate", deepspeed=None)
+            args = make_training_arguments(self, output_dir="llmkit-validate", deepspeed=None)
         except TrainingArgumentsError as e:
-            issues.append(ConfigIssue(e.key, e.message))
-        return issues
+            return [ConfigIssue(e.key, e.message)]
+        return _missing_packages(args)
 
     def _check_choices(self) -> list[ConfigIssue]:
         """Enum-valued fields (lr_scheduler_type, optim, *_strategy): TrainingArguments' own error names no key."""
@@ -478,7 +566,7 @@ class TrainConfig:
             choices = [m.value for a in typing.get_args(training_argument_fields()[name][0])
                        if isinstance(a, type) and issubclass(a, enum.Enum) for m in a]
             if choices and isinstance(value, str) and value not in choices:
-                issues.append(ConfigIssue(name, f"{value!r} is not one of: {', '.join(map(repr, choices))}."))
+                issues.append(ConfigIssue(name, f"{shown(value)} is not one of: {', '.join(map(repr, choices))}."))
         return issues
 
     def _check_ranges(self) -> list[ConfigIssue]:

@@ -11,6 +11,7 @@ process for data loaded in memory, hence this small layer.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -21,8 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import llmkit
+from llmkit.errors import UserError
 
 META_FILE = "llmkit_meta.json"
+# How raw cells are read and checked (csv cells as written, labels stripped, notes kept in the meta); a change
+# there changes prepared data without changing llmkit's version, so it is part of every key.
+READER_VERSION = 2
 
 
 def cache_root(cache_dir: str | None) -> Path:
@@ -72,7 +77,8 @@ def tokenizer_digest(tokenizer: Any) -> str:
 
 
 def cache_key(parts: dict) -> str:
-    payload = json.dumps({"llmkit": llmkit.__version__, **parts}, sort_keys=True, default=str)
+    payload = json.dumps({"llmkit": llmkit.__version__, "reader": READER_VERSION, **parts}, sort_keys=True,
+                         default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
@@ -114,11 +120,41 @@ def cached_dataset(enabled: bool, cache_dir: str | None, parts: dict, build: Cal
         return datasets.load_from_disk(str(target)), json.loads(meta_path.read_text()), True
     ds, meta = build()
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    ds.save_to_disk(str(tmp))
-    (tmp / META_FILE).write_text(json.dumps({**meta, "key_parts": parts}, indent=1, default=str))
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        ds.save_to_disk(str(tmp))
+        (tmp / META_FILE).write_text(json.dumps({**meta, "key_parts": parts}, indent=1, default=str))
+    except OSError as e:  # the cache location failed, not the data: name the setting that chose it
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise cache_error(e, target, cache_dir) from None
     try:
         tmp.rename(target)  # atomic: a concurrent or interrupted run never sees a half-written cache
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)  # another process stored the same key first
     return ds, meta, False
+
+
+def cache_setting(cache_dir: str | None) -> str:
+    """The setting that chose the cache location, for messages: data.cache_dir or LLMKIT_CACHE."""
+    return "data.cache_dir" if cache_dir else "LLMKIT_CACHE"
+
+
+def cache_error(error: OSError, path: Path, cache_dir: str | None = None) -> UserError:
+    """An OSError writing under the llmkit cache, as a UserError naming the setting, the path and the fix."""
+    key = cache_setting(cache_dir)
+    where = (f"LLMKIT_CACHE={os.environ['LLMKIT_CACHE']}" if key == "LLMKIT_CACHE" and os.environ.get("LLMKIT_CACHE")
+             else f"data.cache_dir={cache_dir}" if cache_dir else "the default ~/.cache/llmkit")
+    fix = ("set data.cache_dir to a writable directory (or leave it unset)" if cache_dir else
+           "set LLMKIT_CACHE to a writable directory (export LLMKIT_CACHE=/path/to/dir)")
+    return UserError(f"{key}: cannot write llmkit's cache at {path} ({where}): {_os_reason(error, path)}. Fix: {fix}.")
+
+
+def _os_reason(error: OSError, path: Path) -> str:
+    blocking = next((p for p in (path, *path.parents) if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        return f"{blocking} is a file, not a directory"
+    reasons = {errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+               errno.EROFS: "read-only file system", errno.ENOSPC: "no space left on the device",
+               errno.EDQUOT: "disk quota exceeded"}
+    reason = reasons.get(error.errno, error.strerror or str(error))
+    return f"{reason} ({error.filename})" if error.filename else reason

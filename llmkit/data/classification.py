@@ -8,7 +8,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmkit.data.cache import cached_dataset, files_digest, tokenizer_digest
-from llmkit.data.loading import SPLIT_KEYS, load_raw_splits, require_columns
+from llmkit.data.loading import (
+    SPLIT_KEYS,
+    as_text,
+    empty_text_notes,
+    limit_splits,
+    note,
+    read_splits,
+    require_columns,
+    rows_text,
+    short,
+    split_source,
+)
 from llmkit.errors import UserError
 
 
@@ -23,15 +34,102 @@ class PreparedData:
     stats: dict = field(default_factory=dict)
 
 
-def _label_list(value: Any, separator: str | None) -> list:
-    """The labels of one multi-label example: a list as is, a string split on the separator, none for empty."""
-    if value is None:
-        return []  # an empty csv cell
+class _BadLabel(Exception):
+    """A label cell that is not a class: `kind` says why (object, list, fractional, missing)."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+
+
+def cell_labels(value: Any, multi_label: bool, separator: str | None) -> tuple[list, int]:
+    """The labels of one row, with spaces around string labels stripped, and how many were stripped.
+
+    Single-label rows give one label; multi-label rows a list (a list as is, a string split on the separator,
+    none for an empty cell). Raises `_BadLabel` for a cell that names no class."""
+    if isinstance(value, dict):
+        raise _BadLabel("object")
     if isinstance(value, (list, tuple)):
-        return list(value)
-    if isinstance(value, str) and separator is not None:
-        return [part.strip() for part in value.split(separator) if part.strip()]
-    return [value]
+        if not multi_label:
+            raise _BadLabel("list")
+        out, stripped = [], 0
+        for item in value:
+            if isinstance(item, (dict, list, tuple)):
+                raise _BadLabel("object")
+            labels, n = _one_label(item)
+            out += labels
+            stripped += n
+        return out, stripped
+    if multi_label and isinstance(value, str) and separator is not None:
+        # "a, b": the spaces after a separator are part of the layout, not of the labels, so they are not counted
+        return [part.strip() for part in value.split(separator) if part.strip()], 0
+    labels, stripped = _one_label(value)
+    if not labels and not multi_label:
+        raise _BadLabel("missing")
+    return labels, stripped
+
+
+def _one_label(value: Any) -> tuple[list, int]:
+    if value is None or (isinstance(value, float) and value != value):  # an empty cell (NaN in a float column)
+        return [], 0
+    if isinstance(value, float) and not value.is_integer():
+        raise _BadLabel("fractional")
+    if isinstance(value, str):
+        label = value.strip()
+        return ([label] if label else []), int(label != value and bool(label))
+    return [value], 0
+
+
+LABEL_PROBLEMS = {  # kind -> (what the rows hold, the fix); checked in this order
+    "object": ("a JSON object as the label", "a label is a class name or an integer class id (multi-label: a list of "
+                                             "them); point data.label_column at the column with the class, or "
+                                             "flatten the data."),
+    "list": ("a list as the label", "the labels are read as single-label (one class per example). For several "
+                                    "labels per example set task.multi_label: true (finetune, adapter); otherwise "
+                                    "give every row one label."),
+    "fractional": ("fractional numbers", "classification needs class labels: names, or integer class ids (0, 1, "
+                                         "...); bin a score into classes first."),
+    "missing": ("no label", "every example needs a class: fill in those labels, or remove the rows."),
+}
+
+
+def check_labels(splits: dict, cfg: Any, multi_label: bool) -> list[str]:
+    """Refuse label cells that are not classes, naming the split, its file, the rows and the fix; return notes on
+    the labels whose surrounding spaces are stripped (" positive" is the class "positive")."""
+    if cfg.label_separator is not None and not multi_label:
+        raise UserError(f"data.label_separator: {cfg.label_separator!r} splits the labels of multi-label "
+                        "classification, but these labels are read as single-label (one class per example: "
+                        "task.multi_label false, or a single-label model); remove data.label_separator.")
+    notes = []
+    for split, ds in splits.items():
+        problems: dict[str, list[tuple[int, Any]]] = {}
+        stripped = 0
+        for row, value in enumerate(ds[cfg.label_column], 1):
+            try:
+                stripped += cell_labels(value, multi_label, cfg.label_separator)[1]
+            except _BadLabel as bad:
+                problems.setdefault(bad.kind, []).append((row, value))
+        for kind, (what, fix) in LABEL_PROBLEMS.items():
+            if kind in problems:
+                raise UserError(_label_problem(cfg, split, ds, kind, what, fix, problems[kind]))
+        if stripped:
+            notes.append(f"stripped spaces around {stripped} label value{'s' if stripped > 1 else ''} ({split})")
+    return notes
+
+
+def _label_problem(cfg: Any, split: str, ds: Any, kind: str, what: str, fix: str, found: list) -> str:
+    column, source = cfg.label_column, split_source(cfg, split)
+    rows = [row for row, _ in found]
+    if kind == "missing" and len(rows) == len(ds):
+        return (f"data.label_column: {column!r} is empty in every row of the {split} data ({source}); check the "
+                f"file, and that data.label_column names the column with the labels (the columns are: "
+                f"{', '.join(ds.column_names)}).")
+    if kind == "fractional":  # e.g. 0.5: a score or a probability, not a class
+        return (f"data.label_column: {column!r} of the {split} data ({source}) holds fractional numbers (e.g. "
+                f"{found[0][1]}), in {rows_text(rows)}; {fix}")
+    example = "" if kind == "missing" else f"; e.g. {short(found[0][1])}"
+    count = f"{len(rows)} row{'s' if len(rows) > 1 else ''}"
+    return (f"data.label_column: {count} of the {split} data ({source}) {'have' if len(rows) > 1 else 'has'} "
+            f"{what} ({rows_text(rows)}{example}); {fix}")
 
 
 def infer_label_names(train: Any, cfg: Any, multi_label: bool) -> list[str]:
@@ -41,13 +139,11 @@ def infer_label_names(train: Any, cfg: Any, multi_label: bool) -> list[str]:
     if train is None:
         raise UserError("data.label_names: there is no training data to read the label set from; list the "
                         "classes in data.label_names.")
-    values = train[cfg.label_column]
-    if multi_label:
-        values = [v for row in values for v in _label_list(row, cfg.label_separator)]
-    distinct = {_normalise(v) for v in values if v is not None}
-    if any(isinstance(v, float) for v in distinct):
-        raise UserError(f"data.label_column: {cfg.label_column!r} holds fractional numbers (e.g. "
-                        f"{next(v for v in distinct if isinstance(v, float))}); classification needs class labels.")
+    distinct = {_normalise(v) for row in train[cfg.label_column]
+                for v in cell_labels(row, multi_label, cfg.label_separator)[0]}
+    if not distinct:
+        raise UserError(f"data.label_column: no row of the training data ({split_source(cfg, 'train')}) has a "
+                        "label, so there are no classes; fill in the labels (or check data.label_column).")
     return [str(v) for v in sorted(distinct, key=lambda v: (not isinstance(v, (int, float)), v))]
 
 
@@ -80,7 +176,9 @@ def label_mapper(label_names: list[str], cfg: Any, integers_index: bool):
 
 
 def encode_labels(splits: dict, label_names: list[str], cfg: Any, multi_label: bool) -> dict:
-    """Replace the label column by `labels`: class ids, or multi-hot float vectors for multi-label."""
+    """Replace the label column by `labels`: class ids, or multi-hot float vectors for multi-label.
+
+    The labels must have passed `check_labels` (which reports the cells that are not classes)."""
     to_id = label_mapper(label_names, cfg, integers_index=bool(cfg.label_names))
     out = {}
     for name, ds in splits.items():
@@ -88,9 +186,8 @@ def encode_labels(splits: dict, label_names: list[str], cfg: Any, multi_label: b
         bad: dict[str, int] = {}
         encoded = []
         for value in raw:
-            values = _label_list(value, cfg.label_separator) if multi_label else [value]
             ids = []
-            for v in values:
+            for v in cell_labels(value, multi_label, cfg.label_separator)[0]:
                 try:
                     ids.append(to_id(v))
                 except KeyError:
@@ -113,7 +210,7 @@ def tokenize_splits(splits: dict, tokenizer: Any, cfg: Any) -> dict:
     text_cols = [cfg.text_column] + ([cfg.text_pair_column] if cfg.text_pair_column else [])
 
     def encode(batch: dict) -> dict:
-        texts = [[str(t) if t is not None else "" for t in batch[c]] for c in text_cols]
+        texts = [[as_text(t) for t in batch[c]] for c in text_cols]
         return tokenizer(*texts, truncation=True, max_length=cfg.max_length)
 
     out = {}
@@ -148,14 +245,16 @@ def prepare_classification_data(cfg: Any, tokenizer: Any, multi_label: bool, see
         cfg = dataclasses.replace(cfg, label_names=list(label_names))
 
     def build():
-        raw = load_raw_splits(cfg, seed)
+        raw = read_splits(cfg)
         require_columns(raw, cfg, ["text_column", "text_pair_column", "label_column"])
+        notes = empty_text_notes(raw, cfg) + check_labels(raw, cfg, multi_label)
+        raw = limit_splits(raw, cfg, seed)
         names = infer_label_names(raw.get("train"), cfg, multi_label)
         if len(names) < 2 and not multi_label:
             raise UserError(f"data.label_column: the training data has only one class ({', '.join(names)}); "
                             "classification needs at least two.")
         splits = datasets.DatasetDict(tokenize_splits(encode_labels(raw, names, cfg, multi_label), tokenizer, cfg))
-        return splits, {"label_names": names, "stats": token_stats(splits)}
+        return splits, {"label_names": names, "stats": token_stats(splits), "notes": notes}
 
     parts = {
         "kind": "sequence-classification", "multi_label": multi_label, "seed": seed,
@@ -169,6 +268,8 @@ def prepare_classification_data(cfg: Any, tokenizer: Any, multi_label: bool, see
     }
     cacheable = cfg.cache and cfg.dataset_name is None  # hub data changes under the same name; datasets caches it
     splits, meta, hit = cached_dataset(cacheable, cfg.cache_dir, parts, build)
+    for line in meta["notes"]:  # also from the cache: the data still has those rows
+        note(line)
     return PreparedData(splits=splits, label_names=meta["label_names"], from_cache=hit,
                         seconds=time.perf_counter() - start, stats=meta["stats"])
 

@@ -13,6 +13,7 @@ from llmkit.errors import UserError, first_line, not_utf8_message
 
 # What datasets/pandas say about a file with no rows (header only) or no bytes at all.
 EMPTY_MARKERS = ("corresponds to no data", "No columns to parse")
+HEADER_LIMIT = 1 << 20  # a first line longer than this is data, not a header
 SPLIT_KEYS = {"train": "train_file", "validation": "validation_file", "test": "test_file"}
 TEXT_FORMATS = ("csv", "tsv", "json", "jsonl", "text", "conll")
 
@@ -29,24 +30,33 @@ def load_file_split(key: str, files: str | list[str], cfg: Any, text_sample_by: 
     import datasets
 
     files = _as_list(files)
+    option = option_name(key)
     fmt = cfg.format if cfg.format != "auto" else detect_format(files[0])
     kinds = {cfg.format if cfg.format != "auto" else detect_format(f) for f in files}
     if len(kinds) > 1:
-        raise UserError(f"data.{key}: the files mix formats ({', '.join(sorted(map(str, kinds)))}); use one format.")
+        raise UserError(f"{option}: the files mix formats ({', '.join(sorted(map(str, kinds)))}); use one format.")
     if fmt in TEXT_FORMATS:
         for f in files:
             check_text_file(key, f, fmt)
+    if fmt in ("csv", "tsv"):
+        for f in files:
+            _check_csv_header(key, f, fmt, cfg)
     if fmt == "conll":
         from llmkit.data.token_classification import read_conll
 
         return read_conll(key, files, cfg)
     if fmt == "disk":
         if len(files) > 1:
-            raise UserError(f"data.{key}: give one save_to_disk directory, not {len(files)}.")
+            raise UserError(f"{option}: give one save_to_disk directory, not {len(files)}.")
         return _load_from_disk(key, files[0], cfg)
     builder, kwargs = {"csv": ("csv", {}), "tsv": ("csv", {"delimiter": "\t", "quoting": csv.QUOTE_NONE}),
                        "json": ("json", {}), "jsonl": ("json", {}), "parquet": ("parquet", {}),
                        "text": ("text", {"sample_by": text_sample_by})}[fmt]
+    if builder == "csv":
+        # Cells are read as written: pandas would turn a text "NA" or "None" into a missing value, and a text
+        # column of numbers with one empty cell into floats ("7" -> "7.0"). Only an empty cell is missing.
+        kwargs.update(keep_default_na=False, na_values=[""],
+                      converters={column: str for column in _file_text_columns(cfg)})
     if cfg.column_names:
         if builder != "csv":
             raise UserError(f"data.column_names: only applies to csv/tsv files without a header; {files[0]} is {fmt}.")
@@ -59,29 +69,100 @@ def load_file_split(key: str, files: str | list[str], cfg: Any, text_sample_by: 
         except (datasets.exceptions.DatasetGenerationError, ValueError, TypeError) as e:
             cause = e.__cause__ or e
             if any(s in str(cause) for s in EMPTY_MARKERS):
-                raise UserError(f"data.{key}: {', '.join(files)} is empty (0 rows). Check the file.") from None
+                raise UserError(f"{option}: {', '.join(files)} is empty (0 rows). Check the file.") from None
             fix = (" Check the delimiter and quoting: a field that holds the delimiter must be in double quotes "
                    "(for a header-less file, name the columns with data.column_names)." if builder == "csv" else "")
-            raise UserError(f"data.{key}: cannot read {', '.join(files)} as {fmt}: {first_line(cause)}{fix}") from None
+            raise UserError(f"{option}: cannot read {', '.join(files)} as {fmt}: {first_line(cause)}{fix}") from None
+    if builder == "csv" and any(c.startswith("__index_level_") for c in ds.column_names):
+        named = [c for c in ds.column_names if not c.startswith("__index_level_")]
+        tab = fmt == "tsv"
+        raise UserError(f"{option}: the rows of {', '.join(files)} have more fields than the "
+                        f"{'data.column_names' if cfg.column_names else 'header'} names ({', '.join(named)}), so "
+                        "their first fields would be read as row labels and every column would shift by one. "
+                        + ("A text must not hold a tab in a .tsv file; remove the extra tabs." if tab else
+                           "A field that holds the delimiter must be in double quotes; check the delimiter and "
+                           "quoting."))
     return ds
 
 
+def option_name(key: str) -> str:
+    """The config option a file setting is reported under: data.train_file for `train_file`; a dotted key (e.g.
+    distill.unlabeled) as it is."""
+    return key if "." in key else f"data.{key}"
+
+
+def _file_text_columns(cfg: Any) -> list[str]:
+    """The file's names of the configured text columns (before data.column_map renames them)."""
+    wanted = [getattr(cfg, k, None) for k in ("text_column", "text_pair_column")]
+    renamed_from = {new: old for old, new in (cfg.column_map or {}).items()}
+    return [renamed_from.get(c, c) for c in wanted if c]
+
+
+def _first_csv_row(path: str, fmt: str) -> list[str] | None:
+    """The fields of the first line of a csv/tsv file; None when it is too long to be a header or does not parse
+    on its own (a quoted field that runs onto the next line)."""
+    with open(path, encoding="utf-8-sig", newline="") as fh:  # a byte-order mark is not part of the first name
+        line = fh.readline(HEADER_LIMIT)
+    if len(line) >= HEADER_LIMIT:
+        return None
+    quoting = {"quoting": csv.QUOTE_NONE} if fmt == "tsv" else {}
+    try:
+        return next(csv.reader([line.rstrip("\r\n")], delimiter="\t" if fmt == "tsv" else ",", strict=True,
+                               **quoting), None)
+    except csv.Error:
+        return None
+
+
+def _check_csv_header(key: str, path: str, fmt: str, cfg: Any) -> None:
+    """With data.column_names the file must not start with a header (it would become a training row); without,
+    its header must not name a column twice (pandas would silently rename the second 'label' to 'label.1')."""
+    first = _first_csv_row(path, fmt)
+    if not first:
+        return
+    if cfg.column_names:
+        if _looks_like_header(first, cfg):
+            raise UserError(f"data.column_names: the first row of {path} is a header ({', '.join(first)}); remove "
+                            "data.column_names (the header names the columns) or delete that row.")
+        return
+    seen = set()
+    for name in first:
+        if name in seen:
+            raise UserError(f"{option_name(key)}: the header of {path} names the column {name!r} twice "
+                            f"({', '.join(first)}); give every column its own name.")
+        seen.add(name)
+
+
+def _looks_like_header(cells: list[str], cfg: Any) -> bool:
+    """True when the row's cells are column names: those of data.column_names, their data.column_map names, or
+    the text/label columns the config reads. Every cell, or at least two of them, must be one (compared without
+    case or surrounding spaces), so a text that merely contains the word 'text' is data."""
+    known = set(cfg.column_names) | set((cfg.column_map or {}).values())
+    known |= {getattr(cfg, k) for k in ("text_column", "text_pair_column", "label_column", "tokens_column",
+                                        "tags_column") if getattr(cfg, k, None)}
+    known = {str(n).strip().lower() for n in known}
+    matches = sum(1 for c in cells if c.strip().lower() in known)
+    return matches == len(cells) or matches >= 2
+
+
 def check_text_file(key: str, path: str, fmt: str) -> None:
-    """Refuse a text data file that is not UTF-8, is empty, or (jsonl) has a line that is not a JSON object.
+    """Refuse a text data file that is not UTF-8, is empty, or (json/jsonl) does not hold records.
 
     `datasets` reports these as a stack of pandas/pyarrow errors with a byte offset (or a bare StopIteration for
-    an empty jsonl); checking first names the file, the line and the fix. Only runs when the prepared data is
-    not cached, and reads the file once more than `datasets` does.
+    an empty jsonl, or a crash of the process for a .json file holding `null`); checking first names the file, the
+    line and the fix. Only runs when the prepared data is not cached, and reads the file once more than `datasets`
+    does.
     """
+    option = option_name(key)
     problem = not_utf8_message(path)
     if problem:
-        raise UserError(f"data.{key}: {problem}")
+        raise UserError(f"{option}: {problem}")
     if fmt == "jsonl":
-        _check_json_lines(key, path)
+        _check_json_lines(option, path, ".jsonl")
+    elif fmt == "json":
+        _check_json_file(option, path)
     elif _is_blank(path):
         what = "0 bytes" if os.path.getsize(path) == 0 else "only blank lines"
-        raise UserError(f"data.{key}: {path} is empty ({what}). Check the file, or point data.{key} at the right "
-                        "one.")
+        raise UserError(f"{option}: {path} is empty ({what}); check that this is the right file.")
 
 
 def _is_blank(path: str) -> bool:
@@ -92,10 +173,15 @@ def _is_blank(path: str) -> bool:
     return True
 
 
-def _check_json_lines(key: str, path: str) -> None:
-    """Every non-blank line must parse as a JSON object (one record); at least one line must."""
+RECORD_EXAMPLE = '{"text": "...", "label": "..."}'
+
+
+def _check_json_lines(option: str, path: str, kind: str) -> int:
+    """Every non-blank line must parse as a JSON object (one record); at least one line must. Returns the count."""
     import json
 
+    layout = ("each line of a .jsonl file must be one record" if kind == ".jsonl" else
+              "a .json file holds an array of records, or one record per line")
     records = 0
     with open(path, encoding="utf-8-sig") as fh:  # a byte-order mark (Windows editors write one) is fine
         for number, line in enumerate(fh, 1):
@@ -104,20 +190,72 @@ def _check_json_lines(key: str, path: str) -> None:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise UserError(f"data.{key}: {path} line {number} is not valid JSON ({e.msg}, column {e.colno}); "
+                raise UserError(f"{option}: {path} line {number} is not valid JSON ({e.msg}, column {e.colno}); "
                                 "fix or remove that line (JSON lines: one complete object per line).") from None
             if not isinstance(record, dict):
-                raise UserError(f"data.{key}: {path} line {number} holds a JSON {_json_kind(record)} "
-                                f"({line.strip()[:40]}), not a JSON object; each line of a .jsonl file must be one "
-                                'record such as {"text": "...", "label": "..."}.')
+                raise UserError(f"{option}: {path} line {number} holds a JSON {_json_kind(record)} "
+                                f"({line.strip()[:40]}), not a JSON object; {layout}, such as {RECORD_EXAMPLE}.")
             records += 1
     if not records:
-        raise UserError(f"data.{key}: {path} is empty (no JSON lines). Check the file, or point data.{key} at the "
-                        "right one.")
+        raise UserError(f"{option}: {path} is empty (no JSON lines); check that this is the right file.")
+    return records
+
+
+def _check_json_file(option: str, path: str) -> None:
+    """A .json file holds an array of records, or JSON lines (one record per line, as `datasets` also reads them).
+
+    pyarrow crashes the whole process on a file that is `null` or an array whose first item is `null`; those and
+    other values that are not records are refused here. One object is one record (`datasets` reads it as one row;
+    an object holding the records, {"data": [...]}, is named by `require_columns`). An array is only looked into up
+    to its first item: later items that are not records fail in `datasets` with a message, or become rows without
+    a text or label, which the data checks report.
+    """
+    with open(path, encoding="utf-8-sig") as fh:
+        first_line = fh.readline()
+        head = (first_line + fh.read(1 << 12)).lstrip()
+    if head.startswith("["):
+        item = head[1:].lstrip()[:1]
+        if item and item not in "{]":
+            kind = {"n": "null", "t": "boolean", "f": "boolean", '"': "string", "[": "array"}.get(item, "number")
+            raise UserError(f"{option}: the first item of the array in {path} is a JSON {kind}, not an object; "
+                            f"every item must be one record such as {RECORD_EXAMPLE}.")
+        return
+    if _parses(first_line):
+        _check_json_lines(option, path, ".json")
+        return
+    value = _load_json(option, path)  # one value over several lines (a pretty-printed object)
+    if isinstance(value, dict):
+        return
+    raise UserError(f"{option}: {path} holds a JSON {_json_kind(value)}, not an array of records; write the "
+                    f"records as [{RECORD_EXAMPLE}, ...] (or one per line in a .jsonl file).")
+
+
+def _parses(line: str) -> bool:
+    """True when the line is a whole JSON value on its own (so the file is JSON lines)."""
+    import json
+
+    try:
+        json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
+def _load_json(option: str, path: str):
+    import json
+
+    with open(path, encoding="utf-8-sig") as fh:
+        try:
+            return json.load(fh)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{option}: {path} is not valid JSON ({e.msg}, line {e.lineno}, column {e.colno}); a "
+                            f".json file holds an array of records [{RECORD_EXAMPLE}, ...] or one record per "
+                            "line.") from None
 
 
 def _json_kind(value) -> str:
-    names = {list: "array", str: "string", bool: "boolean", int: "number", float: "number", type(None): "null"}
+    names = {list: "array", dict: "object", str: "string", bool: "boolean", int: "number", float: "number",
+             type(None): "null"}
     return names.get(type(value), type(value).__name__)
 
 
@@ -137,15 +275,18 @@ def _quiet_datasets():
 def _load_from_disk(key: str, path: str, cfg: Any):
     import datasets
 
+    option = option_name(key)
     try:
         loaded = datasets.load_from_disk(path, keep_in_memory=True)
     except FileNotFoundError as e:
-        raise UserError(f"data.{key}: {path} is not a datasets save_to_disk directory ({first_line(e)})") from None
+        raise UserError(f"{option}: {path} is not a datasets save_to_disk directory ({first_line(e)})") from None
     if isinstance(loaded, datasets.DatasetDict):
-        split = {"train_file": cfg.train_split, "validation_file": cfg.eval_split, "test_file": cfg.test_split}[key]
+        # a file setting outside data (distill.unlabeled) reads the training split
+        setting = {"validation_file": "eval_split", "test_file": "test_split"}.get(key, "train_split")
+        split = getattr(cfg, setting)
         if split not in loaded:
-            raise UserError(f"data.{key}: {path} has splits {', '.join(loaded)}, not {split!r}; set "
-                            f"data.{'train_split' if key == 'train_file' else 'eval_split'} to one of them.")
+            raise UserError(f"{option}: {path} has splits {', '.join(loaded)}, not {split!r}; set "
+                            f"data.{setting} to one of them.")
         return loaded[split]
     return loaded
 
@@ -171,6 +312,12 @@ def load_hub_splits(cfg: Any) -> dict:
 
 def load_raw_splits(cfg: Any, seed: int, text_sample_by: str = "line") -> dict:
     """All splits as `datasets.Dataset`s: files or hub, plus validation_split and sample limits."""
+    return limit_splits(read_splits(cfg, text_sample_by), cfg, seed)
+
+
+def read_splits(cfg: Any, text_sample_by: str = "line") -> dict:
+    """The splits as read (files or hub, columns renamed by data.column_map), in file order: checks that name
+    rows run on these, before validation_split and the sample limits reorder them."""
     if cfg.dataset_name is not None and cfg.train_file is None:
         splits = load_hub_splits(cfg)
     else:
@@ -181,10 +328,22 @@ def load_raw_splits(cfg: Any, seed: int, text_sample_by: str = "line") -> dict:
     for name, ds in splits.items():
         if len(ds) == 0:
             raise UserError(f"data.{SPLIT_KEYS[name]}: the {name} data is empty (0 rows). Check the file.")
+    return splits
+
+
+def limit_splits(splits: dict, cfg: Any, seed: int) -> dict:
+    """data.validation_split (a seeded hold-out of the training data), then the sample limits."""
+    splits = dict(splits)
     if cfg.validation_split is not None and "train" in splits:
         if "validation" in splits:
             raise UserError("data.validation_split: the data already has a validation split; drop one of them.")
-        parts = splits["train"].train_test_split(test_size=cfg.validation_split, seed=seed)
+        try:
+            parts = splits["train"].train_test_split(test_size=cfg.validation_split, seed=seed)
+        except ValueError:  # scikit-learn's wording: "With n_samples=3, test_size=0.1 ... will be empty"
+            raise UserError(f"data.validation_split: {cfg.validation_split} of the {len(splits['train'])} training "
+                            "rows leaves the training or the validation data empty; give more training data, a "
+                            "validation_split that keeps at least one row on each side, or data.validation_file."
+                            ) from None
         splits["train"], splits["validation"] = parts["train"], parts["test"]
     if "train" in splits and cfg.max_train_samples is not None and cfg.max_train_samples < len(splits["train"]):
         splits["train"] = splits["train"].shuffle(seed=seed).select(range(cfg.max_train_samples))
@@ -199,7 +358,20 @@ def _rename(split: str, ds, column_map: dict):
     if missing:
         raise UserError(f"data.column_map: the {split} data has no column {', '.join(map(repr, missing))}. Its "
                         f"columns are: {', '.join(ds.column_names)}.")
+    kept = [c for c in ds.column_names if c not in column_map]
+    taken = [(old, new) for old, new in column_map.items() if new in kept]
+    if taken:
+        old, new = taken[0]
+        raise UserError(f"data.column_map: renaming {old!r} to {new!r} clashes with the {split} data's own column "
+                        f"{new!r} (its columns are: {', '.join(ds.column_names)}); rename {new!r} too, or map "
+                        f"{old!r} to another name.")
     return ds.rename_columns(dict(column_map))
+
+
+def split_source(cfg: Any, split: str) -> str:
+    """Where a split comes from, for messages: its file(s), or the hub dataset."""
+    files = getattr(cfg, SPLIT_KEYS.get(split, ""), None) or cfg.dataset_name
+    return ", ".join(_as_list(files)) if files else split
 
 
 def require_columns(splits: dict, cfg: Any, keys: list[str]) -> None:
@@ -214,5 +386,93 @@ def require_columns(splits: dict, cfg: Any, keys: list[str]) -> None:
                 fix = ("; for a file without a header row, name the columns with data.column_names"
                        if cfg.column_names is None else "")
                 raise UserError(f"data.{key}: {column!r} is not a column of the {name} data ({source}). Its columns "
-                                f"are: {', '.join(ds.column_names)}. Set data.{key} to one of them{fix}.")
+                                f"are: {', '.join(ds.column_names)}. Set data.{key} to one of them{fix}."
+                                f"{_column_hint(ds, key, column, source)}")
 
+
+def _column_hint(ds: Any, key: str, column: str, source: str) -> str:
+    """Why a wanted column may be missing: spaces around a header name, or records nested in one JSON object."""
+    spaced = [c for c in ds.column_names if c.strip() == column]
+    if spaced:
+        return (f" The header has {spaced[0]!r}, with spaces around the name: remove them from the header, or set "
+                f"data.{key}: {spaced[0]!r} (in quotes).")
+    if len(ds) == 1:
+        for name in ds.column_names:
+            value = ds[0][name]
+            if isinstance(value, list) and value and isinstance(value[0], dict) and column in value[0]:
+                return (f" The file holds one JSON object with the records under {name!r}; llmkit reads an array "
+                        f"of records, or one record per line: extract them, e.g. jq '.{name}' {source} > "
+                        "records.json.")
+    return ""
+
+
+# ---------------------------------------------------------------- cell checks
+
+
+def note(message: str) -> None:
+    """Print a line about the data on stdout, once per launch (every process of torchrun reads the data)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"data: {message}", flush=True)
+
+
+def rows_text(rows: list[int], limit: int = 5) -> str:
+    """'row 4' / 'rows 4, 17, 30' / 'rows 4, 17, 30, 41, 52 and 7 more' (1-based row numbers)."""
+    shown = ", ".join(map(str, rows[:limit]))
+    more = f" and {len(rows) - limit} more" if len(rows) > limit else ""
+    return f"row{'s' if len(rows) > 1 else ''} {shown}{more}"
+
+
+def short(value: Any, limit: int = 60) -> str:
+    """repr(value), cut to `limit` characters for a message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def as_text(value: Any) -> str:
+    """A text cell as a string: a missing cell (an empty csv field, a JSON null) is "", a number is written out."""
+    return "" if value is None else value if isinstance(value, str) else str(value)
+
+
+def is_empty_text(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value) or (isinstance(value, str) and
+                                                                                 not value.strip())
+
+
+TEXT_KEYS = ("text_column", "text_pair_column")
+
+
+def refuse_non_text(splits: dict, cfg: Any, keys: tuple[str, ...] | list[str] = TEXT_KEYS) -> None:
+    """A text cell must be a string (numbers are read as text): a list or an object (JSON data) would reach the
+    model as its Python spelling, "['a', 'b']"."""
+    for key, column in _text_columns(cfg, keys):
+        for split, ds in splits.items():
+            for row, value in enumerate(ds[column], 1):
+                if isinstance(value, (list, tuple, dict)):
+                    kind = "an object" if isinstance(value, dict) else "a list"
+                    raise UserError(f"data.{key}: {column!r} holds {kind} in row {row} of the {split} data "
+                                    f"({split_source(cfg, split)}): {short(value)}; a text column holds strings. "
+                                    f"Point data.{key} at the column with the text, or flatten the data.")
+
+
+def empty_text_notes(splits: dict, cfg: Any, keys: tuple[str, ...] | list[str] = TEXT_KEYS) -> list[str]:
+    """Rows whose text is empty (an empty cell, a JSON null, only spaces) are kept, so that evaluation covers
+    every row and predictions line up with the file, and listed in a note: the model sees only its special
+    tokens for them. A split where every text is empty is refused: the column or the file is wrong."""
+    refuse_non_text(splits, cfg, keys)
+    notes = []
+    for key, column in _text_columns(cfg, keys):
+        what = "an empty text" if key == "text_column" else f"an empty second text ({column!r})"
+        for split, ds in splits.items():
+            rows = [row for row, value in enumerate(ds[column], 1) if is_empty_text(value)]
+            if rows and len(rows) == len(ds):
+                raise UserError(f"data.{key}: {column!r} is empty in every row of the {split} data "
+                                f"({split_source(cfg, split)}); check the file, and that data.{key} names the "
+                                f"column with the text (the columns are: {', '.join(ds.column_names)}).")
+            if rows:
+                notes.append(f"{len(rows)} row{'s' if len(rows) > 1 else ''} with {what} in {split} "
+                             f"({rows_text(rows)}); {'they are' if len(rows) > 1 else 'it is'} kept")
+    return notes
+
+
+def _text_columns(cfg: Any, keys) -> list[tuple[str, str]]:
+    return [(key, getattr(cfg, key)) for key in keys if getattr(cfg, key, None)]

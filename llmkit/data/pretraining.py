@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmkit.data.cache import cached_dataset, files_digest, tokenizer_digest
+from llmkit.data.loading import as_text
 from llmkit.errors import UserError
 
 IGNORE_INDEX = -100
@@ -54,18 +55,19 @@ class LazySplits:
         self._splits: dict | None = None
 
     def get(self) -> dict:
-        from llmkit.data.loading import load_raw_splits, require_columns
+        from llmkit.data.loading import load_raw_splits, refuse_non_text, require_columns
 
         if self._splits is None:
             splits = load_raw_splits(self.data_cfg, self.seed, text_sample_by=self.documents)
             require_columns(splits, self.data_cfg, ["text_column"])
+            refuse_non_text(splits, self.data_cfg, ["text_column"])
             self._splits = splits
         return self._splits
 
     def train_texts(self) -> Callable[[], Iterable[list[str]]]:
         """Batches of training texts, for tokenizer training."""
         column = self.data_cfg.text_column
-        return lambda: (batch[column] for batch in self.get()["train"].iter(batch_size=1000))
+        return lambda: ([as_text(t) for t in batch[column]] for batch in self.get()["train"].iter(batch_size=1000))
 
     def key_parts(self) -> dict:
         """What identifies the raw text: file contents (or hub dataset) and how it is read and split."""
@@ -99,7 +101,7 @@ def tokenize_documents(ds: Any, tokenizer: Any, column: str, objective: str, who
     before, after = separators(tokenizer, objective)
 
     def encode(batch):
-        texts = [t for t in batch[column] if t and t.strip()]
+        texts = [text for text in map(as_text, batch[column]) if text.strip()]
         if not texts:  # transformers 5 tokenizers raise on an empty batch
             return {"input_ids": [], **({"word_start": []} if whole_word else {})}
         enc = tokenizer(texts, add_special_tokens=False)

@@ -9,7 +9,16 @@ from typing import Any
 
 from llmkit.data.cache import cached_dataset, files_digest, tokenizer_digest
 from llmkit.data.classification import PreparedData, token_stats
-from llmkit.data.loading import SPLIT_KEYS, load_raw_splits, require_columns
+from llmkit.data.loading import (
+    SPLIT_KEYS,
+    as_text,
+    limit_splits,
+    note,
+    read_splits,
+    require_columns,
+    short,
+    split_source,
+)
 from llmkit.errors import UserError
 
 IGNORE_INDEX = -100
@@ -52,6 +61,26 @@ def align_labels(word_ids: list[int | None], word_labels: list[int]) -> list[int
     return labels
 
 
+def check_sentences(splits: dict, cfg: Any) -> list[str]:
+    """Words and tags must be lists (a string of tags would be read letter by letter); spaces around a tag are
+    stripped (" B-PER" is the tag "B-PER"). Returns notes on the stripped tags."""
+    notes = []
+    for split, ds in splits.items():
+        stripped = 0
+        for key in ("tokens_column", "tags_column"):
+            column = getattr(cfg, key)
+            for row, value in enumerate(ds[column], 1):
+                if not isinstance(value, (list, tuple)):
+                    raise UserError(f"data.{key}: {column!r} holds {short(value)} in row {row} of the {split} data "
+                                    f"({split_source(cfg, split)}), not a list; each row needs a list of words and "
+                                    "a list of tags, one per word (or use a .conll file).")
+                if key == "tags_column":
+                    stripped += sum(1 for t in value if isinstance(t, str) and t.strip() != t and t.strip())
+        if stripped:
+            notes.append(f"stripped spaces around {stripped} tag{'s' if stripped > 1 else ''} ({split})")
+    return notes
+
+
 def tag_names(splits: dict, cfg: Any) -> list[str]:
     """Tag set: data.label_names, else the sorted distinct tags of the training data."""
     if cfg.label_names:
@@ -59,7 +88,7 @@ def tag_names(splits: dict, cfg: Any) -> list[str]:
     if "train" not in splits:
         raise UserError("data.label_names: there is no training data to read the tag set from; list the tags in "
                         "data.label_names.")
-    return sorted({str(t) for row in splits["train"][cfg.tags_column] for t in row})
+    return sorted({str(t).strip() for row in splits["train"][cfg.tags_column] for t in row})
 
 
 def encode(splits: dict, tokenizer: Any, names: list[str], cfg: Any) -> dict:
@@ -72,10 +101,11 @@ def encode(splits: dict, tokenizer: Any, names: list[str], cfg: Any) -> dict:
     def to_id(tag: Any, split: str) -> int:
         if integers_index and isinstance(tag, int) and not isinstance(tag, bool) and 0 <= tag < len(names):
             return tag
-        if str(tag) not in ids:
+        name = str(tag).strip()
+        if name not in ids:
             raise UserError(f"data.tags_column: the {split} data has the tag {tag!r}, which is not in the tag set "
                             f"({', '.join(names)}). Fix the data, or list every tag in data.label_names.")
-        return ids[str(tag)]
+        return ids[name]
 
     out = {}
     for split, ds in splits.items():
@@ -85,7 +115,8 @@ def encode(splits: dict, tokenizer: Any, names: list[str], cfg: Any) -> dict:
                                 f"{len(tags)} tags; they must pair up one to one.")
 
         def batch_encode(batch: dict, split=split) -> dict:
-            enc = tokenizer(batch[cfg.tokens_column], is_split_into_words=True, truncation=True,
+            words = [[as_text(w) for w in row] for row in batch[cfg.tokens_column]]  # numbers are words too
+            enc = tokenizer(words, is_split_into_words=True, truncation=True,
                             max_length=cfg.max_length)
             enc["labels"] = [align_labels(enc.word_ids(i), [to_id(t, split) for t in tags])
                              for i, tags in enumerate(batch[cfg.tags_column])]
@@ -106,11 +137,13 @@ def prepare_token_classification_data(cfg: Any, tokenizer: Any, seed: int,
         cfg = dataclasses.replace(cfg, label_names=list(label_names))
 
     def build():
-        raw = load_raw_splits(cfg, seed)
+        raw = read_splits(cfg)
         require_columns(raw, cfg, ["tokens_column", "tags_column"])
+        notes = check_sentences(raw, cfg)
+        raw = limit_splits(raw, cfg, seed)
         names = tag_names(raw, cfg)
         splits = datasets.DatasetDict(encode(raw, tokenizer, names, cfg))
-        return splits, {"label_names": names, "stats": token_stats(splits)}
+        return splits, {"label_names": names, "stats": token_stats(splits), "notes": notes}
 
     parts = {
         "kind": "token-classification", "seed": seed,
@@ -121,5 +154,7 @@ def prepare_token_classification_data(cfg: Any, tokenizer: Any, seed: int,
                                                   "max_length", "column_names", "column_map")},
     }
     splits, meta, hit = cached_dataset(cfg.cache and cfg.dataset_name is None, cfg.cache_dir, parts, build)
+    for line in meta["notes"]:
+        note(line)
     return PreparedData(splits=splits, label_names=meta["label_names"], from_cache=hit,
                         seconds=time.perf_counter() - start, stats=meta["stats"])

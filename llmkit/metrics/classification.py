@@ -56,6 +56,14 @@ class ClassificationMetrics:
             logits = logits[0]
         return self.predictions_from_logits(logits)
 
+    def names(self) -> list[str]:
+        """The names `compute` reports, known before any prediction (to check train.metric_for_best_model)."""
+        names = ["accuracy"]
+        for name in ("precision", "recall", "f1"):
+            names += [name, *([f"{name}_micro"] if self.multi_label else [])]
+            names += [f"{name}_{metric_suffix(label)}" for label in self.label_names]
+        return names
+
     def compute(self, predictions: Any, references: Any) -> dict[str, float]:
         preds = np.asarray(predictions).astype(np.int64).tolist()
         refs = np.asarray(references).astype(np.int64).tolist()

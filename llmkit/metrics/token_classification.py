@@ -37,6 +37,14 @@ class TokenClassificationMetrics:
             refs.append([self.label_names[i] for i in l_row[keep]])
         return preds, refs
 
+    def names(self) -> list[str]:
+        """The names `compute` can report: overall scores, and per entity type (the tags' part after B-/I-) its
+        scores and count; known before any prediction (to check train.metric_for_best_model)."""
+        entities = sorted({tag.split("-", 1)[1] for tag in self.label_names if "-" in tag})
+        per_entity = ("precision", "recall", "f1", "number")
+        return ["precision", "recall", "f1", "accuracy"] + [
+            f"{name}_{metric_suffix(entity)}" for entity in entities for name in per_entity]
+
     def compute(self, predictions: Any, label_ids: Any) -> dict[str, float]:
         preds, refs = self.to_tags(predictions, label_ids)
         result = self._seqeval.compute(predictions=preds, references=refs)

@@ -12,10 +12,19 @@ import functools
 import json
 import typing
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from llmkit.errors import UserError, first_line
+from llmkit.models.integrity import (
+    check_model_dir,
+    explain_load_error,
+    load_errors,
+    pickle_zip_problem,
+    safetensors_problem,
+    tokenizer_dir_problem,
+)
 from llmkit.models.safety import ADAPTER_SAFE, hub_pickle_refusal, is_safetensors_missing, weights_kwargs
 
 METADATA = "llmkit_adapter.json"
@@ -238,30 +247,46 @@ def load_adapter_model(adapter_dir: Path, auto_class_name: str | None = None, ad
     if meta["method"] != BOTTLENECK:  # bottleneck adapters are always safetensors (written by llmkit)
         weights_kwargs("model.name_or_path", peft_files(adapter_dir, meta["name"]), allow_pickle, allow_key,
                        safe_names=ADAPTER_SAFE)
+    check_model_dir("model.name_or_path", path)
     load_kwargs.update(weights_kwargs("model.name_or_path", path, allow_pickle, allow_key))
     try:
         with quiet_transformers():
             base = auto_cls.from_pretrained(path, revision=meta.get("revision"), **task_config, **load_kwargs)
-    except (OSError, ValueError) as e:
+    except load_errors() as e:
         if is_safetensors_missing(e):
             raise UserError(f"model.name_or_path: the adapter's base model: "
                             f"{hub_pickle_refusal(meta['base_model'], allow_key)}") from None
+        why = explain_load_error(e, "model.name_or_path", meta["base_model"], path, allow_key)
         raise UserError(f"model.name_or_path: cannot load the base model {meta['base_model']!r} of the adapter in "
-                        f"{adapter_dir}: {first_line(e)}") from None
+                        f"{adapter_dir}: {why.removeprefix('model.name_or_path: ')}") from None
     if meta.get("pad_token_id") is not None:
         base.config.pad_token_id = meta["pad_token_id"]
-    if meta["method"] == BOTTLENECK:
-        from llmkit.models.bottleneck import load_bottleneck
+    try:
+        if meta["method"] == BOTTLENECK:
+            from llmkit.models.bottleneck import load_bottleneck
 
-        model = load_bottleneck(base, adapter_dir)
-    else:
-        from peft import PeftModel
+            model = load_bottleneck(base, adapter_dir)
+        else:
+            from peft import PeftModel
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            model = PeftModel.from_pretrained(base, str(peft_files(adapter_dir, meta["name"])),
-                                              adapter_name=adapter_name or meta["name"])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                model = PeftModel.from_pretrained(base, str(peft_files(adapter_dir, meta["name"])),
+                                                  adapter_name=adapter_name or meta["name"])
+    except load_errors() as e:
+        why = adapter_weights_problem(adapter_dir) or f"cannot load the adapter in {adapter_dir}: {first_line(e)}"
+        raise UserError(f"model.name_or_path: {why}") from None
     return model.eval()
+
+
+def adapter_weights_problem(adapter_dir: Path) -> str | None:
+    """The adapter weights file in `adapter_dir` (or its named subfolder) that is truncated or corrupt, if any."""
+    for f in sorted(adapter_dir.rglob("*")):
+        problem = (safetensors_problem(f) if f.suffix == ".safetensors" else
+                   pickle_zip_problem(f) if f.suffix == ".bin" else None)
+        if problem:
+            return f"the adapter in {adapter_dir}: {problem}"
+    return None
 
 
 def peft_files(adapter_dir: Path, name: str) -> Path:
@@ -277,8 +302,11 @@ AUTO_CLASSES = {"sequence-classification": "AutoModelForSequenceClassification",
 # ---------------------------------------------------------------- merging
 
 
-def merge_adapter(reference: str, output: Path, overwrite: bool = False) -> dict:
-    """Merge a LoRA-family adapter into its base weights; write a standalone transformers model to `output`."""
+def merge_adapter(reference: str, output: Path, prepare_output: Callable[[Path], Path] | None = None) -> dict:
+    """Merge a LoRA-family adapter into its base weights; write a standalone transformers model to `output`.
+
+    `prepare_output(output)` claims the output directory once the merge has worked (the CLI checks and marks it
+    as an llmkit output, see training/rundir.py); without it, `output` must be new or empty."""
     from transformers import AutoTokenizer
 
     adapter_dir = find_adapter_dir(reference)
@@ -296,15 +324,18 @@ def merge_adapter(reference: str, output: Path, overwrite: bool = False) -> dict
     if issubclass(peft_methods()[meta["method"]], PromptLearningConfig):
         raise UserError(f"adapter merge: {meta['method']} learns virtual tokens, not weight updates, so there is "
                         "nothing to merge into the base; use the run directory as the model instead.")
-    if output.exists() and any(output.iterdir()) and not overwrite:
-        raise UserError(f"--output: {output} already exists and is not empty; nothing was changed. Use "
-                        "--overwrite to replace it, or choose another directory.")
+    if prepare_output is None and output.exists() and any(output.iterdir()):
+        raise UserError(f"--output: {output} already exists and is not empty; nothing was changed. Choose another "
+                        "directory.")
     model = load_adapter_model(adapter_dir)
     try:
         merged = model.merge_and_unload()
     except (AttributeError, ValueError, NotImplementedError) as e:
         raise UserError(f"adapter merge: PEFT cannot merge {meta['method']} adapters: {first_line(e)}") from None
-    output.mkdir(parents=True, exist_ok=True)
+    if prepare_output is None:
+        output.mkdir(parents=True, exist_ok=True)
+    else:
+        output = prepare_output(output)
     merged.save_pretrained(str(output))
     AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(output))
     return meta
@@ -337,14 +368,21 @@ def load_reference(reference: str, adapters: list[str] | tuple[str, ...] = (),
             source = resolve_model_path(str(path) if path.exists() else reference)
         except ModelNotFound as e:
             raise UserError(str(e)) from None
+        check_model_dir("reference", source)
         safety = weights_kwargs("reference", source, allow_pickle, "allow_pickle")
-        with quiet_transformers():
-            config = AutoConfig.from_pretrained(source)
-            auto = auto_class_for(config.architectures or [])
-            model = getattr(transformers, auto).from_pretrained(source, **safety).eval()
+        try:
+            with quiet_transformers():
+                config = AutoConfig.from_pretrained(source)
+                auto = auto_class_for(config.architectures or [])
+                model = getattr(transformers, auto).from_pretrained(source, **safety).eval()
+        except load_errors() as e:
+            raise UserError(explain_load_error(e, "reference", reference, source, "allow_pickle")) from None
         tokenizer_dir = source
     for extra in adapters:
         add_saved_adapter(model, extra, adapter_dir, allow_pickle)
+    problem = tokenizer_dir_problem("reference", tokenizer_dir)
+    if problem:
+        raise UserError(f"reference: {problem}")
     return model, AutoTokenizer.from_pretrained(tokenizer_dir)
 
 

@@ -13,12 +13,13 @@ import hashlib
 import importlib.util
 import json
 import os
+import struct
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from llmkit.data.cache import publishing
+from llmkit.data.cache import cache_error, publishing
 from llmkit.errors import UserError, first_line
 
 MARKER = "llmkit-gguf.json"  # written last: a directory without it is an interrupted conversion
@@ -121,10 +122,20 @@ def convert_gguf(gguf_path: str | Path) -> Path:
     source = Path(gguf_path).expanduser().resolve()
     if not source.is_file():
         raise UserError(f"model.gguf_file: no GGUF file at {str(source)!r}. Check the path.")
-    target = gguf_cache_dir(source)
+    try:
+        target = gguf_cache_dir(source)
+    except OSError as e:
+        raise UserError(f"model.gguf_file: cannot read {str(source)!r}: {e.strerror or e}.") from None
     if is_converted(target):
         return target
     require_gguf_package()
+    try:
+        return _convert(source, target)
+    except OSError as e:  # reading the GGUF file is handled inside: this is writing the cache
+        raise cache_error(e, target) from None
+
+
+def _convert(source: Path, target: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from llmkit.models.loading import quiet_transformers
@@ -136,8 +147,11 @@ def convert_gguf(gguf_path: str | Path) -> Path:
             with quiet_transformers(), _no_progress_bars():
                 model = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name)
                 tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
-        except (OSError, ValueError, RuntimeError, KeyError) as e:
+        except (OSError, ValueError, RuntimeError, KeyError, IndexError, struct.error) as e:
             print()
+            problem = gguf_problem(source)
+            if problem:
+                raise UserError(f"model.gguf_file: {problem}") from None
             raise UserError(f"model.gguf_file: cannot load {str(source)!r}: {first_line(e)} transformers reads "
                             "GGUF files of the architectures it supports (llama, mistral, qwen2, gpt2, ...).") from None
         # The dequantised weights are plain tensors; transformers refuses to save while it still sees the
@@ -153,3 +167,29 @@ def convert_gguf(gguf_path: str | Path) -> Path:
                                    "converted": time.strftime("%Y-%m-%dT%H:%M:%S")})
     print(f" ({time.perf_counter() - start:.1f} s)", flush=True)
     return target
+
+
+def gguf_problem(path: Path) -> str | None:
+    """Why a file is not a readable GGUF file (empty, not GGUF, truncated or corrupt), or None when the GGUF
+    reader reads it whole (then the architecture is what transformers refuses)."""
+    fix = "Download it again (compare its size with the source's) or export it again."
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            magic = fh.read(4)
+    except OSError as e:
+        return f"{path} cannot be read: {e.strerror or e}."
+    if size == 0:
+        return f"{path} is empty (0 bytes). {fix}"
+    if magic != b"GGUF":
+        return f"{path} is not a GGUF file (it does not start with the GGUF magic bytes). {fix}"
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(str(path))
+        end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
+    except (OSError, ValueError, KeyError, IndexError, struct.error) as e:
+        return f"{path} is truncated or corrupt: the GGUF reader stops with {first_line(e)} {fix}"
+    if end > size:
+        return f"{path} is truncated: its tensors need {end} bytes but the file has {size}. {fix}"
+    return None

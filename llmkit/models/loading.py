@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import weakref
 from typing import Any
 
 from llmkit.errors import UserError, first_line
 from llmkit.models.adapters import find_adapter_dir, load_adapter_model
+from llmkit.models.integrity import (
+    check_model_dir,
+    check_tokenizer_path,
+    explain_load_error,
+    is_local,
+    load_errors,
+    tokenizer_dir_problem,
+)
 from llmkit.models.resolve import ModelNotFound, resolve_model_path
-from llmkit.models.safety import hub_pickle_refusal, is_safetensors_missing, option_key, weights_kwargs
+from llmkit.models.safety import option_key, weights_kwargs
 
 # family -> (config class name, {llmkit size name: that class's argument name})
 FAMILIES = {
@@ -21,6 +30,8 @@ FAMILIES = {
                               "num_heads": "num_attention_heads", "intermediate_size": "intermediate_size",
                               "max_position_embeddings": "max_position_embeddings"}),
 }
+# The config key each tokenizer from load_tokenizer came from, so the vocabulary check names the right one.
+_TOKENIZER_KEYS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @contextlib.contextmanager
@@ -43,9 +54,19 @@ def _resolve(key: str, name: str) -> str:
         raise UserError(f"{key}: {e}") from None
 
 
+def source_key(model_cfg: Any) -> str:
+    """The config key that names where a model comes from: model.name_or_path or model.gguf_file, the student's
+    distill.student.name_or_path, or distill.teacher (whose other options are distill.teacher_*)."""
+    prefix = getattr(model_cfg, "option_prefix", "model.")
+    if prefix.endswith("_"):
+        return prefix[:-1]
+    return prefix + ("gguf_file" if getattr(model_cfg, "gguf_file", None) else "name_or_path")
+
+
 def model_source(model_cfg: Any) -> str:
     """The path (or hub id) to load the model from: the converted directory for `model.gguf_file` (converted
-    on first use), else the resolved `model.name_or_path`."""
+    on first use), else the resolved `model.name_or_path`. A local folder transformers cannot load (a file, no
+    config.json, a broken config.json) is refused here, naming the key."""
     if getattr(model_cfg, "gguf_file", None):
         from llmkit.models.gguf import convert_gguf, gguf_path
 
@@ -54,9 +75,13 @@ def model_source(model_cfg: Any) -> str:
         except ModelNotFound as e:
             raise UserError(f"model.name_or_path: {e}") from None
         return str(convert_gguf(source))
-    path = _resolve("model.name_or_path", model_cfg.name_or_path)
+    key = source_key(model_cfg)
+    path = _resolve(key, model_cfg.name_or_path)
     adapter_dir = find_adapter_dir(path)
-    return str(adapter_dir) if adapter_dir else path  # an adapter run: its adapter/ folder holds the tokenizer
+    if adapter_dir:
+        return str(adapter_dir)  # an adapter run: its adapter/ folder holds the tokenizer
+    check_model_dir(key, path)
+    return path
 
 
 def model_label(model_cfg: Any) -> str:
@@ -73,23 +98,30 @@ def load_tokenizer(model_cfg: Any, tok_cfg: Any):
     """The tokenizer from `tokenizer.name_or_path`, else from the model; pad token set if missing."""
     from transformers import AutoTokenizer
 
-    gguf_file = getattr(model_cfg, "gguf_file", None)
     name = tok_cfg.name_or_path or model_label(model_cfg)
-    key = ("tokenizer.name_or_path" if tok_cfg.name_or_path else
-           "model.gguf_file" if gguf_file else "model.name_or_path")
+    key = "tokenizer.name_or_path" if tok_cfg.name_or_path else source_key(model_cfg)
     if not name:
         raise UserError("tokenizer.name_or_path: model.from_config builds a new model, which has no tokenizer; set "
                         "tokenizer.name_or_path to a tokenizer directory or hub id.")
-    path = _resolve(key, tok_cfg.name_or_path) if tok_cfg.name_or_path else model_source(model_cfg)
+    if tok_cfg.name_or_path:
+        path = _resolve(key, tok_cfg.name_or_path)
+        check_tokenizer_path(key, path)
+    else:
+        path = model_source(model_cfg)
+    problem = tokenizer_dir_problem(key, path)
+    if problem:
+        raise UserError(f"{key}: {problem}")
     kwargs = {"revision": model_cfg.revision, "trust_remote_code": model_cfg.trust_remote_code}
     if tok_cfg.padding_side:
         kwargs["padding_side"] = tok_cfg.padding_side
     try:
         with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{key}: cannot load a tokenizer from {name!r}: {first_line(e)} If this is a hub id and "
-                        "you are offline, download it first or point to a local directory.") from None
+    except (OSError, ValueError, TypeError) as e:  # TypeError: a tokenizer_config.json of the wrong shape
+        hint = "" if is_local(path) else (" If this is a hub id and you are offline, download it first or point to "
+                                          "a local directory.")
+        raise UserError(f"{key}: cannot load a tokenizer from {name!r}: {first_line(e)}{hint}") from None
+    _TOKENIZER_KEYS[tokenizer] = key
     template = tok_cfg.chat_template_text() if hasattr(tok_cfg, "chat_template_text") else None
     if template:
         tokenizer.chat_template = template  # saved with the model, so generation uses the training template
@@ -124,41 +156,140 @@ def build_model_config(spec: Any, tokenizer: Any, **task_kwargs: Any):
 
 
 def load_model(auto_class_name: str, model_cfg: Any, tokenizer: Any, **task_kwargs: Any):
-    """Load (or build from config) a model with the given Auto class and task settings (num_labels, ...)."""
+    """Load (or build from config) a model with the given Auto class and task settings (num_labels, ...); the
+    tokenizer's vocabulary must fit its embedding table."""
     import transformers
 
     auto_cls = getattr(transformers, auto_class_name)
     allow_pickle, allow_key = getattr(model_cfg, "allow_pickle", False), option_key(model_cfg, "allow_pickle")
+    check_attn_implementation(model_cfg)
     adapter_dir = find_adapter_dir(model_cfg.name_or_path and model_source(model_cfg))
     if adapter_dir is not None:  # an adapter run or folder: its base model with the adapter applied
-        return load_adapter_model(adapter_dir, auto_class_name, allow_pickle=allow_pickle,
-                                  allow_key=allow_key, trust_remote_code=model_cfg.trust_remote_code), set()
+        model = load_adapter_model(adapter_dir, auto_class_name, allow_pickle=allow_pickle, allow_key=allow_key,
+                                   trust_remote_code=model_cfg.trust_remote_code)
+        check_vocabulary_fits(model, tokenizer)
+        return model, set()
     common = {}
     if model_cfg.attn_implementation:
         common["attn_implementation"] = model_cfg.attn_implementation
     if model_cfg.from_config is not None:
         config = build_model_config(model_cfg.from_config, tokenizer, **task_kwargs)
-        return auto_cls.from_config(config, **common), set()
+        try:
+            model = auto_cls.from_config(config, **common)
+        except (ValueError, ImportError) as e:
+            raise attention_error(e, model_cfg) or UserError(
+                f"{option_key(model_cfg, 'from_config')}: cannot build a {model_cfg.from_config.family} model: "
+                f"{first_line(e)}") from None
+        check_vocabulary_fits(model, tokenizer, option_key(model_cfg, "from_config.vocab_size"))
+        return model, set()
     path = model_source(model_cfg)
-    key = "model.gguf_file" if getattr(model_cfg, "gguf_file", None) else "model.name_or_path"
+    key = source_key(model_cfg)
     label = model_label(model_cfg)
-    revision = None if key == "model.gguf_file" else model_cfg.revision  # the converted directory is local
+    revision = None if key.endswith("gguf_file") else model_cfg.revision  # the converted directory is local
     common.update(weights_kwargs(key, path, allow_pickle, allow_key))  # safetensors only, unless allowed
     try:
         with quiet_transformers():
             model, info = auto_cls.from_pretrained(path, revision=revision, output_loading_info=True,
                                                    trust_remote_code=model_cfg.trust_remote_code, **common,
                                                    **task_kwargs)
-    except (OSError, ValueError) as e:
-        if is_safetensors_missing(e):
-            raise UserError(f"{key}: {hub_pickle_refusal(label, allow_key)}") from None
-        raise UserError(f"{key}: cannot load {label!r}: {first_line(e)} If this is "
-                        "a hub id and you are offline, download it first or point to a local directory.") from None
-    except RuntimeError as e:
-        raise UserError(f"{key}: {label!r} does not fit this task: {first_line(e)}") from None
+    except load_errors() as e:
+        raise attention_error(e, model_cfg) or UserError(explain_load_error(e, key, label, path, allow_key)) from None
+    missing = set(info.get("missing_keys", ()))
+    if missing and not set(model.state_dict()) - missing:  # all random: it would train from scratch, silently
+        unexpected = sorted(info.get("unexpected_keys", ()))
+        holds = f" (it holds e.g. {unexpected[0]})" if unexpected else ""
+        raise UserError(f"{key}: none of the weights of {label!r} fit the {type(model).__name__} its config.json "
+                        f"describes{holds}: the config and the weights do not belong together. Download the model "
+                        "again (or re-save it with save_pretrained).")
     if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    return model, set(info.get("missing_keys", ()))
+    check_vocabulary_fits(model, tokenizer)
+    return model, missing
+
+
+def check_vocabulary_fits(model: Any, tokenizer: Any, key: str | None = None) -> None:
+    """Refuse a tokenizer with more tokens than the model has embedding rows: its higher token ids would index
+    past the table (an IndexError mid-training, "index out of range in self" on CPU). A smaller tokenizer is
+    fine (vocabularies are often padded). `key` defaults to the setting the tokenizer was loaded from."""
+    rows = embedding_rows(model)
+    size = len(tokenizer)
+    if rows is None or size <= rows:
+        return
+    key = key or _TOKENIZER_KEYS.get(tokenizer, "tokenizer.name_or_path")
+    if key == "tokenizer.name_or_path":
+        fix = ("use the model's own tokenizer (leave tokenizer.name_or_path unset), or a tokenizer with at most "
+               f"{rows} tokens (the one the model was trained with).")
+    elif key.endswith("from_config.vocab_size"):
+        fix = f"set {key} to at least {size}, or leave it unset (the tokenizer's size)."
+    else:
+        fix = ("the tokenizer saved with the model does not belong to it: re-save the two together (after "
+               "model.resize_token_embeddings(len(tokenizer))), or set tokenizer.name_or_path to the model's "
+               "original tokenizer.")
+    raise UserError(f"{key}: the tokenizer has {size} tokens but the model's embedding table has {rows} rows, so "
+                    f"token ids from {rows} on would index past it; {fix}")
+
+
+def embedding_rows(model: Any) -> int | None:
+    """Rows of the model's input embedding table (its vocabulary size), or None if it has none."""
+    try:
+        embeddings = model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        embeddings = None
+    rows = getattr(embeddings, "num_embeddings", None)
+    return rows if isinstance(rows, int) else getattr(getattr(model, "config", None), "vocab_size", None)
+
+
+# ---------------------------------------------------------------- attention implementations
+
+
+def attention_choices() -> list[str]:
+    """The attention implementations that work on this machine (flash attention only with its package)."""
+    from transformers.utils import import_utils
+
+    found = ["eager", "sdpa"]
+    if import_utils.is_torch_flex_attn_available():
+        found.append("flex_attention")
+    for version in (2, 3, 4):
+        check = getattr(import_utils, f"is_flash_attn_{version}_available", None)
+        if check is not None and check():
+            found.append(f"flash_attention_{version}")
+    return found
+
+
+def check_attn_implementation(model_cfg: Any) -> None:
+    """Refuse an attention implementation transformers does not know (a typo, wrong case), before the model is
+    built. Known but unusable ones (flash attention without its package) are refused when transformers tries
+    them, by `attention_error`; hub kernels ("org/repo") are transformers' to fetch and check."""
+    value = getattr(model_cfg, "attn_implementation", None)
+    if not value or "/" in value:
+        return
+    import transformers
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    known = ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]
+    if value in known or value.removeprefix("paged|") in known:
+        return
+    key = option_key(model_cfg, "attn_implementation")
+    raise UserError(f"{key}: {value!r} is not an attention implementation transformers {transformers.__version__} "
+                    f"knows (it knows {', '.join(known)}). Available here: {', '.join(attention_choices())}; set "
+                    f"{key} to one of these, or leave it unset for transformers' default (sdpa where the model "
+                    "supports it).")
+
+
+def attention_error(error: BaseException, model_cfg: Any) -> UserError | None:
+    """transformers' refusal of the requested attention implementation (flash attention not installed, no GPU,
+    a model without support, a hub kernel not at hand offline), as a UserError naming the key; else None."""
+    value = getattr(model_cfg, "attn_implementation", None)
+    text = str(error).lower()
+    if not value or not isinstance(error, (ImportError, ValueError)) or not any(
+            word in text for word in ("attention", "attn", "flash", "kernel")):
+        return None
+    key = option_key(model_cfg, "attn_implementation")
+    install = (" Flash attention needs a CUDA GPU and its package (pip install flash-attn for flash_attention_2)."
+               if value.startswith("flash_attention") else "")
+    return UserError(f"{key}: {value!r} cannot be used here: {first_line(error)}{install} Available here: "
+                     f"{', '.join(attention_choices())}; set {key} to one of these, or leave it unset for "
+                     "transformers' default.")
 
 
 def transformer_blocks(model: Any):

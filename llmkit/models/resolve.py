@@ -22,7 +22,12 @@ def resolve_model_path(name: str) -> str:
     if name.startswith(PKG_PREFIX):
         return str(_resolve_package(name[len(PKG_PREFIX):]))
     path = Path(name).expanduser()
-    if path.exists():
+    try:
+        exists = path.exists()
+    except OSError as e:  # a name longer than the file system takes
+        raise ModelNotFound(f"{name[:60]!r}... ({len(name)} characters) is not a usable path ({e.strerror}) nor a "
+                            "hub id. Check the value.") from None
+    if exists:
         return str(path.resolve())
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelNotFound(f"no model directory at {name!r} (from {Path.cwd()}). Check the path.")

@@ -19,8 +19,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from llmkit.data.cache import publishing
+from llmkit.data.cache import cache_error, publishing
 from llmkit.errors import UserError, first_line
+from llmkit.models.integrity import check_model_dir
 
 MARKER = "llmkit-tiny.json"  # written last: a directory without it is an interrupted build
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack", ".onnx")
@@ -139,13 +140,16 @@ def tiny_model_dir(source: ModelSource, sizes: TinySizes = TinySizes(), cache_di
         return target
     config, tokenizer, generation = _read_source(source)
     model = _build(source, config, sizes)
-    with publishing(target, is_tiny_dir) as tmp:
-        _save(model, tokenizer, generation, tmp)
-        info = {"source": source.label, "architecture": type(model).__name__, "sizes": asdict(sizes),
-                "layers": model.config.num_hidden_layers, "hidden_size": model.config.hidden_size,
-                "parameters": sum(p.numel() for p in model.parameters()), "vocab_size": model.config.vocab_size,
-                "tokenizer": tokenizer is not None}
-        (tmp / MARKER).write_text(json.dumps(info, indent=1) + "\n")
+    try:
+        with publishing(target, is_tiny_dir) as tmp:
+            _save(model, tokenizer, generation, tmp)
+            info = {"source": source.label, "architecture": type(model).__name__, "sizes": asdict(sizes),
+                    "layers": model.config.num_hidden_layers, "hidden_size": model.config.hidden_size,
+                    "parameters": sum(p.numel() for p in model.parameters()), "vocab_size": model.config.vocab_size,
+                    "tokenizer": tokenizer is not None}
+            (tmp / MARKER).write_text(json.dumps(info, indent=1) + "\n")
+    except OSError as e:  # everything in the block writes under the cache
+        raise cache_error(e, target, cache_dir) from None
     return target
 
 
@@ -195,6 +199,8 @@ def _read_source(source: ModelSource) -> tuple[Any, Any, Any]:
 
             require_gguf_package()
             kwargs = {"gguf_file": source.gguf_file}
+    else:
+        check_model_dir(source.key, path)  # a local folder without config.json: say so, not "offline"
     try:
         with quiet_transformers(), _gguf_metadata_read_once():
             config = AutoConfig.from_pretrained(path, **kwargs)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from llmkit.data.loading import SPLIT_KEYS
+from llmkit.data.loading import SPLIT_KEYS, as_text
 from llmkit.errors import UserError
 from llmkit.prompting.scoring import ScoringPlan, encode_variants, special_tokens
 from llmkit.prompting.template import Template
@@ -20,10 +20,10 @@ class LabelledSplits:
 
 def load_labelled_splits(data_cfg: Any, template: Template, seed: int) -> LabelledSplits:
     """The raw splits with labels as class ids; every column the template names must exist."""
-    from llmkit.data.classification import encode_labels, infer_label_names
-    from llmkit.data.loading import load_raw_splits, require_columns
+    from llmkit.data.classification import check_labels, encode_labels, infer_label_names
+    from llmkit.data.loading import empty_text_notes, limit_splits, note, read_splits, require_columns
 
-    raw = load_raw_splits(data_cfg, seed)
+    raw = read_splits(data_cfg)
     require_columns(raw, data_cfg, ["label_column"])
     columns = template.columns(data_cfg.text_column, data_cfg.text_pair_column)
     for name, ds in raw.items():
@@ -37,6 +37,12 @@ def load_labelled_splits(data_cfg: Any, template: Template, seed: int) -> Labell
                                 f"{', '.join(ds.column_names)}. "
                                 f"Fix {key} or the data (data.column_map renames columns)"
                                 + ("; {text} reads data.text_column." if key == "prompt.template" else "."))
+    # only the text columns the template reads ({text}, {text_b}) are checked: other fields may be empty by design
+    text_keys = [key for key, field in (("text_column", ("text", "text_a")), ("text_pair_column", ("text_b",)))
+                 if any(f in columns for f in field)]
+    for line in empty_text_notes(raw, data_cfg, text_keys) + check_labels(raw, data_cfg, multi_label=False):
+        note(line)
+    raw = limit_splits(raw, data_cfg, seed)
     names = infer_label_names(raw.get("train"), data_cfg, multi_label=False)
     return LabelledSplits(encode_labels(raw, names, data_cfg, multi_label=False), names)
 
@@ -84,7 +90,7 @@ class Renderer:
     def fields(self, row: dict) -> dict[str, str]:
         values = {}
         for field, column in self.columns.items():
-            text = "" if row[column] is None else str(row[column]).strip()  # the template places the spaces
+            text = as_text(row[column]).strip()  # the template places the spaces
             values[field] = self._cut(text)
         return values
 

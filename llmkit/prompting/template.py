@@ -87,8 +87,26 @@ def _fill(segments: tuple[tuple[str, str | None], ...], values: dict[str, str]) 
     return "".join(literal + (values[name] if name else "") for literal, name in segments)
 
 
+def shared_label_word(verbalizer: dict[Any, Any]) -> str | None:
+    """A message naming a label word given for two classes (compared without surrounding spaces), or None.
+
+    Such a word's probability would count for both classes, which then can never be told apart by it."""
+    owner: dict[str, Any] = {}
+    for key, value in verbalizer.items():
+        listed = [value] if isinstance(value, str) else list(value or [])
+        for word in dict.fromkeys(str(w).strip() for w in listed):
+            if word and word in owner:
+                return (f"the label word {word!r} is given for both {str(owner[word])!r} and {str(key)!r}; a word can "
+                        "stand for one class only (its score would count for both). Give each class its own words.")
+            owner.setdefault(word, key)
+    return None
+
+
 def resolve_verbalizer(verbalizer: dict[Any, Any], label_names: list[str]) -> list[list[str]]:
     """The label words of each class, in label order. Keys are class names, or indices into the classes."""
+    shared = shared_label_word(verbalizer)
+    if shared:
+        raise UserError(f"prompt.verbalizer: {shared}")
     words: list[list[str] | None] = [None] * len(label_names)
     by_name = {name: i for i, name in enumerate(label_names)}
     for key, value in verbalizer.items():
@@ -132,7 +150,8 @@ def label_word_ids(tokenizer: Any, word: str, context: str, kind: str) -> list[i
 
 def check_label_words(tokenizer: Any, words: list[list[str]], ids: list[list[list[int]]], label_names: list[str],
                       multi_token: str | None) -> None:
-    """Refuse label words the tokenizer does not know, and multi-token words unless a scoring rule is set."""
+    """Refuse label words the tokenizer does not know, multi-token words unless a scoring rule is set, and two
+    classes' words that become the same tokens (e.g. 'Bad' and 'bad' for an uncased tokenizer)."""
     unk = tokenizer.unk_token_id
     for name, class_words, class_ids in zip(label_names, words, ids):
         for word, tokens in zip(class_words, class_ids):
@@ -145,3 +164,12 @@ def check_label_words(tokenizer: Any, words: list[list[str]], ids: list[list[lis
                                 f"({' + '.join(map(repr, pieces))}) for this tokenizer. Choose a single-token word, "
                                 "or score multi-token words with prompt.multi_token=sum (or mean) of their token "
                                 "log-probabilities.")
+    owner: dict[tuple[int, ...], tuple[str, str]] = {}
+    for name, class_words, class_ids in zip(label_names, words, ids):
+        for word, tokens in zip(class_words, class_ids):
+            other = owner.setdefault(tuple(tokens), (name, word))
+            if other[0] != name and tokens:
+                raise UserError(f"prompt.verbalizer: label word {word!r} of class {name!r} and {other[1]!r} of class "
+                                f"{other[0]!r} are the same tokens for this tokenizer "
+                                f"({' + '.join(map(repr, tokenizer.convert_ids_to_tokens(tokens)))}), so the two "
+                                "classes could not be told apart by them; give each class its own words.")

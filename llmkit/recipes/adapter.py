@@ -128,7 +128,7 @@ class AdapterConfig(FinetuneConfig):
 
 
 @honoured("adapter")
-def run(cfg: AdapterConfig, *, config_path: str | None = None, overwrite: bool = False,
+def run(cfg: AdapterConfig, *, config_path: str | None = None, overwrite: bool | str = False,
         dry_run: bool = False) -> dict:
     """Train the adapter on the finetune task; save it (with the task head) in OUTPUT_DIR/adapter."""
     from llmkit.recipes import finetune

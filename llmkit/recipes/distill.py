@@ -188,7 +188,8 @@ class DistillConfig:
     output_dir: str | None = opt("Run directory (default: runs/distill-<config name>-<time>).", default=None)
 
     def validate(self) -> list[ConfigIssue]:
-        issues = self.data.require_training_data() + self.tokenizer.refuse_training(COMMAND)
+        issues = (self.data.require_training_data() + self.tokenizer.refuse_training(COMMAND)
+                  + self.data.label_separator_issues(self.task.type, False, command=COMMAND))
         if self.task.type == "token-classification":
             issues.append(ConfigIssue("task.type", "llmkit distill supports sequence-classification and causal-lm; "
                                                    "distil a token classifier by training the student with llmkit "
@@ -207,16 +208,17 @@ class DistillConfig:
 
 
 @honoured("distill")
-def run(cfg: DistillConfig, *, config_path: str | None = None, overwrite: bool = False,
+def run(cfg: DistillConfig, *, config_path: str | None = None, overwrite: bool | str = False,
         dry_run: bool = False) -> dict:
     """Distil the teacher into the student; return the final metrics (also in OUTPUT_DIR/metrics.json)."""
     from transformers import set_seed
 
-    from llmkit.models.loading import count_parameters, freeze, load_model, load_tokenizer
+    from llmkit.models.loading import check_vocabulary_fits, count_parameters, freeze, load_model, load_tokenizer
     from llmkit.recipes.finetune import TASKS, _describe_splits, refuse_adapter_model
     from llmkit.training import rundir
     from llmkit.training.arguments import (
         TrainingArgumentsError,
+        check_best_metric,
         launch_state,
         make_training_arguments,
         pad_multiple,
@@ -247,11 +249,12 @@ def run(cfg: DistillConfig, *, config_path: str | None = None, overwrite: bool =
         data = prepare_data(cfg, task, tokenizer, labels)
     state.print(f"data: {_describe_splits(data.stats)}; {task.describe(data)}; "
                 f"{'from cache' if data.from_cache else 'prepared'} in {data.seconds:.1f} s")
+    texts = unlabeled_texts(cfg) if d.unlabeled is not None else None  # checked before the student is built
 
     precision = resolve_precision(cfg.train.precision)
     target = Path(cfg.output_dir) if cfg.output_dir else rundir.default_run_dir(COMMAND, config_path)
     try:
-        args = make_training_arguments(cfg.train, str((Path("dry-run") if dry_run else target) / rundir.CHECKPOINTS),
+        args = make_training_arguments(cfg.train, str(target.expanduser().resolve() / rundir.CHECKPOINTS),
                                        **({"eval_strategy": "no", "load_best_model_at_end": False}
                                           if "validation" not in data.splits else {}),
                                        **task.training_overrides)
@@ -262,6 +265,7 @@ def run(cfg: DistillConfig, *, config_path: str | None = None, overwrite: bool =
         refuse_adapter_model(d.student, COMMAND)
     set_seed(cfg.train.seed)  # the student starts from the same random state as `llmkit finetune` would
     student = build_student(d.student, teacher, task, tokenizer, labels)
+    check_vocabulary_fits(student, tokenizer)  # a from_teacher student keeps the teacher's embedding table
     freeze(student, d.student.freeze_embeddings, d.student.freeze_layers)
     check_pairing(cfg, teacher, student, same_vocab)
     pairs = layer_pairs(d, teacher, student) if d.beta > 0 else []
@@ -283,6 +287,8 @@ def run(cfg: DistillConfig, *, config_path: str | None = None, overwrite: bool =
         raise UserError("distill.cache_teacher: the student's tokenizer differs from the teacher's, so the "
                         "teacher cannot read the student's batches; set distill.cache_teacher: true (the "
                         "teacher then labels the texts with its own tokenizer, once).")
+    metrics_fn = task.metrics(labels)
+    check_best_metric(cfg.train, metrics_fn.names() if metrics_fn else ["perplexity"])
     if dry_run:
         steps = planned_steps(args, len(data.splits["train"]))
         state.print(f"plan: {steps} optimizer steps{' (before teacher-labelled texts)' if d.unlabeled else ''}, "
@@ -292,8 +298,7 @@ def run(cfg: DistillConfig, *, config_path: str | None = None, overwrite: bool =
                 "student_params": student_params, "data": data.stats, "label_names": labels,
                 "layer_pairs": pairs}
 
-    texts = unlabeled_texts(cfg) if d.unlabeled is not None else None  # read before the run directory changes
-    run_dir = rundir.prepare_run_dir(target, overwrite, cfg.train.resume, state)
+    run_dir = rundir.claim_run_dir(cfg, COMMAND, config_path, overwrite, state, path=target)
     train_split = data.splits["train"]
     extra = None
     if texts is not None:
@@ -309,7 +314,6 @@ def run(cfg: DistillConfig, *, config_path: str | None = None, overwrite: bool =
         settings.cache = teacher_cache(cfg, teacher, teacher_tokenizer, same_vocab, train_split, labels, pairs,
                                        precision, args, extra)
 
-    metrics_fn = task.metrics(labels)
     multiple = pad_multiple(precision, args.device.type)
     eval_collate = task.collator(tokenizer, multiple)  # before the training collator: SFT counts its padding
     result = train_and_save(
@@ -469,7 +473,7 @@ def teacher_cache(cfg: DistillConfig, teacher, teacher_tokenizer, same_vocab: bo
     """The teacher's outputs for every training example, from the cache or computed once and stored."""
     from accelerate import PartialState
 
-    from llmkit.data.cache import cache_key, cache_root, file_digest
+    from llmkit.data.cache import cache_error, cache_key, cache_root, file_digest
     from llmkit.training.distill import TeacherCache, build_teacher_cache, cache_size_bytes, data_digest
 
     d = cfg.distill
@@ -493,10 +497,13 @@ def teacher_cache(cfg: DistillConfig, teacher, teacher_tokenizer, same_vocab: bo
             say(f"teacher outputs: from cache {directory}")
             return TeacherCache(directory)
         say(f"teacher outputs: computing for {len(teacher_split)} examples ({size / 1e6:.0f} MB) ...")
-        cache = build_teacher_cache(directory, teacher.to(args.device), teacher_split, teacher_tokenizer,
-                                    batch_size=args.per_device_eval_batch_size, layers=layers,
-                                    per_token_logits=causal_lm, num_outputs=num_outputs,
-                                    hidden_width=hidden_size(teacher), precision=precision, device=args.device)
+        try:
+            cache = build_teacher_cache(directory, teacher.to(args.device), teacher_split, teacher_tokenizer,
+                                        batch_size=args.per_device_eval_batch_size, layers=layers,
+                                        per_token_logits=causal_lm, num_outputs=num_outputs,
+                                        hidden_width=hidden_size(teacher), precision=precision, device=args.device)
+        except OSError as e:  # the cache location failed (not writable, full): name the setting that chose it
+            raise cache_error(e, directory, cfg.data.cache_dir) from None
         say(f"teacher outputs: {cache.meta['seconds']:.1f} s, cached in {directory}")
         return cache
 
@@ -563,7 +570,7 @@ def label_unlabeled(cfg: DistillConfig, texts: list[str], teacher, teacher_token
     import numpy as np
     from accelerate import PartialState
 
-    from llmkit.data.cache import cache_key, cache_root, file_digest
+    from llmkit.data.cache import cache_error, cache_key, cache_root, file_digest
     from llmkit.training.distill import run_teacher
 
     d = cfg.distill
@@ -589,10 +596,13 @@ def label_unlabeled(cfg: DistillConfig, texts: list[str], teacher, teacher_token
 
             run_teacher(teacher.to(args.device), encoded, teacher_tokenizer, batch_size=args.per_device_eval_batch_size,
                         layers=[], per_token_logits=False, precision=precision, device=args.device, write=write)
-            cached.parent.mkdir(parents=True, exist_ok=True)
             tmp = cached.with_name(f"{cached.name}.tmp")
-            tmp.write_text("".join(json.dumps(p) + "\n" for p in probs))
-            tmp.replace(cached)
+            try:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                tmp.write_text("".join(json.dumps(p) + "\n" for p in probs))
+                tmp.replace(cached)
+            except OSError as e:  # the cache location failed: name the setting that chose it
+                raise cache_error(e, cached, cfg.data.cache_dir) from None
             say(f"teacher labels: {len(texts)} texts labelled in {time.perf_counter() - start:.1f} s, cached in "
                 f"{cached}")
     threshold = d.unlabeled_min_confidence or 0.0
@@ -618,10 +628,7 @@ def unlabeled_texts(cfg: DistillConfig) -> list[str]:
 
     d = cfg.distill
     reader = dataclasses.replace(cfg.data, column_names=None, format="auto", max_train_samples=None)
-    try:
-        raw = load_file_split("unlabeled", str(Path(d.unlabeled).expanduser()), reader)
-    except UserError as e:
-        raise UserError(str(e).replace("data.unlabeled", "distill.unlabeled", 1)) from None
+    raw = load_file_split("distill.unlabeled", str(Path(d.unlabeled).expanduser()), reader)
     column = d.unlabeled_text_column or ("text" if "text" in raw.column_names and len(raw.column_names) == 1
                                          else cfg.data.text_column)
     if column not in raw.column_names:

@@ -162,10 +162,13 @@ class RunDirectory:
 
 def find_run_directory(name: str | None, key: str = "model.name_or_path") -> RunDirectory | None:
     """The run directory `name` (the config's `key`) points to, or None for an ordinary model reference."""
-    if not name:
+    if not name or not isinstance(name, str):  # a wrong type is reported by the config's own checks
         return None
     path = Path(name).expanduser()
-    if not (path / "config.yaml").is_file():
+    try:
+        if not (path / "config.yaml").is_file():
+            return None
+    except OSError:  # a name the file system cannot take (too long): not a run directory
         return None
     from llmkit.config.loader import read_yaml
     from llmkit.models.adapters import find_adapter_dir
@@ -194,8 +197,10 @@ def inherit_from_run(raw: dict) -> dict:
 
 
 @honoured("eval")
-def run(cfg: EvalConfig, *, config_path: str | None = None, overwrite: bool = False) -> dict:
-    """Evaluate; write eval.json and report.md; return the figures."""
+def run(cfg: EvalConfig, *, config_path: str | None = None, overwrite: bool | str = False,
+        dry_run: bool = False) -> dict:
+    """Evaluate; write eval.json and report.md; return the figures. `dry_run`: load the model and the data and
+    run every check, then stop before scoring (nothing is written)."""
     from llmkit.models.loading import load_tokenizer
 
     run_dir = find_run_directory(cfg.model.name_or_path)
@@ -204,13 +209,17 @@ def run(cfg: EvalConfig, *, config_path: str | None = None, overwrite: bool = Fa
     task, model_kind = detect_task(cfg, model_cfg)
     start = time.perf_counter()
     if task == "classification":
-        metrics, sections, extra = evaluate_classification(cfg, model_cfg, tokenizer, run_dir)
+        metrics, sections, extra = evaluate_classification(cfg, model_cfg, tokenizer, run_dir, dry_run)
     elif task == "token-classification":
-        metrics, sections, extra = evaluate_token_classification(cfg, model_cfg, tokenizer)
+        metrics, sections, extra = evaluate_token_classification(cfg, model_cfg, tokenizer, dry_run)
     elif task == "generation":
-        metrics, sections, extra = evaluate_generation(cfg, model_cfg, tokenizer, model_kind)
+        metrics, sections, extra = evaluate_generation(cfg, model_cfg, tokenizer, model_kind, dry_run)
     else:
-        metrics, sections, extra = evaluate_perplexity(cfg, model_cfg, tokenizer, model_kind)
+        metrics, sections, extra = evaluate_perplexity(cfg, model_cfg, tokenizer, model_kind, dry_run)
+    if dry_run:
+        print(f"plan: eval.task {task} on {', '.join(f'{k} {v}' for k, v in metrics['examples'].items())}; "
+              "nothing scored or written (--dry-run)")
+        return {"dry_run": True, "task": task, **metrics}
     metrics["eval_seconds"] = round(time.perf_counter() - start, 3)
     return write_outputs(cfg, config_path, overwrite, task, metrics, sections, extra, run_dir)
 
@@ -268,7 +277,8 @@ def model_kind(model_cfg: ModelConfig) -> str:
 # ---------------------------------------------------------------- classification
 
 
-def evaluate_classification(cfg: EvalConfig, model_cfg: ModelConfig, tokenizer: Any, run_dir: RunDirectory | None):
+def evaluate_classification(cfg: EvalConfig, model_cfg: ModelConfig, tokenizer: Any, run_dir: RunDirectory | None,
+                            dry_run: bool = False):
     """Accuracy, macro and per-class scores and the confusion matrix on every given split."""
     from llmkit.data.classification import prepare_classification_data
     from llmkit.metrics.classification import ClassificationMetrics, classification_report
@@ -281,6 +291,8 @@ def evaluate_classification(cfg: EvalConfig, model_cfg: ModelConfig, tokenizer: 
     threshold = cfg.eval.threshold or saved_threshold or 0.5
     data = prepare_classification_data(cfg.data, tokenizer, multi_label, seed=0, label_names=labels)
     check_sequence_length(model, data.stats)
+    if dry_run:
+        return {"examples": {split: len(ds) for split, ds in data.splits.items()}}, [], {}
     metrics_fn = ClassificationMetrics(labels, multi_label, threshold)
     metrics, sections, extra = {}, [], {"confusion_matrices": {}}
     for split, ds in data.splits.items():
@@ -329,7 +341,7 @@ def predict_logits(model: Any, tokenizer: Any, dataset: Any, batch_size: int, pr
     return stacked, sum(lengths), max(seconds, 1e-9)
 
 
-def evaluate_token_classification(cfg: EvalConfig, model_cfg: ModelConfig, tokenizer: Any):
+def evaluate_token_classification(cfg: EvalConfig, model_cfg: ModelConfig, tokenizer: Any, dry_run: bool = False):
     """Entity-level precision/recall/F1 (overall and per type) and token accuracy on every given split."""
     from llmkit.data.token_classification import prepare_token_classification_data
     from llmkit.metrics.token_classification import TokenClassificationMetrics
@@ -340,6 +352,8 @@ def evaluate_token_classification(cfg: EvalConfig, model_cfg: ModelConfig, token
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     data = prepare_token_classification_data(cfg.data, tokenizer, seed=0, label_names=labels)
     check_sequence_length(model, data.stats)
+    if dry_run:
+        return {"examples": {split: len(ds) for split, ds in data.splits.items()}}, [], {}
     metrics_fn = TokenClassificationMetrics(labels)
     metrics, sections = {}, []
     for split, ds in data.splits.items():
@@ -378,7 +392,7 @@ def read_eval_text(cfg: DataConfig) -> tuple[str, str]:
     return "\n\n".join(str(t) for t in ds[cfg.text_column] if t is not None), ", ".join(files)
 
 
-def evaluate_perplexity(cfg: EvalConfig, model_cfg: ModelConfig, tokenizer: Any, kind: str):
+def evaluate_perplexity(cfg: EvalConfig, model_cfg: ModelConfig, tokenizer: Any, kind: str, dry_run: bool = False):
     """Perplexity, NLL, tokens scored and bits per byte of the evaluation text."""
     import torch
 
@@ -405,6 +419,8 @@ def evaluate_perplexity(cfg: EvalConfig, model_cfg: ModelConfig, tokenizer: Any,
     if spec.stride > max_length:
         raise UserError(f"eval.perplexity.stride: {spec.stride} is more than the window of {max_length} tokens "
                         "(the model's positions); lower it.")
+    if dry_run:
+        return {"examples": {"validation": f"{len(ids)} tokens"}}, [], {}
     model.eval()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.eval.precision == "bf16"):
         if kind == "causal":
@@ -437,7 +453,7 @@ def _with_special_tokens(tokenizer: Any, ids: list[int]) -> list[int]:
 # ---------------------------------------------------------------- generation
 
 
-def evaluate_generation(cfg: EvalConfig, model_cfg: ModelConfig, tokenizer: Any, kind: str):
+def evaluate_generation(cfg: EvalConfig, model_cfg: ModelConfig, tokenizer: Any, kind: str, dry_run: bool = False):
     """Generate for every prompt (batched, left-padded); exact match when references are given."""
     from llmkit.data.loading import load_raw_splits, require_columns
     from llmkit.metrics.generation import AnswerExtractor, GenerationSettings, exact_match, generate
@@ -456,6 +472,8 @@ def evaluate_generation(cfg: EvalConfig, model_cfg: ModelConfig, tokenizer: Any,
         use_chat_template=spec.use_chat_template)
     answer = AnswerExtractor(spec.answer_pattern)
     reference = AnswerExtractor(spec.reference_pattern or spec.answer_pattern)
+    if dry_run:
+        return {"examples": {split: len(ds) for split, ds in splits.items()}}, [], {}
     metrics, samples = {}, []
     for split, ds in splits.items():
         prefix = "eval" if split == "validation" else split
@@ -491,7 +509,7 @@ def _render(tokenizer: Any, prompts: list[str], spec: GenerationSpec) -> list[st
 # ---------------------------------------------------------------- outputs
 
 
-def write_outputs(cfg: EvalConfig, config_path: str | None, overwrite: bool, task: str, metrics: dict,
+def write_outputs(cfg: EvalConfig, config_path: str | None, overwrite: bool | str, task: str, metrics: dict,
                   sections: list, extra: dict, run_dir: RunDirectory | None) -> dict:
     """eval.json (figures + the settings that produced them), config.yaml, env.json, report.md, a table."""
     from llmkit.config.loader import save_config
@@ -507,8 +525,8 @@ def write_outputs(cfg: EvalConfig, config_path: str | None, overwrite: bool, tas
     if adapter_dir is not None:
         meta = read_metadata(adapter_dir)
         label = f"{meta['base_model']} + {meta['method']} adapter {meta['name']!r} ({label})"
-    out = rundir.prepare_run_dir(Path(cfg.output_dir) if cfg.output_dir else
-                                 rundir.default_run_dir(COMMAND, config_path or name), overwrite, resume=None)
+    out = rundir.claim_run_dir(cfg, COMMAND, config_path, overwrite, path=None if cfg.output_dir else
+                               rundir.default_run_dir(COMMAND, config_path or name))
     save_config(cfg, out / "config.yaml", COMMAND)
     rundir.write_json(out / "env.json", rundir.environment(cfg.eval.precision, 1))
     for split, matrix in (extra.get("confusion_matrices") or {}).items():

@@ -66,7 +66,8 @@ class FinetuneConfig:
     output_dir: str | None = opt("Run directory (default: runs/finetune-<config name>-<time>).", default=None)
 
     def validate(self) -> list[ConfigIssue]:
-        return self.data.require_training_data() + self.tokenizer.refuse_training(COMMAND)
+        return (self.data.require_training_data() + self.tokenizer.refuse_training(COMMAND)
+                + self.data.label_separator_issues(self.task.type, self.task.multi_label))
 
 
 class SequenceClassificationTask:
@@ -288,7 +289,7 @@ TASKS = {"sequence-classification": SequenceClassificationTask, "token-classific
 
 
 @honoured("finetune")
-def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool = False,
+def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool | str = False,
         dry_run: bool = False, command: str = COMMAND) -> dict:
     """Fine-tune and evaluate; return the final metrics (also written to OUTPUT_DIR/metrics.json).
 
@@ -298,6 +299,7 @@ def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool 
     from transformers import set_seed
 
     from llmkit.models.loading import (
+        check_attn_implementation,
         check_sequence_length,
         count_parameters,
         freeze,
@@ -308,6 +310,7 @@ def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool 
     from llmkit.training import rundir
     from llmkit.training.arguments import (
         TrainingArgumentsError,
+        check_best_metric,
         launch_state,
         make_training_arguments,
         pad_multiple,
@@ -320,6 +323,7 @@ def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool 
     state = launch_state(cfg.train)  # under torchrun / accelerate launch: which process this is
     set_seed(cfg.train.seed)
     tokenizer = load_tokenizer(cfg.model, cfg.tokenizer)
+    check_attn_implementation(cfg.model)  # before the data is prepared, which a typo there would waste
     with state.main_process_first():  # the main process tokenizes and caches; the others read its cache
         data = task.prepare(tokenizer, cfg.train.seed)
     labels = data.label_names
@@ -349,11 +353,9 @@ def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool 
     eval_overrides = dict(task.training_overrides)
     if not has_eval:
         eval_overrides.update(eval_strategy="no", load_best_model_at_end=False)
-    run_dir = None if dry_run else rundir.prepare_run_dir(
-        Path(cfg.output_dir) if cfg.output_dir else rundir.default_run_dir(command, config_path),
-        overwrite, cfg.train.resume, state)
+    run_path = Path(cfg.output_dir) if cfg.output_dir else rundir.default_run_dir(command, config_path)
     try:
-        args = make_training_arguments(cfg.train, str((run_dir or Path("dry-run")) / rundir.CHECKPOINTS),
+        args = make_training_arguments(cfg.train, str(run_path.expanduser().resolve() / rundir.CHECKPOINTS),
                                        **eval_overrides)
     except TrainingArgumentsError as e:
         raise UserError(f"train.{e.key}: {e.message}" if e.key else f"train: {e.message}") from None
@@ -361,11 +363,13 @@ def run(cfg: FinetuneConfig, *, config_path: str | None = None, overwrite: bool 
     precision = resolve_precision(cfg.train.precision)
     state.print(f"plan: {steps} optimizer steps, batch {args.per_device_train_batch_size} x accumulation "
                 f"{args.gradient_accumulation_steps} x {args.world_size} process(es), precision {precision}")
+    metrics_fn = task.metrics(labels)
+    check_best_metric(cfg.train, metrics_fn.names() if metrics_fn else ["perplexity"])
     if dry_run:
         return {"dry_run": True, "train_steps": steps, "trainable_params": trainable, "total_params": total,
                 "data": data.stats, "label_names": labels}
 
-    metrics_fn = task.metrics(labels)
+    run_dir = rundir.claim_run_dir(cfg, command, config_path, overwrite, state, path=run_path)
     if args.process_index == 0 and not cfg.train.resume:
         task.before_training(model, tokenizer)
     result = train_and_save(

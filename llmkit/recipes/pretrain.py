@@ -189,20 +189,22 @@ def load_or_train_tokenizer(cfg: PretrainConfig, raw, resume_from: str | None):
 
 
 @honoured("pretrain")
-def run(cfg: PretrainConfig, *, config_path: str | None = None, overwrite: bool = False,
+def run(cfg: PretrainConfig, *, config_path: str | None = None, overwrite: bool | str = False,
         dry_run: bool = False) -> dict:
     """Pretrain (or sweep sizes) and evaluate; return the final metrics (also in OUTPUT_DIR/metrics.json)."""
     from transformers import set_seed
 
     from llmkit.data.pretraining import LazySplits, MaskingSettings, prepare_pretrain_data
     from llmkit.training import rundir
-    from llmkit.training.arguments import launch_state
+    from llmkit.training.arguments import check_best_metric, launch_state
+    from llmkit.training.trainer import TokenLossTrainer
 
     p = cfg.pretrain
     state = launch_state(cfg.train)  # under torchrun / accelerate launch: which process this is
     set_seed(cfg.train.seed)
     if cfg.model.from_config is None:
         check_objective(cfg.model, p.objective)
+    check_best_metric(cfg.train, list(TokenLossTrainer.METRICS))
     run_path = Path(cfg.output_dir) if cfg.output_dir else rundir.default_run_dir(COMMAND, config_path)
     resume_from = rundir.find_resume_checkpoint(run_path, cfg.train.resume) \
         if cfg.train.resume and run_path.is_dir() and not p.sweep else None
@@ -221,7 +223,7 @@ def run(cfg: PretrainConfig, *, config_path: str | None = None, overwrite: bool 
         return plan.dry_run(sizes)
     # The model is built before the run directory is touched: a model that cannot be built changes nothing.
     model = None if p.sweep else plan.build_model(cfg)
-    run_dir = rundir.prepare_run_dir(run_path, overwrite, cfg.train.resume, state)
+    run_dir = rundir.claim_run_dir(cfg, COMMAND, config_path, overwrite, state, path=run_path)
     if not p.sweep:
         return plan.train(cfg, run_dir, sweep_member=False, model=model)
     return run_sweep(plan, sizes, run_dir, state)

@@ -79,7 +79,7 @@ class PromptSection:
                                      default=None)
 
     def validate(self) -> list[ConfigIssue]:
-        from llmkit.prompting.template import Template
+        from llmkit.prompting.template import Template, shared_label_word
 
         issues = []
         try:
@@ -89,6 +89,8 @@ class PromptSection:
         if not self.verbalizer:
             issues.append(ConfigIssue("verbalizer", "is empty; give every class its label words, e.g. "
                                                     "{negative: [terrible], positive: [great]}."))
+        elif shared_label_word(self.verbalizer):
+            issues.append(ConfigIssue("verbalizer", shared_label_word(self.verbalizer)))
         mode = self.mode
         if mode == "few-shot" and self.shots_per_class is None:
             issues.append(ConfigIssue("shots_per_class", "few-shot trains on K examples per class; set it (e.g. 16)."))
@@ -140,7 +142,8 @@ class PromptConfig:
     output_dir: str | None = opt("Run directory (default: runs/prompt-<config name>-<time>).", default=None)
 
     def validate(self) -> list[ConfigIssue]:
-        issues = self.tokenizer.refuse_training(COMMAND)
+        issues = self.tokenizer.refuse_training(COMMAND) + self.data.label_separator_issues(
+            "sequence-classification", False, command=COMMAND)
         mode = self.prompt.mode
         has_train = self.data.train_file is not None or self.data.dataset_name is not None
         if mode in TRAINING_MODES or mode == "in-context":
@@ -213,7 +216,7 @@ class Setup:
 
 
 @honoured("prompt")
-def run(cfg: PromptConfig, *, config_path: str | None = None, overwrite: bool = False,
+def run(cfg: PromptConfig, *, config_path: str | None = None, overwrite: bool | str = False,
         dry_run: bool = False) -> dict:
     """Score (and train) per the mode; return the final metrics (also in OUTPUT_DIR/metrics.json)."""
     from transformers import set_seed
@@ -235,12 +238,13 @@ def run(cfg: PromptConfig, *, config_path: str | None = None, overwrite: bool = 
         + (f", {len(seeds)} seed(s)" if mode != "zero-shot" else ""))
     if mode in TRAINING_MODES:
         make_trainable(setup, model)  # once here, so a bad adapter or freeze setting fails before the run directory
+        from llmkit.training.arguments import check_best_metric
+
+        check_best_metric(cfg.train, setup.metrics_fn.names())
     if dry_run:
         return {"dry_run": True, "mode": mode, "seeds": seeds, "label_names": setup.labels,
                 "examples": {name: len(ds) for name, ds in setup.data.splits.items()}}
-    run_dir = rundir.prepare_run_dir(Path(cfg.output_dir) if cfg.output_dir else
-                                     rundir.default_run_dir(COMMAND, config_path), overwrite, cfg.train.resume,
-                                     setup.state)
+    run_dir = rundir.claim_run_dir(cfg, COMMAND, config_path, overwrite, setup.state)
     main = setup.state.is_main_process
     if main:
         write_run_files(cfg, run_dir, setup.precision, setup.state.num_processes)

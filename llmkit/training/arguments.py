@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from llmkit.errors import first_line
+from llmkit.errors import UserError, first_line, shown
 
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -145,8 +145,6 @@ def launch_state(train_cfg: Any) -> Any:
         make_training_arguments(train_cfg, "llmkit-launch", eval_strategy="no", save_strategy="no",
                                 load_best_model_at_end=False)
     except TrainingArgumentsError as e:
-        from llmkit.errors import UserError
-
         raise UserError(f"train.{e.key}: {e.message}" if e.key else f"train: {e.message}") from None
     return PartialState()
 
@@ -188,6 +186,19 @@ def _check_choices(kwargs: dict) -> None:
 def _guess_key(message: str, kwargs: dict) -> str:
     named = [k for k in kwargs if re.search(rf"\b{re.escape(k)}\b", message)]
     return named[0] if named else ""
+
+
+def check_best_metric(train_cfg: Any, names: list[str]) -> None:
+    """train.metric_for_best_model must be a metric the run's evaluation reports (`names`, without the eval_
+    prefix; the loss always is): the Trainer would look it up only at the first evaluation, mid-run."""
+    wanted = train_cfg.metric_for_best_model
+    if not wanted:
+        return
+    known = ["loss", *names]
+    if wanted.removeprefix("eval_") not in known:
+        choices = ", ".join(known[:12]) + (f" (and {len(known) - 12} more)" if len(known) > 12 else "")
+        raise UserError(f"train.metric_for_best_model: {shown(wanted)} is not a metric this run's evaluation "
+                        f"reports; choose one of: {choices}.")
 
 
 def planned_steps(args: Any, n_train: int) -> int:

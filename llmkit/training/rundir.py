@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import platform
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,45 +20,371 @@ CHECKPOINTS = "checkpoints"
 
 
 def default_run_dir(command: str, config_path: str | None) -> Path:
+    """runs/<command>-<config name>-<timestamp>, with -2, -3, ... when a run started in the same second took it."""
     name = Path(config_path).stem if config_path else "run"
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{command}-{name}-{stamp}"
+    first = Path("runs") / f"{command}-{name}-{stamp}"
+    path, copies = first, 1
+    while path.exists():
+        copies += 1
+        path = first.with_name(f"{first.name}-{copies}")
+    return path
 
 
-def refuse_existing(path: Path, overwrite: bool, resume: str | None) -> bool:
-    """Refuse a run directory that is a file, or exists with content and neither --overwrite nor train.resume
-    was given (checked once before any work, and again when the directory is prepared); True if it has
-    content."""
-    path = path.expanduser().resolve()
-    if path.exists() and not path.is_dir():
-        raise UserError(f"output_dir: {path} exists and is a file, not a directory. Choose another --output-dir.")
-    existing = path.is_dir() and any(path.iterdir())
-    if existing and not resume and not overwrite:
-        raise UserError(f"output_dir: {path} already exists and is not empty; nothing was changed. Use "
-                        "--overwrite to replace it, train.resume=auto to continue that run, or --output-dir "
-                        "for a new one.")
-    return existing
+# ---------------------------------------------------------------- what a command may write, and where
+
+MARKER = ".llmkit-run"  # written when llmkit creates a run directory: the only kind --overwrite may delete
+LOCK = ".llmkit-lock"  # held while a process writes into the directory
+REPLACE_SMOKE = "smoke"  # an `overwrite` value: replace the directory only if it holds a smoke run
+TRAINING_OUTPUTS = ("checkpoints", "model", "adapter", "metrics.json", "eval.json", "log_history.jsonl", "sweep")
+_SKIPPED_KEYS = ("output_dir", "train.logging_dir", "data.cache_dir")  # written by the run, not read by it
 
 
-def prepare_run_dir(path: Path, overwrite: bool, resume: str | None, state: Any = None) -> Path:
-    """Create the run directory; never touch an existing one unless asked (--overwrite or train.resume).
+def input_paths(cfg: Any, config_path: str | Path | None = None) -> list[tuple[str, Path]]:
+    """Every existing file or directory a config points to, with its key (resolved): the config file, model,
+    tokenizer and teacher folders, data files (relative to data.data_dir as the loader reads them), a resume
+    checkpoint. Found by walking every string in the config, so a command's new keys are covered without
+    being listed here."""
+    from llmkit.config.schema import to_dict
 
-    `state`: the launch's PartialState (arguments.launch_state). Under a multi-process launch every process
-    checks the directory, then only the main process clears and creates it while the others wait: a second
-    rank's --overwrite would otherwise delete what the first had started writing.
+    data_dir = getattr(getattr(cfg, "data", None), "data_dir", None)
+    found: list[tuple[str, Path]] = []
+    if config_path:
+        found.append(("the config file", Path(config_path)))
+    for key, value in _string_leaves(to_dict(cfg)):
+        if key in _SKIPPED_KEYS or key.endswith("data_dir") or value.startswith("pkg:") or "://" in value:
+            continue
+        candidates = [Path(value).expanduser()]
+        if key.startswith("data.") and data_dir:
+            candidates.append(Path(data_dir).expanduser() / value)
+        for candidate in candidates:
+            matches = sorted(candidate.parent.glob(candidate.name)) if any(c in value for c in "*?[") else \
+                [candidate]
+            found += [(key, match) for match in matches[:1000] if _exists(match)]
+    out, seen = [], set()
+    for key, path in found:
+        path = path.resolve()
+        if path not in seen:
+            seen.add(path)
+            out.append((key, path))
+    return out
+
+
+def _string_leaves(data: Any, prefix: str = "") -> list[tuple[str, str]]:
+    if isinstance(data, dict):
+        return [leaf for k, v in data.items() for leaf in _string_leaves(v, f"{prefix}.{k}" if prefix else str(k))]
+    if isinstance(data, (list, tuple)):
+        return [leaf for item in data for leaf in _string_leaves(item, prefix)]
+    return [(prefix, data)] if isinstance(data, str) and data and len(data) < 4096 else []
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):  # a name too long for the OS, a NUL byte
+        return False
+
+
+def _within(inner: Path, outer: Path) -> bool:
+    return inner == outer or outer in inner.parents
+
+
+def read_marker(path: Path) -> dict | None:
+    """The run marker of `path` ({"command", "smoke", ...}), or None when llmkit did not create it."""
+    try:
+        data = json.loads((path / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _legacy_run(path: Path) -> bool:
+    """A run directory written by an llmkit from before the marker: its config.yaml carries llmkit's header."""
+    try:
+        with (path / "config.yaml").open(encoding="utf-8") as fh:
+            return fh.readline().startswith("# Resolved by llmkit")
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _contents(path: Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir() if p.name != LOCK) if path.is_dir() else []
+
+
+def check_output_dir(path: Path, *, overwrite: bool | str = False, resume: str | None = None,
+                     inputs: list[tuple[str, Path]] = (), key: str = "output_dir") -> bool:
+    """Every check of a run directory that can run before anything is written; True when it has content.
+
+    Refused: a path that is (or is under) a file, or not writable; a directory that is one of the command's
+    inputs; an existing directory with content unless `resume` (an llmkit run that has not finished) or
+    `overwrite` (an llmkit run: it holds the marker; never the current directory or one above it, the home
+    directory, or a directory holding an input; with REPLACE_SMOKE only a smoke run); a directory another live
+    llmkit process is writing into.
     """
     path = path.expanduser().resolve()
-    existing = refuse_existing(path, overwrite, resume)
+    _check_writable(path, key)
+    for name, source in inputs:
+        if source == path:
+            raise UserError(f"{key}: {path} is also {_input_name(name)}, which this command reads; the output of a "
+                            "command can never be one of its inputs. Nothing was changed. Choose another "
+                            "--output-dir.")
+    content = _contents(path)
+    if not content:
+        _check_lock(path, key)
+        return False
+    _check_lock(path, key)
+    if resume:
+        _check_resumable(path, resume, key)
+    elif overwrite:
+        _check_replaceable(path, overwrite, inputs, key)
+    else:
+        raise UserError(f"{key}: {path} already exists and is not empty; nothing was changed. Use --overwrite to "
+                        "replace it, train.resume=auto to continue that run, or --output-dir for a new one."
+                        + _stale_note(path))
+    return True
+
+
+def _input_name(name: str) -> str:
+    return name if name.startswith("the ") else f"the {name} input"
+
+
+def _check_writable(path: Path, key: str) -> None:
+    """The path is a directory or can become one, and its nearest existing folder is writable."""
+    if len(path.name.encode()) > 255:
+        raise UserError(f"{key}: the name {path.name[:40]}... is {len(path.name.encode())} bytes long; file "
+                        "systems allow 255. Choose a shorter --output-dir.")
+    if _exists(path) and not path.is_dir():
+        raise UserError(f"{key}: {path} exists and is a file, not a directory. Choose another --output-dir.")
+    existing = path
+    while not _exists(existing):
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{key}: {existing} is a file, so {path} cannot be created under it. Choose another "
+                        "--output-dir.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{key}: {existing} is not writable by this user, so {path} cannot be "
+                        f"{'written' if existing == path else 'created'}. Choose a directory you can write to.")
+
+
+def _check_resumable(path: Path, resume: str, key: str) -> None:
+    if read_marker(path) is None and not _legacy_run(path):
+        raise UserError(f"train.resume: {path} is not an llmkit run directory (it holds {_listing(path)} and no "
+                        f"{MARKER}), so there is nothing to resume and llmkit will not write into it. Choose "
+                        "another --output-dir.")
+    if resume != "auto":
+        return
+    ckpt_dir = path / CHECKPOINTS
+    has_checkpoint = ckpt_dir.is_dir() and bool(checkpoints_newest_first(ckpt_dir))
+    # A size sweep resumes member by member (finished sizes are kept, not trained again).
+    if (path / "metrics.json").is_file() and not has_checkpoint and not (path / "sweep").is_dir():
+        step = finished_step(path)
+        at = f" at step {step}" if step is not None else ""
+        raise UserError(f"train.resume=auto: {path} holds a finished run (finished{at}, metrics.json written) and "
+                        "no checkpoint to continue from; nothing was changed. Use --overwrite to train it again, "
+                        "or --output-dir for a new run.")
+
+
+def finished_step(path: Path) -> int | None:
+    """The last step in a run's log_history.jsonl (None when it cannot be read)."""
+    try:
+        lines = (path / "log_history.jsonl").read_text().splitlines()
+        return max(int(json.loads(line).get("step", 0)) for line in lines if line.strip())
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
+def _check_replaceable(path: Path, overwrite: bool | str, inputs: list[tuple[str, Path]], key: str) -> None:
+    cwd, home = Path.cwd().resolve(), Path.home().resolve()
+    if _within(cwd, path):
+        where = "the current directory" if cwd == path else f"a directory above the current one ({cwd})"
+        raise UserError(f"{key}: {path} is {where}; --overwrite never deletes it. Nothing was changed. Choose "
+                        "another --output-dir.")
+    if path == home or path == Path(path.anchor):
+        raise UserError(f"{key}: {path} is the {'home' if path == home else 'root'} directory; --overwrite never "
+                        "deletes it. Nothing was changed. Choose another --output-dir.")
+    for name, source in inputs:
+        if _within(source, path):
+            raise UserError(f"{key}: {path} holds {_input_name(name)} ({source}), which this command reads; "
+                            "--overwrite would delete it. Nothing was changed. Choose another --output-dir, or "
+                            "move that input out of it.")
+    marker = read_marker(path)
+    if marker is None:
+        raise UserError(f"{key}: {path} was not created by llmkit (it holds {_listing(path)} and no {MARKER} "
+                        "marker), and --overwrite deletes only llmkit's own run directories. Nothing was changed. "
+                        "Choose another --output-dir, or delete it yourself if it is no longer needed.")
+    if overwrite == REPLACE_SMOKE and not marker.get("smoke"):
+        raise UserError(f"{key}: {path} holds a real {marker.get('command', 'llmkit')} run, not a smoke run; smoke "
+                        "mode replaces only smoke runs. Nothing was changed. Choose another output directory "
+                        "(-o) for the smoke run.")
+
+
+def _listing(path: Path) -> str:
+    names = _contents(path)
+    return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+
+# ---------------------------------------------------------------- claiming a run directory (lock + marker)
+
+_CLAIMS: dict[Path, bool] = {}  # run directories this process holds the lock of -> created fresh by it
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of a process in clock ticks since boot (Linux), to tell a live process from a new one that
+    got the same pid; None where /proc is not available."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _lock_holder(path: Path) -> dict | None:
+    try:
+        data = json.loads((path / LOCK).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {"pid": None}
+    return data if isinstance(data, dict) else {"pid": None}
+
+
+def _holder_alive(holder: dict) -> bool | None:
+    """True / False for a process on this machine; None when it cannot be told (another host, unreadable)."""
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or holder.get("host") != platform.node():
+        return None
+    if pid == os.getpid():
+        return False  # this process: a claim left by an earlier run in it (a test, a notebook)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    started = _process_start(pid)
+    return started is None or holder.get("started") in (None, started)
+
+
+def _check_lock(path: Path, key: str) -> None:
+    holder = _lock_holder(path)
+    if holder is None:
+        return
+    alive = _holder_alive(holder)
+    if alive:
+        raise UserError(f"{key}: {path} is being written by another llmkit process (pid {holder['pid']}, "
+                        f"{holder.get('command', 'a run')} started {holder.get('time', '?')}); two runs must not "
+                        "share a directory. Nothing was changed. Wait for it to finish, or choose another "
+                        "--output-dir.")
+    if alive is None and holder.get("pid") is not None:
+        raise UserError(f"{key}: {path} is locked by process {holder['pid']} on {holder.get('host')}, which cannot "
+                        f"be checked from here. If that run is over, delete {path / LOCK}; otherwise choose "
+                        "another --output-dir.")
+
+
+def _stale_note(path: Path) -> str:
+    holder = _lock_holder(path)
+    if holder and holder.get("pid") and _holder_alive(holder) is False and holder["pid"] != os.getpid():
+        return (f" (process {holder['pid']}, which started a run there at {holder.get('time', '?')}, is no longer "
+                "running: that run stopped without finishing; train.resume=auto continues it)")
+    return ""
+
+
+def _take_lock(path: Path, command: str, key: str) -> None:
+    """Create the lock file exclusively: of two processes aiming at one directory, exactly one gets it."""
+    holder = {"pid": os.getpid(), "host": platform.node(), "started": _process_start(os.getpid()),
+              "command": command, "time": datetime.datetime.now().isoformat(timespec="seconds")}
+    for _ in range(2):
+        try:
+            fd = os.open(path / LOCK, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            old = _lock_holder(path) or {}
+            if _holder_alive(old) is not False:
+                _check_lock(path, key)
+                raise UserError(f"{key}: {path} is locked ({path / LOCK}); delete that file if no run is "
+                                "writing there.") from None
+            if old.get("pid") != os.getpid():
+                print(f"{key}: process {old.get('pid')} left {path} locked but is no longer running (its run "
+                      "stopped without finishing); taking the directory over.")
+            (path / LOCK).unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as fh:
+            json.dump(holder, fh)
+        return
+
+
+def prepare_run_dir(path: Path, overwrite: bool | str, resume: str | None, state: Any = None, *,
+                    command: str = "run", smoke: bool = False, inputs: list[tuple[str, Path]] = (),
+                    key: str = "output_dir") -> Path:
+    """Claim the run directory: check it (check_output_dir), lock it, clear it when it is replaced, mark it.
+
+    Never deletes what llmkit did not create (see check_output_dir). `state`: the launch's PartialState
+    (arguments.launch_state); under a multi-process launch every process checks the directory, then only the
+    main process claims it while the others wait. The lock is given back by `release_claims`.
+    """
+    path = path.expanduser().resolve()
+    existing = check_output_dir(path, overwrite=overwrite, resume=resume, inputs=inputs, key=key)
     together = state is not None and state.num_processes > 1
     if together:
         state.wait_for_everyone()  # every process has looked before the main one changes anything
     if state is None or state.is_main_process:
-        if existing and not resume:
-            shutil.rmtree(path)
         path.mkdir(parents=True, exist_ok=True)
+        _take_lock(path, command, key)
+        try:  # checked again under the lock: another process may have written there since the first look
+            existing = check_output_dir(path, overwrite=overwrite, resume=resume, inputs=inputs, key=key)
+        except UserError:
+            (path / LOCK).unlink(missing_ok=True)
+            raise
+        if existing and not resume:  # replaced: check_output_dir found the marker of an llmkit run
+            for child in path.iterdir():
+                if child.name == LOCK:
+                    continue
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+        if not existing or not resume or read_marker(path) is None:
+            marker = {"command": command, "smoke": bool(smoke),
+                      "created": datetime.datetime.now().isoformat(timespec="seconds"), "pid": os.getpid()}
+            (path / MARKER).write_text(json.dumps(marker) + "\n")
+        _CLAIMS[path] = not (existing and resume)
     if together:
         state.wait_for_everyone()
     return path
+
+
+def claim_run_dir(cfg: Any, command: str, config_path: str | None, overwrite: bool | str, state: Any = None,
+                  path: Path | None = None) -> Path:
+    """prepare_run_dir for a recipe's config: `path` (default: output_dir, or a new default name), with the
+    config's resume, smoke flag and inputs."""
+    path = path or (Path(cfg.output_dir) if cfg.output_dir else default_run_dir(command, config_path))
+    train = getattr(cfg, "train", None)
+    smoke = bool(getattr(train, "smoke", False) or getattr(getattr(cfg, "eval", None), "smoke", False))
+    return prepare_run_dir(path, overwrite, getattr(train, "resume", None), state, command=command, smoke=smoke,
+                           inputs=input_paths(cfg, config_path))
+
+
+def release_claims(failed: bool = False) -> None:
+    """Give back this process's run directories. After a failure, a directory this run created that holds no
+    training output yet (only its config, environment and marker) is removed, so a plain re-run works."""
+    for path, fresh in list(_CLAIMS.items()):
+        del _CLAIMS[path]
+        holder = _lock_holder(path)
+        if holder and holder.get("pid") == os.getpid():
+            (path / LOCK).unlink(missing_ok=True)
+        if failed and fresh and path.is_dir() and not any((path / name).exists() for name in TRAINING_OUTPUTS):
+            marker = read_marker(path)
+            if marker and marker.get("pid") == os.getpid():
+                shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def claims_released() -> Iterator[None]:
+    """Around a command: its run directories are given back at the end, and cleared when it failed early."""
+    try:
+        yield
+    except BaseException:
+        release_claims(failed=True)
+        raise
+    release_claims()
 
 
 # Sections that define what a run trains on; resuming with them changed would mix two experiments.

@@ -263,6 +263,8 @@ class TokenLossTrainer(GuardedTrainer):
         stats = torch.stack([nll, count.float()], dim=1)
         return (nll.sum() / count.sum().clamp(min=1)).detach(), stats, stats
 
+    METRICS = ("token_loss", "perplexity", "tokens")  # what its evaluation reports (beside the loss)
+
     @staticmethod
     def _perplexity(prediction) -> dict:
         import math

@@ -381,6 +381,7 @@ def test_multi_label_lists_in_jsonl(tmp_path, tiny_config, tokenizer):
 
 
 def test_multi_label_separated_strings(tmp_path, tiny_config, tokenizer):
+    tiny_config["task"]["multi_label"] = True
     labels = ["sport, art", "news", "art,news,sport", "sport"]
     train = write_csv(tmp_path / "t.csv", _rows(labels))
     dev = write_csv(tmp_path / "d.csv", _rows(["news,art", "sport"], seed=21))
@@ -400,6 +401,7 @@ def test_multi_label_unknown_label_in_validation(tmp_path, tiny_config, tokenize
 
 
 def test_multi_label_empty_cell_in_csv_means_no_labels(tmp_path, tiny_config, tokenizer):
+    tiny_config["task"]["multi_label"] = True
     path = tmp_path / "t.csv"
     path.write_text("text,label\nthe film was great,\"a,b\"\nthe plot was dull,\nit was lovely,c\n")
     cfg = data_cfg(tiny_config, train_file=str(path), label_separator=",")

@@ -115,6 +115,26 @@ def test_merge_writes_a_standalone_model_with_the_same_outputs(tmp_path, lora_co
     assert merged.config.id2label == {0: "negative", 1: "positive"}
     again = invoke("adapter", "merge", run, "--output", tmp_path / "merged")
     assert again.exit_code == 2 and "already exists" in again.output
+    assert (tmp_path / "merged" / ".llmkit-run").is_file()  # an llmkit output: --overwrite may replace it
+    (tmp_path / "merged" / "stale.safetensors").write_bytes(b"old shard")
+    replaced = invoke("adapter", "merge", run, "--output", tmp_path / "merged", "--overwrite")
+    assert replaced.exit_code == 0, replaced.output
+    assert not (tmp_path / "merged" / "stale.safetensors").exists()  # replaced, not written on top
+
+
+def test_merge_never_writes_into_its_inputs(tmp_path, lora_config):
+    _, run = run_adapter(tmp_path, lora_config)
+    before = {p: p.read_bytes() for p in Path(run).rglob("*") if p.is_file()}
+    for extra in ((), ("--overwrite",)):
+        result = invoke("adapter", "merge", run, "--output", run, *extra)
+        assert result.exit_code == 2 and "can never be one of its inputs" in result.output, result.output
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("not llmkit's\n")
+    result = invoke("adapter", "merge", run, "--output", mine, "--overwrite")
+    assert result.exit_code == 2 and "was not created by llmkit" in result.output
+    assert (mine / "keep.txt").read_text() == "not llmkit's\n"
+    assert before == {p: p.read_bytes() for p in Path(run).rglob("*") if p.is_file()}
 
 
 def test_merge_equivalence_for_a_causal_lm(tmp_path, sft_like_config):

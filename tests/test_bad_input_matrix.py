@@ -1,10 +1,10 @@
-"""The bad-input matrix (SPEC §7): every command fed broken configs and data through the real CLI.
+"""The bad-input matrix: every command fed broken configs and data through the real CLI.
 
 Each case is one row of `CASES`: the command, an edit of that command's working tiny config (or the raw
 config text), and the substrings the message must hold (the key or file, the value, the fix). Every case must
 exit with code 2, print no traceback, and leave no run directory behind; `LATE` cases (failing after the data
 or the model is loaded) also run against an existing run directory with --overwrite, which must survive
-untouched. Add a case by appending a row.
+untouched; every case also runs with --dry-run, which must fail with the same message. Add a case by appending a row.
 """
 
 from __future__ import annotations
@@ -482,7 +482,7 @@ EVAL = [
 
 
 def _unfinished_run(path: Path) -> str:
-    path.mkdir(parents=True)
+    path.mkdir(parents=True, exist_ok=True)
     (path / "config.yaml").write_text("model: {name_or_path: x}\n")
     return str(path)
 
@@ -601,6 +601,21 @@ def test_bad_input(tmp_path, base_configs, case):
     output_dir = Path(base["output_dir"])
     run_case(tmp_path, case, base)
     assert not output_dir.exists(), f"{output_dir} was created: {sorted(output_dir.rglob('*'))}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_dry_run_fails_the_same_way(tmp_path, base_configs, case):
+    """--dry-run runs every check the real run makes before it trains: the same exit code 2 and message, and
+    nothing written. (A config that passes --dry-run does not fail on its input later.)"""
+    base = base_configs[case.command]
+    dry = run_case(tmp_path, case, base, "--dry-run")
+    assert not Path(base["output_dir"]).exists()
+    real = run_case(tmp_path, case, base)
+    assert _error_line(dry) == _error_line(real)
+
+
+def _error_line(output: str) -> str:
+    return next(line for line in output.splitlines() if line.startswith("error"))
 
 
 @pytest.mark.parametrize("case", LATE, ids=str)

@@ -205,7 +205,7 @@ class CausalLMTask(SequenceClassificationTask):
 
         if self.cfg.task.packing:
             # Padding-free packing: a batch becomes one row with position_ids restarting per example, so
-            # attention stays inside each example (Llama, GPT-2, Qwen2, Mistral, ...; TRANSFORMERS5.md §4).
+            # attention stays inside each example (Llama, GPT-2, Qwen2, Mistral, ...).
             inner = DataCollatorWithFlattening()
         else:
             inner = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, pad_to_multiple_of=pad_to_multiple_of)

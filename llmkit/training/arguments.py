@@ -117,7 +117,7 @@ def make_training_arguments(train_cfg: Any, output_dir: str, **overrides: Any):
     precision = resolve_precision(train_cfg.precision)
     kwargs.update(bf16=precision == "bf16", fp16=precision == "fp16")
     if "use_cpu" not in kwargs and not cuda_available():
-        kwargs["use_cpu"] = True  # also what makes CPU DDP real under torchrun/accelerate (ENVIRONMENT.md)
+        kwargs["use_cpu"] = True  # also what makes CPU DDP real under torchrun/accelerate
     kwargs.update(overrides)
     try:
         return TrainingArguments(output_dir=output_dir, **kwargs)
@@ -136,7 +136,7 @@ def launch_state(train_cfg: Any) -> Any:
     Returns accelerate's PartialState (process_index, num_processes, is_main_process, main_process_first(),
     wait_for_everyone(), print()), so a recipe can prepare data and the run directory on the main process first,
     before its own TrainingArguments exist. TrainingArguments set that state up, on CPU as a gloo group only with
-    use_cpu (TRANSFORMERS5.md §9; a bare PartialState() there counts one process per rank), so it is built here
+    use_cpu (a bare PartialState() there counts one process per rank), so it is built here
     exactly as training builds it. Settings that only matter once training starts are left out.
     """
     from accelerate import PartialState

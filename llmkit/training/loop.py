@@ -1,6 +1,6 @@
 """The part of every training recipe after the model and data exist: train, guard, save, report.
 
-Writes the run directory of SPEC §6: config.yaml, env.json, log_history.jsonl,
+Writes the run directory (README, Run directory): config.yaml, env.json, log_history.jsonl,
 checkpoints/, model/, metrics.json, report.md + loss.png.
 """
 

@@ -1,4 +1,4 @@
-"""The run directory: creation rules, resume lookup, and the files every run writes (SPEC §6)."""
+"""The run directory: creation rules, resume lookup, and the files every run writes."""
 
 from __future__ import annotations
 

@@ -198,7 +198,7 @@ class MeanLossTrainer(GuardedTrainer):
     transformers 5 treats a loss as already normalised over the gradient
     accumulation window when the model's forward takes **kwargs (BERT's does),
     and then skips the division by `gradient_accumulation_steps`, making loss
-    and gradients GA x too large (TRANSFORMERS5.md §2). Declaring the loss
+    and gradients GA x too large. Declaring the loss
     unscaled restores the division, so GA 4 x batch 8 trains like batch 32.
     """
 

@@ -2,7 +2,7 @@
 
     python scripts/bench/bench.py [--quick] [--data-dir ../shared/data] [--out bench.json] [--only NAME,...]
 
-Each figure comes with its baseline, the ratio, the target of SPEC §9 where there is one, the settings it was
+Each figure comes with its baseline, the ratio, the project's target where there is one, the settings it was
 measured with, and the machine (cores, torch threads, bf16 support, load average). Pairs are measured in one
 process, alternating, after a warm-up. `--quick` takes a few minutes; the full run is longer and steadier.
 Progress goes to stderr; stdout holds only the JSON.

@@ -263,7 +263,7 @@ def bench_precision(ctx: Context) -> list[dict]:
     auto = resolve_precision("auto")
     rounds, steps = (1, 15) if ctx.quick else (2, 40)
     records = []
-    # SPEC §9's 1.8 x is checked on rows of ~128 tokens (8 consecutive SST-2 phrases joined; 128 is also the
+    # The 1.8 x target is checked on rows of ~128 tokens (8 consecutive SST-2 phrases joined; 128 is also the
     # sequence length of transformers' GLUE example), at batch 16 and 32. SST-2's own rows are short phrases
     # (~13 tokens): there a step is small, and the work per parameter (clipping, AdamW over 22.7 M parameters,
     # half of them the embedding matrix, and autocast's weight casts, fp32 or extra in bf16) weighs most; that

@@ -1,6 +1,8 @@
 """llmkit: train and evaluate language models on the Hugging Face stack, driven by YAML configs."""
 
-__version__ = "0.1.0"
+from llmkit.version import __version__
+
+__all__ = ["__version__", "load_model"]
 
 
 def load_model(reference: str, adapters: list[str] | tuple[str, ...] = (), allow_pickle: bool = False):

@@ -30,7 +30,7 @@ def _matmul_gflops(dtype, size: int = 512, seconds: float = 0.25) -> float:
 def collect_info() -> dict:
     import torch
 
-    from llmkit.training.arguments import cpu_has_fast_bf16, resolve_precision
+    from llmkit.config.training_arguments import cpu_has_fast_bf16, resolve_precision
 
     out = {"llmkit": _version("llmkit"), "python": sys.version.split()[0]}
     out.update({pkg: _version(pkg) for pkg in ("torch", "transformers", "datasets", "accelerate", "evaluate", "peft")})

@@ -6,15 +6,17 @@ code path is the real one:
 
 - each model is replaced by a tiny, randomly initialised model of the same family and architecture (task head
   included or not, as the real checkpoint), vocabulary and tokenizer, built from the real model's config
-  (llmkit/models/tiny.py); `from_config` models and every size of a pretrain sweep are shrunk the same way;
+  (llmkit/models/tiny.py); `from_config` models and every size of a size sweep are shrunk the same way;
 - the data is cut (a seeded shuffle of the training rows, the first validation/test rows, as
   data.max_train_samples / max_eval_samples do), training stops after a few steps, logged every step, with the
   configured evaluation and checkpointing done once, at the last step; generation stops after a few tokens;
 - everything else (templates, verbalizers, adapters, losses, packing, metrics, precision) is left as configured,
   so a broken config fails as the real run would, with the same message.
 
-`run_configs` runs many configs in dependency order: a config whose model or teacher is another config's
-output_dir (a distill teacher, an eval of a run) gets that config's smoke run instead. No heavy imports here.
+What is generic lives here; what differs per command each recipe declares in its `SMOKE` (a `SmokeSpec`: which
+sections hold models, how many training rows it needs, whether it trains, and an `adjust` hook for its own
+settings). This module knows no command by name. Running many configs in dependency order (`llmkit smoke
+PATH...`) is llmkit/smoke_runner.py. No heavy imports here.
 """
 
 from __future__ import annotations
@@ -23,8 +25,7 @@ import contextlib
 import copy
 import dataclasses
 import json
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,18 +36,59 @@ SMOKE_ROOT = "smoke"
 STEPS = 3  # optimizer steps of every training (enough to see the loss, the scheduler and a checkpoint move)
 TRAIN_ROWS = 128  # training rows kept: a seeded shuffle, as data.max_train_samples takes them
 EVAL_ROWS = 32  # validation / test rows kept: the first ones, as data.max_eval_samples takes them
-UNLABELED_TEXTS = 32  # distill.unlabeled texts the teacher labels
-NEW_TOKENS = 8  # generated tokens per prompt (eval generation, finetune samples)
-SEEDS = 2  # prompt seeds run (the first two: mean ± std still computed)
-SHOTS_HEADROOM = 4  # prompt K-shot runs keep at least this many x K x classes training rows
+EXTRA_TEXTS = 32  # texts beside the data that a command labels or reads (a distiller's unlabeled texts)
+NEW_TOKENS = 8  # generated tokens per prompt (evaluation by generation, samples after SFT)
+SEEDS = 2  # seeds of a command that reruns per seed (the first two: mean ± std still computed)
 PRODUCER_SEARCH_LIMIT = 2000  # folders and YAML files looked at to name the config that writes a missing run directory
-TABLE_ERROR_CHARS = 160  # of an error's first line in the table (the full message follows it)
 SKIPPED_FOLDERS = {SMOKE_ROOT, "runs", "node_modules", "__pycache__", "site-packages"}
 
 
+@dataclass(frozen=True)
+class SmokeSpec:
+    """How one command's config shrinks in smoke mode, beside what every config gets (tiny models for its model
+    sections, the data cut, a few training steps, the output in smoke/). A recipe module declares it as SMOKE.
+
+    - `model_sections`: the config's model sections (ModelConfig-like) whose model becomes a tiny copy;
+    - `train_rows(cfg)`: training rows the config needs kept (e.g. K examples per class per seed), when more
+      than TRAIN_ROWS;
+    - `trains(cfg)`: whether the run trains (the note says how many steps);
+    - `adjust(cfg, shrink)`: the command's own changes, after the generic ones (a teacher shrunk, a sweep's
+      sizes, generation capped), with `shrink`'s tools;
+    - `references(raw)`: for a config read as plain YAML, `(key, value, layers)` of every setting that may name
+      another config's run (its model, a teacher) and how many layers this config keeps of it (None: no need),
+      so `llmkit smoke` runs the producer first with enough layers.
+    """
+
+    model_sections: tuple[str, ...] = ("model",)
+    train_rows: Callable[[Any], int] | None = None
+    trains: Callable[[Any], bool] = lambda cfg: True
+    adjust: Callable[[Any, Shrink], None] | None = None
+    references: Callable[[dict], list[tuple[str, str, int | None]]] = lambda raw: model_references(raw)
+
+
+def model_references(raw: dict, keys: tuple[str, ...] = ("model.name_or_path", "tokenizer.name_or_path")
+                     ) -> list[tuple[str, str, int | None]]:
+    """`(key, value, None)` for each of the dotted `keys` a raw config sets to a string."""
+    found = []
+    for key in keys:
+        node: Any = raw
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, str):
+            found.append((key, node, None))
+    return found
+
+
+def flagged_sections(cfg: Any) -> list[Any]:
+    """The config's sections that carry a `smoke` flag (train:, or a command's own section when it does not
+    train)."""
+    return [section for f in dataclasses.fields(cfg)
+            if hasattr(section := getattr(cfg, f.name), "smoke") and dataclasses.is_dataclass(section)]
+
+
 def requested(cfg: Any) -> bool:
-    """Whether the config itself asks for smoke mode (train.smoke, or eval.smoke for eval configs)."""
-    return any(bool(getattr(getattr(cfg, section, None), "smoke", False)) for section in ("train", "eval"))
+    """Whether the config itself asks for smoke mode (train.smoke, or its own section's smoke flag)."""
+    return any(bool(section.smoke) for section in flagged_sections(cfg))
 
 
 def default_smoke_dir(command: str, name: str | None, root: str | Path = SMOKE_ROOT) -> Path:
@@ -93,10 +135,11 @@ class SmokeRun:
 APPLIED = "_llmkit_smoke_applied"  # set on a config apply_smoke returned, so it is never shrunk twice
 
 
-def honoured(command: str):
+def honoured(command: str, spec: SmokeSpec | None = None):
     """Decorate a recipe's `run(cfg, *, config_path=None, overwrite=False, ...)` so that `train.smoke: true`
     (`eval.smoke`) also works when the recipe is called as a library function; configs the CLI or the smoke
-    runner already turned into their smoke version pass through unchanged."""
+    runner already turned into their smoke version pass through unchanged. The run directory's lock is given back
+    however the run ends."""
     import functools
 
     def wrap(run_fn):
@@ -104,10 +147,10 @@ def honoured(command: str):
         def run(cfg: Any, *, config_path: str | None = None, overwrite: bool | str = False, **kwargs: Any):
             from llmkit.training.rundir import claims_released
 
-            with claims_released():  # the run directory's lock is given back however the run ends
+            with claims_released():
                 if not requested(cfg) or getattr(cfg, APPLIED, False):
                     return run_fn(cfg, config_path=config_path, overwrite=overwrite, **kwargs)
-                smoke = apply_smoke(cfg, command, config_path=config_path)
+                smoke = apply_smoke(cfg, command, spec or SmokeSpec(), config_path=config_path)
                 print(smoke.describe())
                 with smoke.original_names():
                     return run_fn(smoke.config, config_path=config_path, overwrite=smoke.overwrite(overwrite),
@@ -118,56 +161,51 @@ def honoured(command: str):
     return wrap
 
 
-def prepare(cfg: Any, command: str, *, enabled: bool, config_path: str | None = None,
-            output_dir: str | Path | None = None) -> SmokeRun:
+def prepare(cfg: Any, command: str, spec: SmokeSpec, *, enabled: bool, config_path: str | None = None,
+            output_dir: str | Path | None = None, layers: int | None = None) -> SmokeRun:
     """The CLI's entry: `apply_smoke` when --smoke or the config asks for it, else the config unchanged."""
     if not (enabled or requested(cfg)):
         return SmokeRun(config=cfg, command=command, enabled=False)
-    return apply_smoke(cfg, command, config_path=config_path, output_dir=output_dir)
+    return apply_smoke(cfg, command, spec, config_path=config_path, output_dir=output_dir, layers=layers)
 
 
-def apply_smoke(cfg: Any, command: str, *, config_path: str | None = None, output_dir: str | Path | None = None,
-                layers: int | None = None) -> SmokeRun:
+def apply_smoke(cfg: Any, command: str, spec: SmokeSpec, *, config_path: str | None = None,
+                output_dir: str | Path | None = None, layers: int | None = None) -> SmokeRun:
     """The smoke version of a loaded config (a copy; `cfg` is not changed).
 
     Args:
-        cfg: A loaded config of `command` (FinetuneConfig, DistillConfig, EvalConfig, ...).
-        command: pretrain, finetune, adapter, prompt, distill or eval.
+        cfg: A loaded config of `command`.
+        command: The command's name (names the default output directory smoke/<command>-<config name>).
+        spec: What the command declares about shrinking its config (SmokeSpec).
         config_path: The YAML file (names the default output directory and, for a missing run directory, is
             where the config that writes it is looked for).
         output_dir: Where the smoke run goes; default smoke/<command>-<config name>, replaced on every run.
-        layers: Keep at least this many layers in the tiny model (a distill config reading this config's run
-            keeps some of its layers); default: what the distill configs in this config's folder tree need.
+        layers: Keep at least this many layers in the tiny models (another config keeps some layers of this
+            config's run, as a distilled student keeps its teacher's).
 
     Raises:
         UserError: a model whose config is not available offline, or a run directory that does not exist yet
             (naming the config that writes it).
     """
-    cfg = copy.deepcopy(cfg)
+    original, cfg = cfg, copy.deepcopy(cfg)
     setattr(cfg, APPLIED, True)
     run = SmokeRun(config=cfg, command=command)
-    real_output = cfg.output_dir
     if output_dir is None:
         label = config_path or (getattr(getattr(cfg, "model", None), "name_or_path", None))
         output_dir, run.replace_output = default_smoke_dir(command, label), True
     cfg.output_dir = str(output_dir)
-    shrink = _Shrinker(run, getattr(cfg.data, "cache_dir", None), config_path)
-    if command == "pretrain" and cfg.pretrain.sweep and cfg.model.from_config is not None:
-        cfg.pretrain.sweep = shrink_sweep(cfg.model.from_config, cfg.pretrain.sweep)  # from the real sizes
-        sizes = ", ".join(f"{s['num_layers']}x{s['hidden_size']}" for s in cfg.pretrain.sweep)
-        run.notes.append(f"pretrain.sweep sizes shrunk in order (layers x hidden: {sizes})")
-    if layers is None and config_path and real_output and command != "eval":
-        layers = layers_for_readers(real_output, Path(config_path).parent)  # a distill run keeps some of them
-    if command == "distill":
-        _smoke_distill(cfg, shrink)
-    else:
-        shrink.model_section(cfg.model, "model.", layers)
-    _cut_data(cfg, command, run)
+    shrink = Shrink(run, getattr(cfg.data, "cache_dir", None), config_path, layers, original)
+    for name in spec.model_sections:
+        section = getattr(cfg, name, None)
+        if section is not None:
+            shrink.model_section(section, f"{name}.", layers)
+    _cut_data(cfg, run, max(TRAIN_ROWS, spec.train_rows(cfg) if spec.train_rows else 0))
     if hasattr(cfg, "train"):
-        _smoke_training(cfg, command, run)
-    else:
-        cfg.eval.smoke = True
-    _cap_generation(cfg, command, run)
+        _smoke_training(cfg, run, spec.trains(cfg))
+    for section in flagged_sections(cfg):  # saved in the run's config.yaml: it was a smoke run
+        section.smoke = True
+    if spec.adjust is not None:
+        spec.adjust(cfg, shrink)
     run.notes.append(f"output {cfg.output_dir}" + (" (replaced on every smoke run)" if run.replace_output else ""))
     return run
 
@@ -175,7 +213,7 @@ def apply_smoke(cfg: Any, command: str, *, config_path: str | None = None, outpu
 # ---------------------------------------------------------------- training and data
 
 
-def _smoke_training(cfg: Any, command: str, run: SmokeRun) -> None:
+def _smoke_training(cfg: Any, run: SmokeRun, trains: bool) -> None:
     """A few optimizer steps, each logged; evaluation and checkpoints as configured, once, at the last step."""
     train = cfg.train
     train.smoke = True
@@ -183,96 +221,51 @@ def _smoke_training(cfg: Any, command: str, run: SmokeRun) -> None:
     options = train.passthrough
     configured = options.get("max_steps", -1)
     steps = min(configured, STEPS) if configured and configured > 0 else STEPS
-    spec = getattr(cfg, "pretrain", None)
-    if spec is not None and spec.max_tokens:  # pretrain's token budget sets max_steps itself
-        per_step = train.per_device_train_batch_size * train.gradient_accumulation_steps * spec.block_size
-        spec.max_tokens = min(spec.max_tokens, steps * per_step)
-        options.pop("max_steps", None)
-    else:
-        options["max_steps"] = steps
+    options["max_steps"] = steps
     options["logging_steps"] = 1
     for strategy, every in (("eval_strategy", "eval_steps"), ("save_strategy", "save_steps")):
         value = getattr(options.get(strategy), "value", options.get(strategy))
         if value in ("steps", "epoch"):
             options[strategy], options[every] = "steps", steps
-    trains = command != "eval" and not (command == "prompt" and cfg.prompt.mode in ("zero-shot", "in-context"))
     if trains:
         run.notes.append(f"{steps} training steps, each logged")
 
 
-def _cut_data(cfg: Any, command: str, run: SmokeRun) -> None:
-    """A seeded shuffle of TRAIN_ROWS training rows and the first EVAL_ROWS validation/test rows (fewer when the
-    config asks for fewer); prompt K-shot runs keep enough training rows to sample K per class from."""
+def _cut_data(cfg: Any, run: SmokeRun, rows: int) -> None:
+    """A seeded shuffle of `rows` training rows and the first EVAL_ROWS validation/test rows (fewer when the
+    config asks for fewer)."""
     data = cfg.data
-    rows = TRAIN_ROWS
-    if command == "prompt":
-        per_class = max(cfg.prompt.shots_per_class or 0, cfg.prompt.demonstrations_per_class or 0)
-        rows = max(rows, SHOTS_HEADROOM * per_class * len(cfg.prompt.verbalizer))
     data.max_train_samples = min(data.max_train_samples or rows, rows)
     data.max_eval_samples = min(data.max_eval_samples or EVAL_ROWS, EVAL_ROWS)
-    note = f"data cut to {data.max_train_samples} training rows (seeded shuffle) and the first " \
-           f"{data.max_eval_samples} validation/test rows"
-    if command == "distill" and cfg.distill.unlabeled is not None:
-        d = cfg.distill
-        d.unlabeled_max_samples = min(d.unlabeled_max_samples or UNLABELED_TEXTS, UNLABELED_TEXTS)
-        note += f", {d.unlabeled_max_samples} unlabeled texts"
-    if command == "prompt" and cfg.prompt.seeds and len(cfg.prompt.seeds) > SEEDS:
-        cfg.prompt.seeds = list(cfg.prompt.seeds[:SEEDS])
-        note += f", seeds {cfg.prompt.seeds}"
-    if command == "eval" and cfg.eval.task in ("perplexity", "auto"):
-        note += " (perplexity of a text file: its first lines)"
-    run.notes.append(note)
+    run.notes.append(f"data cut to {data.max_train_samples} training rows (seeded shuffle) and the first "
+                     f"{data.max_eval_samples} validation/test rows")
 
 
-def _cap_generation(cfg: Any, command: str, run: SmokeRun) -> None:
-    task = getattr(cfg, "task", None)
-    if command != "prompt" and task is not None and getattr(task, "type", None) == "causal-lm":
-        task.sample_max_new_tokens = min(task.sample_max_new_tokens, NEW_TOKENS)
-    if command == "eval":
-        spec = cfg.eval.generation
-        spec.max_new_tokens = min(spec.max_new_tokens, NEW_TOKENS)
-        if cfg.eval.task == "generation":
-            run.notes.append(f"at most {spec.max_new_tokens} new tokens per prompt")
+def cap(obj: Any, attribute: str, limit: int) -> int:
+    """Lower a setting to `limit` when it is higher or unset; return the value it now has."""
+    value = getattr(obj, attribute)
+    setattr(obj, attribute, min(value, limit) if value else limit)
+    return getattr(obj, attribute)
 
 
 # ---------------------------------------------------------------- models
 
 
-def _smoke_distill(cfg: Any, shrink: _Shrinker) -> None:
-    """The teacher shrunk (keeping the layers the student and the layer map need), the student as configured:
-    built from the shrunk teacher, or shrunk itself."""
-    d = cfg.distill
-    d.teacher = shrink.reference(d.teacher, "distill.teacher", teacher_layers_needed(d),
-                                 trust_remote_code=d.teacher_trust_remote_code)
-    if d.student.from_teacher is None:
-        shrink.model_section(d.student, "distill.student.", None)
+class Shrink:
+    """The tools a command's `adjust` uses: models replaced by tiny copies (recording how messages should name
+    them), notes, and the layers another config keeps of this run."""
 
-
-def teacher_layers_needed(d: Any) -> int:
-    """Teacher layers a distill section needs: its keep_layers, the student layers `every` makes for its layer
-    map, and the layer map's teacher layers (a real teacher with fewer fails as it would in the real run)."""
-    spec = d.student.from_teacher if d.student is not None else None
-    keep = getattr(spec, "keep_layers", None)
-    every = getattr(spec, "every", None)
-    need = 2
-    if keep:
-        need = max(need, max(keep) + 1)
-    if d.beta > 0 and d.layer_map:
-        need = max(need, max(d.layer_map.values()) + 1)
-        if every:
-            need = max(need, max(d.layer_map) * every + 1)
-    return need
-
-
-class _Shrinker:
-    """Replaces model references by tiny copies, recording how messages should name them."""
-
-    def __init__(self, run: SmokeRun, cache_dir: str | None, config_path: str | None):
-        self.run, self.cache_dir, self.config_path = run, cache_dir, config_path
+    def __init__(self, run: SmokeRun, cache_dir: str | None, config_path: str | None, layers: int | None = None,
+                 original: Any = None):
+        self.run, self.cache_dir, self.config_path, self.layers = run, cache_dir, config_path, layers
+        self.original = original  # the config as given, before any change (real sizes, settings)
         self.search_from = Path(config_path).parent if config_path else Path.cwd()
 
+    def note(self, text: str) -> None:
+        self.run.notes.append(text)
+
     def model_section(self, section: Any, prefix: str, layers: int | None) -> None:
-        """A ModelConfig (or the distill student): from_config shrunk, or the model replaced by its tiny copy."""
+        """A ModelConfig (or a student section): from_config shrunk, or the model replaced by its tiny copy."""
         from llmkit.models.loading import model_label
 
         if section.from_config is not None:
@@ -330,14 +323,8 @@ class _Shrinker:
     def _producer_smoke_run(self, ref: str, key: str, producer: Path, layers: int | None) -> str:
         """A run directory another config writes, which does not exist: that config's smoke run when there is one
         (with the layers this config needs), else a message naming the config and how to run both in order."""
-        from llmkit.cli import _infer_command
-
-        try:
-            command = _infer_command(producer, None)
-        except UserError:
-            command = None
-        candidate = default_smoke_dir(command, str(producer)) if command else None
-        if candidate is None or not is_smoke_run(candidate) or not (candidate / "metrics.json").is_file():
+        candidate = producer_smoke_run(producer)
+        if candidate is None:
             raise UserError(missing_run_message(key, ref, producer, self.config_path))
         have = _run_layers(candidate)
         if layers is not None and have is not None and have < layers:
@@ -358,7 +345,7 @@ class _Shrinker:
         from llmkit.data.cache import cache_error, publishing
         from llmkit.models.adapters import find_adapter_dir
         from llmkit.models.tiny import ModelSource
-        from llmkit.recipes.evaluation import find_run_directory
+        from llmkit.training.rundir import find_run_directory
 
         if find_adapter_dir(ref) is not None:
             raise UserError(f"{key}: smoke mode replaces models by tiny copies, but {ref} is an adapter run trained "
@@ -418,7 +405,7 @@ def _fit_extra(extra: dict, hidden: int, heads: int) -> dict:
 
 
 def shrink_sweep(base: Any, sweep: list[dict]) -> list[dict]:
-    """Every size of a pretrain sweep made tiny with its order kept: the k-th smallest distinct depth becomes k
+    """Every size of a size sweep made tiny with its order kept: the k-th smallest distinct depth becomes k
     layers, the k-th smallest width 16k (64 for one width), each capped at the real size; so the sizes stay
     distinct and the scaling fit still has points to fit."""
     from llmkit.models.tiny import largest_divisor
@@ -445,24 +432,36 @@ def shrink_sweep(base: Any, sweep: list[dict]) -> list[dict]:
 
 
 def is_smoke_run(path: str | Path) -> bool:
-    """An llmkit run directory written by a smoke run (its saved config says train.smoke / eval.smoke)."""
+    """An llmkit run directory written by a smoke run: its marker says so (or, for a run from before the marker,
+    a section of its saved config has smoke: true)."""
     from llmkit.config.loader import read_yaml
+    from llmkit.training.rundir import read_marker
 
-    config = Path(path).expanduser() / "config.yaml"
-    if not config.is_file():
+    path = Path(path).expanduser()
+    marker = read_marker(path)
+    if marker is not None:
+        return bool(marker.get("smoke"))
+    if not (path / "config.yaml").is_file():
         return False
     try:
-        data = read_yaml(config)
+        data = read_yaml(path / "config.yaml")
     except UserError:
         return False
-    return any(bool((data.get(section) or {}).get("smoke")) for section in ("train", "eval"))
+    return any(isinstance(section, dict) and section.get("smoke") is True for section in data.values())
+
+
+def producer_smoke_run(config: Path, root: str | Path = SMOKE_ROOT) -> Path | None:
+    """The finished smoke run of a config in the default smoke folder (smoke/<command>-<config name>), if any."""
+    found = [p for p in sorted(Path(root).glob(f"*-{Path(config).stem}"))
+             if p.is_dir() and is_smoke_run(p) and (p / "metrics.json").is_file()]
+    return found[0] if found else None
 
 
 def _same_path(a: str, b: str) -> bool:
     return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
-def _configs_near(search_from: Path) -> Iterator[tuple[Path, dict]]:
+def configs_near(search_from: Path) -> Iterator[tuple[Path, dict]]:
     """(path, YAML) of the configs in a config's folder tree (from its parent, e.g. configs/) and in ./configs;
     a bounded look (PRODUCER_SEARCH_LIMIT folders and files), skipping hidden folders, smoke/ and runs/."""
     import os
@@ -491,21 +490,11 @@ def find_producer(ref: str, search_from: Path) -> Path | None:
     """The config whose output_dir is `ref` (a run directory that does not exist yet), or None."""
     if ref.startswith("pkg:"):
         return None
-    for path, raw in _configs_near(search_from):
+    for path, raw in configs_near(search_from):
         output = raw.get("output_dir")
         if isinstance(output, str) and _same_path(output, ref):
             return path
     return None
-
-
-def layers_for_readers(output_dir: str, search_from: Path) -> int | None:
-    """The teacher layers the distill configs near this one need from `output_dir` (its run), or None."""
-    needed = []
-    for _, raw in _configs_near(search_from):
-        teacher = raw.get("distill", {}).get("teacher") if isinstance(raw.get("distill"), dict) else None
-        if isinstance(teacher, str) and _same_path(teacher, output_dir):
-            needed.append(_layers_needed_by(raw))
-    return max(needed) if needed else None
 
 
 def missing_run_message(key: str, ref: str, producer: Path, config_path: str | None = None) -> str:
@@ -533,306 +522,4 @@ def _relative(path: Path) -> str:
     except ValueError:
         return str(path)
 
-
-# ---------------------------------------------------------------- many configs: `llmkit smoke PATH...`
-
-
-REFERENCE_KEYS = (("model", "name_or_path"), ("tokenizer", "name_or_path"), ("distill", "teacher"))
-
-
-@dataclass
-class SmokeJob:
-    """One config of a smoke suite: its command, where its smoke run goes, what it needs from other configs."""
-
-    path: Path
-    command: str | None = None
-    output: Path | None = None  # its smoke run directory
-    real_output: str | None = None  # output_dir as configured
-    overrides: list[str] = field(default_factory=list)  # references to other configs' runs -> their smoke runs
-    needs: list[int] = field(default_factory=list)
-    layers: int | None = None  # layers a later distill run needs this config's model to keep
-    problem: str | None = None  # why it cannot run (unreadable, command unknown)
-    raw: dict = field(default_factory=dict)
-
-
-@dataclass
-class SmokeResult:
-    """How one config's smoke run went."""
-
-    path: Path
-    command: str | None
-    passed: bool
-    seconds: float
-    error: str | None = None
-    output: Path | None = None
-    log: Path | None = None
-    metrics: dict | None = None
-
-    @property
-    def first_error_line(self) -> str:
-        """The error's first line, cut to TABLE_ERROR_CHARS (the full message follows the table)."""
-        line = (self.error or "").strip().splitlines()[0] if self.error else ""
-        return line if len(line) <= TABLE_ERROR_CHARS else line[:TABLE_ERROR_CHARS - 3].rstrip(" .") + "..."
-
-
-def collect_configs(paths: list[str | Path]) -> list[Path]:
-    """The YAML configs under `paths` (files as given; folders searched recursively for *.yaml / *.yml), without
-    accelerate launch configs and the config.yaml of run directories."""
-    from llmkit.config.launch import is_accelerate_config
-    from llmkit.config.loader import read_yaml
-
-    found: list[Path] = []
-    for given in paths:
-        p = Path(given)
-        if p.is_file():
-            found.append(p)
-            continue
-        if not p.is_dir():
-            raise UserError(f"smoke: {p} does not exist; give config files or folders of configs.")
-        for f in sorted([*p.rglob("*.yaml"), *p.rglob("*.yml")]):
-            parts = f.relative_to(p).parts
-            if any(part.startswith(".") for part in parts) or (f.parent / "env.json").is_file():
-                continue  # hidden folders; a run directory's saved config
-            try:
-                if is_accelerate_config(read_yaml(f)):
-                    continue
-            except UserError:
-                pass  # unreadable: reported as a failure of that config
-            found.append(f)
-    unique = list(dict.fromkeys(found))
-    if not unique:
-        raise UserError(f"smoke: no YAML configs in {', '.join(map(str, paths))}.")
-    return unique
-
-
-def plan_jobs(paths: list[Path], root: Path = Path(SMOKE_ROOT)) -> list[SmokeJob]:
-    """Jobs in dependency order: each config after the configs whose output_dir it reads (model, tokenizer or
-    distill teacher); those references point at the producers' smoke runs."""
-    from llmkit.cli import _infer_command
-    from llmkit.config.loader import read_yaml
-
-    jobs = []
-    taken: set[str] = set()
-    for path in paths:
-        job = SmokeJob(path=path)
-        try:
-            job.raw = read_yaml(path)
-            job.command = _infer_command(path, None)
-        except UserError as e:
-            job.problem = str(e)
-        first = name = default_smoke_dir(job.command or "config", str(path), root)
-        copies = 1
-        while str(name) in taken:  # two configs of one command with one name, in different folders
-            copies += 1
-            name = first.with_name(f"{first.name}-{copies}")
-        taken.add(str(name))
-        job.output = name
-        if isinstance(job.raw.get("output_dir"), str):
-            job.real_output = job.raw["output_dir"]
-        jobs.append(job)
-    for i, job in enumerate(jobs):
-        for key, ref in _references(job.raw):
-            producer = next((j for j, other in enumerate(jobs) if j != i and other.real_output
-                             and isinstance(ref, str) and not ref.startswith("pkg:")
-                             and _same_path(other.real_output, ref)), None)
-            if producer is None:
-                continue
-            job.needs.append(producer)
-            job.overrides.append(f"{key}={jobs[producer].output}")
-            if key == "distill.teacher":
-                layers = _layers_needed_by(job.raw)
-                jobs[producer].layers = max(jobs[producer].layers or 0, layers)
-    return _in_dependency_order(jobs)
-
-
-def _references(raw: dict) -> list[tuple[str, str]]:
-    refs = []
-    for section, key in REFERENCE_KEYS:
-        value = (raw.get(section) or {}).get(key) if isinstance(raw.get(section), dict) else None
-        if isinstance(value, str):
-            refs.append((f"{section}.{key}", value))
-    student = ((raw.get("distill") or {}).get("student") or {}) if isinstance(raw.get("distill"), dict) else {}
-    if isinstance(student, dict) and isinstance(student.get("name_or_path"), str):
-        refs.append(("distill.student.name_or_path", student["name_or_path"]))
-    return refs
-
-
-def _layers_needed_by(raw: dict) -> int:
-    """teacher_layers_needed for a distill config read as plain YAML (2 when it cannot be read that way)."""
-    from types import SimpleNamespace
-
-    try:
-        d = raw["distill"]
-        student = d.get("student") or {"from_teacher": {"every": 2}}
-        spec = student.get("from_teacher")
-        section = SimpleNamespace(
-            student=SimpleNamespace(from_teacher=SimpleNamespace(keep_layers=spec.get("keep_layers"),
-                                                                 every=spec.get("every")) if spec else None),
-            beta=float(d.get("beta") or 0), layer_map={int(k): int(v) for k, v in (d.get("layer_map") or {}).items()})
-        return teacher_layers_needed(section)
-    except (AttributeError, KeyError, TypeError, ValueError):
-        return 2
-
-
-def _in_dependency_order(jobs: list[SmokeJob]) -> list[SmokeJob]:
-    """Producers before their consumers, otherwise in the given order; a cycle is reported on its members."""
-    done: list[int] = []
-    pending = list(range(len(jobs)))
-    while pending:
-        ready = [i for i in pending if all(n in done for n in jobs[i].needs)]
-        if not ready:
-            for i in pending:
-                jobs[i].problem = jobs[i].problem or ("smoke: these configs read each other's output_dir in a circle: "
-                                                      + ", ".join(str(jobs[j].path) for j in pending))
-                jobs[i].needs = []
-            ready = pending[:]
-        done.append(ready[0])
-        pending.remove(ready[0])
-    order = {old: new for new, old in enumerate(done)}
-    ordered = [jobs[i] for i in done]
-    for job in ordered:
-        job.needs = [order[n] for n in job.needs]
-    return ordered
-
-
-def load_for_command(command: str, path: Path, overrides: list[str]) -> Any:
-    """The config as the command's CLI loads it (eval: with the data settings of the run it evaluates)."""
-    from llmkit import cli
-
-    if command == "eval":
-        return cli._load_eval_config(path, overrides, None)
-    return cli._load(command, path, overrides)
-
-
-def run_config(command: str, path: Path, overrides: list[str] = (), output_dir: Path | None = None,
-               layers: int | None = None, announce: bool = True) -> dict:
-    """Run one config in smoke mode in this process, as `llmkit COMMAND PATH --smoke` does; return its metrics."""
-    import importlib
-
-    from llmkit.cli import RECIPES
-    from llmkit.training.rundir import REPLACE_SMOKE
-
-    cfg = load_for_command(command, path, list(overrides))
-    run = apply_smoke(cfg, command, config_path=str(path), output_dir=output_dir, layers=layers)
-    if announce:
-        print(run.describe(), flush=True)
-    recipe = importlib.import_module(RECIPES[command][0])
-    with run.original_names():  # smoke replaces only an earlier smoke run, never a real run in its place
-        return recipe.run(run.config, config_path=str(path), overwrite=REPLACE_SMOKE)
-
-
-def run_jobs(jobs: list[SmokeJob], verbose: bool = False, progress=print) -> list[SmokeResult]:
-    """Run every job in this process, one after the other; a failing config never stops (or changes) the next:
-    its error is recorded, the environment, working directory and log handlers are restored."""
-    results: list[SmokeResult] = []
-    for index, job in enumerate(jobs):
-        shown = _relative(job.path)
-        progress(f"[{index + 1}/{len(jobs)}] {shown} ({job.command or '?'}) ...")
-        result = _run_job(job, [results[n] for n in job.needs], verbose)
-        results.append(result)
-        status = "pass" if result.passed else f"FAIL: {result.first_error_line}"
-        progress(f"[{index + 1}/{len(jobs)}] {shown}: {status} ({result.seconds:.1f} s)")
-    return results
-
-
-def _run_job(job: SmokeJob, needed: list[SmokeResult], verbose: bool) -> SmokeResult:
-    import gc
-    import os
-    import traceback
-
-    start = time.perf_counter()
-    log = job.output.with_name(job.output.name + ".log")
-    log.parent.mkdir(parents=True, exist_ok=True)
-    environment, cwd = dict(os.environ), os.getcwd()
-    error, metrics = None, None
-    with _captured(log, verbose) as out:
-        try:
-            failed = [r for r in needed if not r.passed]
-            if job.problem:
-                raise UserError(job.problem)
-            if failed:
-                raise UserError(f"needs the smoke run of {_relative(failed[0].path)}, which failed.")
-            metrics = run_config(job.command, job.path, job.overrides, job.output, job.layers)
-        except KeyboardInterrupt:
-            raise
-        except UserError as e:
-            error = str(e)
-            print(f"error: {error}", file=out)
-        except BaseException as e:  # noqa: BLE001 - one config's crash (or sys.exit) must not end the suite
-            error = f"{type(e).__name__}: {e}".strip()
-            traceback.print_exc(file=out)
-        finally:
-            os.chdir(cwd)
-            os.environ.clear()
-            os.environ.update(environment)
-    _restore_library_logging()
-    gc.collect()
-    return SmokeResult(path=job.path, command=job.command, passed=error is None, error=error,
-                       seconds=time.perf_counter() - start, output=job.output, log=log, metrics=metrics)
-
-
-@contextlib.contextmanager
-def _captured(log: Path, verbose: bool):
-    """The job's output (prints, progress bars, library logs) into its log file (and the terminal, verbose)."""
-    import sys
-
-    with log.open("w", encoding="utf-8") as fh:
-        target = _Tee(fh, sys.stdout) if verbose else fh
-        with contextlib.redirect_stdout(target), contextlib.redirect_stderr(target):
-            yield target
-
-
-class _Tee:
-    def __init__(self, *streams):
-        self.streams = streams
-
-    def write(self, text: str) -> int:
-        for s in self.streams:
-            s.write(text)
-        return len(text)
-
-    def flush(self) -> None:
-        for s in self.streams:
-            s.flush()
-
-    def isatty(self) -> bool:
-        return False
-
-
-def _restore_library_logging() -> None:
-    from llmkit.cli import _reopen_library_log_streams
-
-    _reopen_library_log_streams()
-
-
-def format_table(results: list[SmokeResult]) -> str:
-    """config | command | result | seconds | error (its first line)."""
-    rows = [(_relative(r.path), r.command or "?", "pass" if r.passed else "FAIL", f"{r.seconds:.1f}",
-             r.first_error_line) for r in results]
-    header = ("config", "command", "result", "seconds", "error")
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(4)]
-    lines = []
-    for row in [header, *rows]:
-        cells = [str(row[0]).ljust(widths[0]), str(row[1]).ljust(widths[1]), str(row[2]).ljust(widths[2]),
-                 str(row[3]).rjust(widths[3])]
-        lines.append("  ".join(cells) + (f"  {row[4]}" if row[4] else ""))
-    lines.insert(1, "  ".join("-" * w for w in widths) + "  -----")
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def summary(results: list[SmokeResult], seconds: float) -> str:
-    failed = [r for r in results if not r.passed]
-    text = (f"{len(results)} config{'s' if len(results) != 1 else ''}: {len(results) - len(failed)} passed, "
-            f"{len(failed)} failed in {seconds:.1f} s")
-    slowest = max(results, key=lambda r: r.seconds, default=None)
-    if slowest is not None:
-        text += f" (slowest {slowest.seconds:.1f} s: {_relative(slowest.path)})"
-    return text
-
-
-def run_configs(paths: list[str | Path], root: str | Path = SMOKE_ROOT, verbose: bool = False,
-                progress=print) -> list[SmokeResult]:
-    """Smoke-run every config under `paths` (files or folders) in dependency order; the results in that order."""
-    jobs = plan_jobs(collect_configs(paths), Path(root))
-    return run_jobs(jobs, verbose=verbose, progress=progress)
 

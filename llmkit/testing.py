@@ -148,55 +148,22 @@ def smoke_run(config: str | Path | dict, command: str | None = None, overrides: 
     Raises:
         llmkit.errors.UserError: the config fails as it would in the real run; str(e) is the CLI's message.
     """
-    import importlib
-
-    from llmkit import smoke
-    from llmkit.cli import RECIPES
-    from llmkit.training.rundir import REPLACE_SMOKE
+    from llmkit import commands, smoke_runner
+    from llmkit.errors import UserError
 
     if isinstance(config, dict):
-        command = command or _command_of(config)
-        cfg = _load_dict(command, config, list(overrides))
-        run = smoke.apply_smoke(cfg, command, config_path=None, output_dir=output_dir)
-        recipe = importlib.import_module(RECIPES[command][0])
-        with run.original_names():
-            return recipe.run(run.config, config_path=None, overwrite=REPLACE_SMOKE)
-    from llmkit.cli import _infer_command
-
+        command = command or commands.infer(config)
+        if command is None:
+            raise UserError(f"smoke_run: cannot tell which command this config is for; pass command= "
+                            f"({', '.join(commands.COMMANDS)}).")
+        cfg = commands.load_dict(command, config, list(overrides))
+        return smoke_runner.run_loaded(command, cfg, None, Path(output_dir) if output_dir else None)
     path = Path(config)
-    command = _infer_command(path, command)
-    return smoke.run_config(command, path, list(overrides), Path(output_dir) if output_dir else None,
-                            announce=False)
+    command = commands.infer_command(path, command)
+    return smoke_runner.run_config(command, path, list(overrides), Path(output_dir) if output_dir else None,
+                                   announce=False)
 
 
 def _check_family(family: str) -> None:
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
-
-
-def _command_of(config: dict) -> str:
-    from llmkit.cli import RECIPES, recipe_config_class
-    from llmkit.errors import UserError
-
-    found = [name for name, (_, _, section) in RECIPES.items() if section in config]
-    if len(found) > 1:
-        found = [name for name in found if all(RECIPES[other][2] in recipe_config_class(name).__dataclass_fields__
-                                               for other in found)]
-    if len(found) != 1:
-        raise UserError(f"smoke_run: cannot tell which command this config is for; pass command= "
-                        f"({', '.join(RECIPES)}).")
-    return found[0]
-
-
-def _load_dict(command: str, config: dict, overrides: list[str]) -> Any:
-    import copy
-
-    from llmkit.cli import recipe_config_class
-    from llmkit.config import apply_overrides, load_config
-
-    raw = apply_overrides(copy.deepcopy(config), overrides)
-    if command == "eval":
-        from llmkit.recipes.evaluation import inherit_from_run
-
-        raw = inherit_from_run(raw)
-    return load_config(recipe_config_class(command), None, data=raw)

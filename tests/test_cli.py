@@ -160,9 +160,9 @@ def test_hub_dataset_offline_is_a_clear_error(tmp_path, tiny_config, monkeypatch
 
 
 def test_init_covers_every_command(tmp_path):
-    from llmkit.cli import RECIPES
+    from llmkit.commands import COMMANDS
 
-    for command in RECIPES:
+    for command in COMMANDS:
         out = tmp_path / f"{command}.yaml"
         result = invoke("init", command, "--output", out)
         assert result.exit_code == 0, result.output

@@ -903,10 +903,10 @@ def test_generator_assumptions():
     cases of every kind of mutation, ids are unique, and there are at least 700 cases."""
     import dataclasses
 
-    from llmkit.cli import recipe_config_class
+    from llmkit.commands import get
 
     for command in COMMANDS:
-        fields = {f.name for f in dataclasses.fields(recipe_config_class(command))}
+        fields = {f.name for f in dataclasses.fields(get(command).config_cls())}
         assert OWN_SECTIONS[command] <= fields, command
         assert not (set(FOREIGN_SECTIONS) - OWN_SECTIONS[command]) & fields, command
         base_leaves = set(leaves(base_config(command, PLACEHOLDER)))
@@ -916,5 +916,5 @@ def test_generator_assumptions():
         keys = {case.key for case in CASES if case.command == command and case.op == "set"}
         assert keys == base_leaves, command
     assert len({case.id for case in CASES}) == len(CASES)
-    assert len(CASES) >= 700  # the README says "over 700"
+    assert len(CASES) >= 700  # docs/bad-input.md says "over 700"
     assert CASES == generate_cases()  # seeded: the same cases every run

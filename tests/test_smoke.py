@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llmkit import smoke
+from llmkit import smoke, smoke_runner
+from llmkit.commands import get
 from llmkit.errors import UserError
 from tests.conftest import sentiment_rows, write_csv, write_yaml
 from tests.recipes.helpers import invoke
@@ -158,7 +159,7 @@ def test_data_steps_and_generation_are_capped_and_the_rest_kept(tmp_path, tokeni
                       "verbalizer": {"negative": ["awful"], "positive": ["great"]}, "seeds": [1, 2, 3]},
            "train": {"eval_strategy": "epoch", "save_strategy": "no", "learning_rate": 0.01, "max_steps": 500}}
     cfg = load_config(PromptConfig, None, data=raw)
-    out = smoke.apply_smoke(cfg, "prompt", config_path=str(tmp_path / "few.yaml")).config
+    out = smoke.apply_smoke(cfg, "prompt", get("prompt").smoke_spec(), config_path=str(tmp_path / "few.yaml")).config
     assert out.data.max_train_samples == 4 * 40 * 2  # enough rows to draw K = 40 per class from
     assert out.data.max_eval_samples == 10  # fewer than smoke mode's 32: kept
     assert out.prompt.seeds == [1, 2] and out.prompt.shots_per_class == 40
@@ -280,7 +281,7 @@ def test_a_finished_real_run_is_evaluated_through_a_tiny_copy_of_it(workdir, tok
     assert result.exit_code == 0, result.output
     assert "smoke: model runs/real replaced by a tiny BertForSequenceClassification (2 layers" in result.output
     record = json.loads((workdir / "smoke" / "eval-real" / "eval.json").read_text())
-    assert record["metrics"]["eval_examples"] == 32 and record["task"] == "classification"
+    assert record["metrics"]["eval_examples"] == 32 and record["task"] == "sequence-classification"
     assert Path(record["run_directory"]).name.endswith("-run")  # a run directory of its own, config.yaml kept
 
 
@@ -291,11 +292,11 @@ def test_eval_smoke_key_and_generation_cap(tmp_path, encoder_checkpoint, sentime
     cfg = load_config(EvalConfig, None, data={
         "model": {"name_or_path": str(encoder_checkpoint)}, "data": {"validation_file": str(sentiment_data)},
         "eval": {"smoke": True, "task": "generation", "generation": {"max_new_tokens": 256}}})
-    run = smoke.prepare(cfg, "eval", enabled=False, config_path=str(tmp_path / "gen.yaml"))
+    run = smoke.prepare(cfg, "eval", get("eval").smoke_spec(), enabled=False, config_path=str(tmp_path / "gen.yaml"))
     assert run.enabled and run.config.eval.generation.max_new_tokens == smoke.NEW_TOKENS
     assert run.config.data.max_eval_samples == smoke.EVAL_ROWS
     cfg.eval.smoke = False
-    assert not smoke.prepare(cfg, "eval", enabled=False).enabled
+    assert not smoke.prepare(cfg, "eval", get("eval").smoke_spec(), enabled=False).enabled
 
 
 # ---------------------------------------------------------------- llmkit smoke DIR
@@ -375,9 +376,9 @@ def test_testing_helpers_build_tiny_models_and_run_configs(tmp_path, sentiment_d
                   output_dir=tmp_path / "broken")
 
 
-def test_readme_shows_the_example_test_that_runs_here():
+def test_smoke_page_shows_the_example_test_that_runs_here():
     example = (ROOT / "tests" / "test_smoke_example.py").read_text()
-    assert example.strip() in (ROOT / "README.md").read_text()
+    assert example.strip() in (ROOT / "docs" / "smoke.md").read_text()
 
 
 def test_eval_perplexity_of_a_text_file_reads_its_first_lines_with_max_eval_samples(tmp_path):
@@ -400,8 +401,8 @@ def test_every_shipped_config_passes_in_smoke_mode(tmp_path, monkeypatch):
         if importlib.util.find_spec(package) is None:
             pytest.skip(f"the shipped configs' models need the {package} package (pip install -e .[dev])")
     monkeypatch.chdir(ROOT)  # configs name their data relative to the repository root
-    results = smoke.run_configs([ROOT / "configs"], root=tmp_path / "smoke", progress=lambda line: None)
+    results = smoke_runner.run_configs([ROOT / "configs"], root=tmp_path / "smoke", progress=lambda line: None)
     shipped = {p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "accelerate"}
     assert {r.path.resolve() for r in results} == shipped
-    table = smoke.format_table(results)
+    table = smoke_runner.format_table(results)
     assert all(r.passed for r in results), table + "\n" + "\n".join(f"{r.path}: {r.error}" for r in results)

@@ -1,4 +1,4 @@
-"""Smoke tests of a config in your own test suite (the README's example, run here as written)."""
+"""Smoke tests of a config in your own test suite (the example in docs/smoke.md, run here as written)."""
 
 from pathlib import Path
 

@@ -13,15 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from llmkit.data.formats import DATA_FORMATS, detect_format
 from llmkit.errors import ConfigIssue, first_line, shown
+from llmkit.models.tokenizer_training import SPECIAL_ROLES
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
-DATA_FORMATS = ("csv", "tsv", "json", "jsonl", "parquet", "text", "disk", "conll")
-EXTENSION_FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet",
-                     ".conll": "conll",
-                     ".txt": "text"}
-
-
 def opt(text: str, **kw) -> Any:
     """A dataclass field with help text (shown by `llmkit init` and in errors)."""
     return field(metadata={"help": text}, **kw)
@@ -174,9 +170,6 @@ class ModelConfig:
         found = sorted(p.name for p in path.parent.glob("*.gguf")) if path.parent.is_dir() else []
         hint = f" GGUF files there: {', '.join(found[:5])}." if found else " Check the path."
         return [ConfigIssue("gguf_file", f"no GGUF file {shown(self.gguf_file)}{here}.{hint}")]
-
-
-SPECIAL_ROLES = ("pad", "unk", "bos", "eos", "cls", "sep", "mask")
 
 
 @dataclass
@@ -418,14 +411,6 @@ class DataConfig:
         return resolved, issues
 
 
-def detect_format(path: str) -> str | None:
-    """The data format of a path from its extension (a directory is a save_to_disk dataset)."""
-    p = Path(path)
-    if p.is_dir():
-        return "disk"
-    return EXTENSION_FORMATS.get(p.suffix.lower())
-
-
 # ---------------------------------------------------------------- train
 
 # TrainingArguments fields that llmkit sets itself, with what to use instead.
@@ -516,7 +501,7 @@ class TrainConfig:
         "torch: torch's own kernels, mask for mask as plain PyTorch. No effect on GPUs.", default="fast")
     smoke: bool = opt("Smoke mode (as --smoke): a tiny random copy of the model (same family and tokenizer), 128 "
                       "training / 32 evaluation rows, 3 steps, output in smoke/; everything else as configured (see "
-                      "the README's Smoke mode).", default=False)
+                      "docs/smoke.md).", default=False)
     passthrough: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -544,7 +529,7 @@ class TrainConfig:
 
     def validate(self) -> list[ConfigIssue]:
         from llmkit.config.launch import check_deepspeed
-        from llmkit.training.arguments import TrainingArgumentsError, make_training_arguments
+        from llmkit.config.training_arguments import TrainingArgumentsError, make_training_arguments
 
         issues = check_deepspeed(self.passthrough["deepspeed"]) if self.passthrough.get("deepspeed") else []
         issues += self._check_choices() + self._check_ranges()

@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import llmkit
 from llmkit.errors import UserError
+from llmkit.version import __version__
 
 META_FILE = "llmkit_meta.json"
 # How raw cells are read and checked (csv cells as written, labels stripped, notes kept in the meta); a change
@@ -77,7 +77,7 @@ def tokenizer_digest(tokenizer: Any) -> str:
 
 
 def cache_key(parts: dict) -> str:
-    payload = json.dumps({"llmkit": llmkit.__version__, "reader": READER_VERSION, **parts}, sort_keys=True,
+    payload = json.dumps({"llmkit": __version__, "reader": READER_VERSION, **parts}, sort_keys=True,
                          default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 

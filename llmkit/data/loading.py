@@ -8,7 +8,7 @@ import os
 import tempfile
 from typing import Any
 
-from llmkit.config.sections import detect_format
+from llmkit.data.formats import detect_format
 from llmkit.errors import UserError, first_line, not_utf8_message
 
 # What datasets/pandas say about a file with no rows (header only) or no bytes at all.
@@ -42,7 +42,7 @@ def load_file_split(key: str, files: str | list[str], cfg: Any, text_sample_by: 
         for f in files:
             _check_csv_header(key, f, fmt, cfg)
     if fmt == "conll":
-        from llmkit.data.token_classification import read_conll
+        from llmkit.data.formats import read_conll
 
         return read_conll(key, files, cfg)
     if fmt == "disk":

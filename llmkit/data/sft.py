@@ -49,7 +49,7 @@ PLAIN_TEMPLATE = (
 # ---------------------------------------------------------------- layouts
 
 
-def detect_format(columns: list[str]) -> str:
+def detect_conversation_format(columns: list[str]) -> str:
     """The row layout of a dataset with these columns (see the module docstring)."""
     cols = set(columns)
     if "messages" in cols:
@@ -273,9 +273,9 @@ def prepare_sft_data(cfg: Any, tokenizer: Any, seed: int, chat_template: str | N
     def build():
         raw = load_raw_splits(cfg, seed)
         first = "train" if "train" in raw else next(iter(raw))
-        fmt = detect_format(raw[first].column_names)
+        fmt = detect_conversation_format(raw[first].column_names)
         for name, ds in raw.items():
-            other = detect_format(ds.column_names)
+            other = detect_conversation_format(ds.column_names)
             if other != fmt:
                 raise UserError(f"data.{SPLIT_KEYS[name]}: the {name} data is laid out as {other} "
                                 f"({', '.join(ds.column_names)}) but the {first} data as {fmt}; use one layout.")

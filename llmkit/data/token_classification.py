@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 from typing import Any
 
 from llmkit.data.cache import cached_dataset, files_digest, tokenizer_digest
@@ -22,34 +21,6 @@ from llmkit.data.loading import (
 from llmkit.errors import UserError
 
 IGNORE_INDEX = -100
-DOCSTART = "-DOCSTART-"
-
-
-def read_conll(key: str, files: list[str], cfg: Any):
-    """CoNLL-style files: one word per line, its tag in the last whitespace-separated column, blank lines
-    between sentences, `-DOCSTART-` lines skipped. Returns a Dataset with data.tokens_column / tags_column."""
-    import datasets
-
-    tokens, tags = [], []
-    for f in files:
-        words, labels = [], []
-        for number, line in enumerate(Path(f).read_text(encoding="utf-8").splitlines(), 1):
-            parts = line.split()
-            if not parts or parts[0] == DOCSTART:
-                if words:
-                    tokens.append(words)
-                    tags.append(labels)
-                words, labels = [], []
-                continue
-            if len(parts) < 2:
-                raise UserError(f"data.{key}: {f} line {number} has a word but no tag ({line.strip()!r}); CoNLL "
-                                "lines hold the word first and its tag last, separated by whitespace.")
-            words.append(parts[0])
-            labels.append(parts[-1])
-        if words:
-            tokens.append(words)
-            tags.append(labels)
-    return datasets.Dataset.from_dict({cfg.tokens_column: tokens, cfg.tags_column: tags})
 
 
 def align_labels(word_ids: list[int | None], word_labels: list[int]) -> list[int]:

@@ -236,7 +236,7 @@ def load_adapter_model(adapter_dir: Path, auto_class_name: str | None = None, ad
     from safetensors only unless `allow_pickle`."""
     import transformers
 
-    from llmkit.models.loading import quiet_transformers
+    from llmkit.models.quiet import quiet_transformers
 
     meta = read_metadata(adapter_dir)
     auto_cls = getattr(transformers, auto_class_name or AUTO_CLASSES[meta["task"]])
@@ -299,7 +299,38 @@ AUTO_CLASSES = {"sequence-classification": "AutoModelForSequenceClassification",
                 "masked-lm": "AutoModelForMaskedLM"}
 
 
+def describe(model: Any, spec: Any) -> str:
+    """One line on what the adapter changes, e.g. `lora r=8 on query, value; trains classifier too`."""
+    if spec.method == "bottleneck":
+        settings = model._bottleneck_settings
+        sites = len(model.bottleneck_adapters)
+        heads = getattr(model, "_bottleneck_trainable_modules", [])
+        return (f"bottleneck ({settings.placement}, reduction {settings.reduction_factor}, {settings.activation}) at "
+                f"{sites} sites" + (f"; trains {', '.join(heads)} too" if heads else ""))
+    config = model.peft_config[spec.name]
+    targets = getattr(config, "target_modules", None)
+    shown = ", ".join(sorted(targets)) if isinstance(targets, (set, list)) else targets
+    options = {k: v for k, v in spec.passthrough.items() if k not in ("target_modules", "modules_to_save")}
+    detail = " ".join(f"{k}={v}" for k, v in options.items())
+    names = [name for name, _ in model.named_modules()]
+    heads = sorted(h for h in set(config.modules_to_save or [])  # PEFT lists classifier and score for every model
+                   if any(n == h or n.endswith("." + h) for n in names))
+    return (f"{spec.method}{' ' + detail if detail else ''}" + (f" on {shown}" if shown else "")
+            + (f"; trains {', '.join(heads)} too" if heads else ""))
+
+
 # ---------------------------------------------------------------- merging
+
+
+def merge_inputs(reference: str) -> list[tuple[str, Path]]:
+    """What `adapter merge` reads, which its output must not be: the adapter run and, when it is a local folder,
+    its base model."""
+    inputs = [("adapter run", Path(reference).expanduser().resolve())]
+    adapter_dir = find_adapter_dir(reference)
+    base = read_metadata(adapter_dir).get("base_model_path") if adapter_dir is not None else None
+    if isinstance(base, str) and Path(base).is_dir():
+        inputs.append(("base model", Path(base).resolve()))
+    return inputs
 
 
 def merge_adapter(reference: str, output: Path, prepare_output: Callable[[Path], Path] | None = None) -> dict:
@@ -353,7 +384,7 @@ def load_reference(reference: str, adapters: list[str] | tuple[str, ...] = (),
     import transformers
     from transformers import AutoConfig, AutoTokenizer
 
-    from llmkit.models.loading import quiet_transformers
+    from llmkit.models.quiet import quiet_transformers
     from llmkit.models.resolve import ModelNotFound, resolve_model_path
 
     adapter_dir = find_adapter_dir(reference)

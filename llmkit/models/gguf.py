@@ -138,7 +138,7 @@ def convert_gguf(gguf_path: str | Path) -> Path:
 def _convert(source: Path, target: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmkit.models.loading import quiet_transformers
+    from llmkit.models.quiet import quiet_transformers
 
     print(f"converting {source.name} (once) -> {target}", end="", flush=True)
     start = time.perf_counter()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import weakref
 from typing import Any
 
@@ -16,6 +15,7 @@ from llmkit.models.integrity import (
     load_errors,
     tokenizer_dir_problem,
 )
+from llmkit.models.quiet import quiet_transformers
 from llmkit.models.resolve import ModelNotFound, resolve_model_path
 from llmkit.models.safety import option_key, weights_kwargs
 
@@ -32,19 +32,6 @@ FAMILIES = {
 }
 # The config key each tokenizer from load_tokenizer came from, so the vocabulary check names the right one.
 _TOKENIZER_KEYS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-@contextlib.contextmanager
-def quiet_transformers():
-    """Silence transformers' load reports and progress bars; llmkit prints its own summary."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
 
 
 def _resolve(key: str, name: str) -> str:
@@ -338,3 +325,31 @@ def count_parameters(model: Any) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, total
 
+
+# Model types read as masked LMs when a config names no architecture.
+ENCODER_TYPES = ("bert", "roberta", "distilbert", "electra", "deberta", "deberta-v2", "xlm-roberta")
+
+
+def model_kind(model_cfg: Any) -> str:
+    """What the model is for, as a task.type name: sequence-classification, token-classification (its head),
+    causal-lm or masked-lm (a language model); from its saved architecture (or adapter run)."""
+    from transformers import AutoConfig
+
+    from llmkit.models.adapters import auto_class_for, find_adapter_dir, read_metadata
+
+    if model_cfg.from_config is not None:
+        return "masked-lm" if model_cfg.from_config.family == "bert" else "causal-lm"
+    adapter_dir = find_adapter_dir(model_cfg.name_or_path)
+    if adapter_dir is not None:
+        return read_metadata(adapter_dir)["task"]
+    try:
+        with quiet_transformers():
+            config = AutoConfig.from_pretrained(model_source(model_cfg), trust_remote_code=model_cfg.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UserError(f"model.name_or_path: cannot read the model config of {model_label(model_cfg)!r}: "
+                        f"{e}".splitlines()[0]) from None
+    kinds = {"AutoModelForSequenceClassification": "sequence-classification",
+             "AutoModelForTokenClassification": "token-classification", "AutoModelForMaskedLM": "masked-lm",
+             "AutoModelForCausalLM": "causal-lm"}
+    kind = kinds.get(auto_class_for(config.architectures or []))
+    return kind or ("masked-lm" if config.model_type in ENCODER_TYPES else "causal-lm")

@@ -156,7 +156,7 @@ def tiny_model_dir(source: ModelSource, sizes: TinySizes = TinySizes(), cache_di
 def _cache_key(source: ModelSource, sizes: TinySizes) -> str:
     """Source identity without reading weights: for local directories, config and tokenizer files by name, size
     and modification time; for a GGUF file, the file's; for a hub id, the id and revision."""
-    import llmkit
+    from llmkit.version import __version__
 
     stamp: list = []
     path = Path(source.path).expanduser()
@@ -172,7 +172,7 @@ def _cache_key(source: ModelSource, sizes: TinySizes) -> str:
         stamp.insert(0, str(path.resolve()))
     else:
         stamp = [source.path, source.revision]
-    payload = json.dumps({"llmkit": llmkit.__version__, "transformers": _transformers_version(), "source": stamp,
+    payload = json.dumps({"llmkit": __version__, "transformers": _transformers_version(), "source": stamp,
                           "sizes": asdict(sizes)}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
@@ -187,7 +187,7 @@ def _read_source(source: ModelSource) -> tuple[Any, Any, Any]:
     """(config, tokenizer or None, generation config or None) of the real model, weights untouched."""
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
-    from llmkit.models.loading import quiet_transformers
+    from llmkit.models.quiet import quiet_transformers
 
     path, kwargs = source.path, {"revision": source.revision, "trust_remote_code": source.trust_remote_code}
     if source.gguf_file:
@@ -280,7 +280,7 @@ def architecture_class(config: Any, gguf: bool = False):
 def _build(source: ModelSource, config: Any, sizes: TinySizes):
     import torch
 
-    from llmkit.models.loading import quiet_transformers
+    from llmkit.models.quiet import quiet_transformers
 
     cls, name = architecture_class(config, gguf=bool(source.gguf_file))
     if cls is None:
@@ -303,7 +303,7 @@ def _build(source: ModelSource, config: Any, sizes: TinySizes):
 
 def _save(model: Any, tokenizer: Any, generation: Any, directory: Path) -> None:
     from llmkit.models.gguf import _no_progress_bars
-    from llmkit.models.loading import quiet_transformers
+    from llmkit.models.quiet import quiet_transformers
 
     if generation is not None and model.can_generate():
         model.generation_config = generation

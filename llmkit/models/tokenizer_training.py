@@ -18,7 +18,6 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from llmkit.config.sections import SPECIAL_ROLES
 from llmkit.data.cache import cache_key, cache_root
 from llmkit.errors import UserError
 
@@ -29,6 +28,9 @@ REQUIRED_ROLES = {"clm": ("eos",), "mlm": ("cls", "sep", "mask")}
 EXAMPLE_TOKENS = {"pad": "<pad>", "unk": "<unk>", "bos": "<s>", "eos": "<|endoftext|>", "cls": "[CLS]",
                   "sep": "[SEP]", "mask": "[MASK]"}
 KEY = "tokenizer.train"
+
+
+SPECIAL_ROLES = ("pad", "unk", "bos", "eos", "cls", "sep", "mask")  # the roles tokenizer.train.special_tokens names
 
 
 def default_special_tokens(spec, objective: str) -> dict[str, str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from llmkit.config.sections import (
     DataConfig,
@@ -21,8 +21,8 @@ from llmkit.config.sections import (
     opt,
 )
 from llmkit.errors import ConfigIssue, UserError
-from llmkit.recipes.finetune import TaskConfig
-from llmkit.smoke import honoured
+from llmkit.smoke import EXTRA_TEXTS, Shrink, SmokeSpec, cap, honoured, model_references
+from llmkit.tasks import TaskConfig, shorter_samples
 
 COMMAND = "distill"
 TEACHER_LABELS_FILE = "teacher_labeled.jsonl"
@@ -160,7 +160,7 @@ def _teacher_issues(teacher: str) -> list[ConfigIssue]:
 def resolve_teacher(reference: str) -> str:
     """The teacher's model (or adapter) folder: a run directory's model/ or adapter/, or a model path / hub id."""
     from llmkit.models.resolve import ModelNotFound, resolve_model_path
-    from llmkit.recipes.evaluation import find_run_directory
+    from llmkit.training.rundir import find_run_directory
 
     run = find_run_directory(reference, key="distill.teacher")
     if run is not None:
@@ -207,24 +207,69 @@ class DistillConfig:
 # ---------------------------------------------------------------- the recipe
 
 
-@honoured("distill")
+# ---------------------------------------------------------------- smoke mode
+
+
+def teacher_layers_needed(d: Any) -> int:
+    """Teacher layers a distill section needs: its keep_layers, the student layers `every` makes for its layer
+    map, and the layer map's teacher layers (a real teacher with fewer fails as it would in the real run)."""
+    spec = d.student.from_teacher if d.student is not None else None
+    keep = getattr(spec, "keep_layers", None)
+    every = getattr(spec, "every", None)
+    need = 2
+    if keep:
+        need = max(need, max(keep) + 1)
+    if d.beta > 0 and d.layer_map:
+        need = max(need, max(d.layer_map.values()) + 1)
+        if every:
+            need = max(need, max(d.layer_map) * every + 1)
+    return need
+
+
+def smoke_adjust(cfg: DistillConfig, shrink: Shrink) -> None:
+    """Smoke mode: the teacher shrunk, keeping the layers the student and the layer map need; the student built
+    from it as configured, or shrunk itself; a few unlabeled texts; short sample generations."""
+    d = cfg.distill
+    d.teacher = shrink.reference(d.teacher, "distill.teacher", teacher_layers_needed(d),
+                                 trust_remote_code=d.teacher_trust_remote_code)
+    if d.student.from_teacher is None:
+        shrink.model_section(d.student, "distill.student.", None)
+    if d.unlabeled is not None:
+        shrink.note(f"{cap(d, 'unlabeled_max_samples', EXTRA_TEXTS)} unlabeled texts")
+    shorter_samples(cfg, shrink)
+
+
+def smoke_references(raw: dict) -> list[tuple[str, str, int | None]]:
+    """The teacher (with the layers kept of it), the student's own model, the tokenizer: what may name another
+    config's run, read from the config as plain YAML."""
+    from types import SimpleNamespace
+
+    found = model_references(raw, ("distill.teacher", "distill.student.name_or_path", "tokenizer.name_or_path"))
+    d = raw.get("distill") or {}
+    student = d.get("student") or {"from_teacher": {"every": 2}}
+    spec = student.get("from_teacher")
+    section = SimpleNamespace(
+        student=SimpleNamespace(from_teacher=SimpleNamespace(keep_layers=spec.get("keep_layers"),
+                                                             every=spec.get("every")) if spec else None),
+        beta=float(d.get("beta") or 0), layer_map={int(k): int(v) for k, v in (d.get("layer_map") or {}).items()})
+    return [(key, value, teacher_layers_needed(section) if key == "distill.teacher" else None)
+            for key, value, _ in found]
+
+
+SMOKE = SmokeSpec(model_sections=(), adjust=smoke_adjust, references=smoke_references)
+
+
+@honoured(COMMAND, SMOKE)
 def run(cfg: DistillConfig, *, config_path: str | None = None, overwrite: bool | str = False,
         dry_run: bool = False) -> dict:
     """Distil the teacher into the student; return the final metrics (also in OUTPUT_DIR/metrics.json)."""
     from transformers import set_seed
 
+    from llmkit.config.training_arguments import TrainingArgumentsError, make_training_arguments, resolve_precision
     from llmkit.models.loading import check_vocabulary_fits, count_parameters, freeze, load_model, load_tokenizer
-    from llmkit.recipes.finetune import TASKS, _describe_splits, refuse_adapter_model
+    from llmkit.tasks import TASKS, describe_splits, refuse_adapter_model
     from llmkit.training import rundir
-    from llmkit.training.arguments import (
-        TrainingArgumentsError,
-        check_best_metric,
-        launch_state,
-        make_training_arguments,
-        pad_multiple,
-        planned_steps,
-        resolve_precision,
-    )
+    from llmkit.training.arguments import check_best_metric, launch_state, pad_multiple, planned_steps
     from llmkit.training.distill import INDEX_COLUMN, DistillSettings, DistillTrainer, IndexedCollator
     from llmkit.training.loop import train_and_save
 
@@ -247,7 +292,7 @@ def run(cfg: DistillConfig, *, config_path: str | None = None, overwrite: bool |
     labels = teacher_labels(teacher, cfg.data) if not causal_lm else []
     with state.main_process_first():  # the main process tokenizes and caches; the others read its cache
         data = prepare_data(cfg, task, tokenizer, labels)
-    state.print(f"data: {_describe_splits(data.stats)}; {task.describe(data)}; "
+    state.print(f"data: {describe_splits(data.stats)}; {task.describe(data)}; "
                 f"{'from cache' if data.from_cache else 'prepared'} in {data.seconds:.1f} s")
     texts = unlabeled_texts(cfg) if d.unlabeled is not None else None  # checked before the student is built
 
@@ -344,7 +389,7 @@ def run(cfg: DistillConfig, *, config_path: str | None = None, overwrite: bool |
         "loss": describe_loss(settings),
         "task": cfg.task.type,
         **({"classes": ", ".join(labels)} if labels else {}),
-        "data": _describe_splits(data.stats),
+        "data": describe_splits(data.stats),
     }, headline=headline)
 
 
@@ -552,7 +597,7 @@ class TeacherLabelled:
     def describe(self) -> str:
         from collections import Counter
 
-        from llmkit.training.report import markdown_table
+        from llmkit.metrics.tables import markdown_table
 
         kept = Counter(r["label"] for r in self.kept)
         rows = [[name, kept.get(name, 0)] for name in self.label_names]
@@ -654,8 +699,8 @@ def unlabeled_texts(cfg: DistillConfig) -> list[str]:
 def compare_on_eval(task, trainer, teacher, tokenizer, eval_split, collate, metrics_fn, metrics: dict, run_dir,
                     precision: str, args) -> list[tuple[str, str]]:
     """Evaluate the student and the teacher on the validation set and time both; add the figures to metrics."""
+    from llmkit.metrics.tables import markdown_table
     from llmkit.training.distill import inference_speed
-    from llmkit.training.report import markdown_table
 
     out = trainer.predict(eval_split, metric_key_prefix="eval")
     metrics.update(without_timings(out.metrics))

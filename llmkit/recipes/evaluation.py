@@ -17,13 +17,11 @@ from typing import Any, Literal
 
 from llmkit.config.sections import DataConfig, ModelConfig, TokenizerConfig, opt
 from llmkit.errors import ConfigIssue, UserError
-from llmkit.smoke import honoured
+from llmkit.smoke import NEW_TOKENS, Shrink, SmokeSpec, cap, honoured
+from llmkit.training import rundir
 
 COMMAND = "eval"
-# Data settings an eval of a run directory inherits from the run's config unless the eval config sets them.
-ENCODER_TYPES = ("bert", "roberta", "distilbert", "electra", "deberta", "deberta-v2", "xlm-roberta")
-INHERITED_DATA_KEYS = ("text_column", "text_pair_column", "label_column", "label_separator", "max_length", "format",
-                       "column_names", "tokens_column", "tags_column")
+CLASSIFICATION_KINDS = ("sequence-classification", "token-classification")  # models evaluated by their head
 
 
 @dataclass
@@ -102,10 +100,11 @@ class GenerationSpec:
 class EvalSection:
     """What to evaluate and how."""
 
-    task: Literal["auto", "classification", "token-classification", "perplexity", "generation"] = opt(
-        "auto: from the run directory's config, else from the model's architecture (classification head -> "
-        "classification, token-classification head -> token-classification, language-model head -> "
-        "perplexity). generation: generate for each prompt and score exact match.", default="auto")
+    task: Literal["auto", "sequence-classification", "token-classification", "perplexity", "generation"] = opt(
+        "What to evaluate, named as finetune's task.type where it is one. auto: from the model's head "
+        "(sequence-classification head -> sequence-classification, token-classification head -> "
+        "token-classification, language-model head -> perplexity). perplexity: of a causal or masked LM on the "
+        "text. generation: a causal LM generates for each prompt, scored by exact match.", default="auto")
     batch_size: int = opt("Examples (or windows) per forward pass; batches are sorted by length.", default=32)
     precision: Literal["fp32", "bf16"] = opt("fp32 gives exact figures; bf16 autocast is faster on CPUs with "
                                              "AVX512-BF16/AMX and on GPUs.", default="fp32")
@@ -114,7 +113,7 @@ class EvalSection:
     perplexity: PerplexitySpec = opt("Perplexity settings.", default_factory=PerplexitySpec)
     generation: GenerationSpec = opt("Generation settings.", default_factory=GenerationSpec)
     smoke: bool = opt("Smoke mode (as --smoke): a tiny random copy of the model (same family and tokenizer), the "
-                      "first 32 rows (or lines), 8 generated tokens, output in smoke/ (see the README's Smoke mode).",
+                      "first 32 rows (or lines), 8 generated tokens, output in smoke/ (see docs/smoke.md).",
                       default=False)
 
     def validate(self) -> list[ConfigIssue]:
@@ -142,80 +141,82 @@ class EvalConfig:
         return issues
 
 
-# ---------------------------------------------------------------- run directories
+# ---------------------------------------------------------------- reading the config
 
 
-@dataclass
-class RunDirectory:
-    """An llmkit run directory: its saved config and its model folder."""
-
-    path: Path
-    config: dict
-
-    @property
-    def model_dir(self) -> Path:
-        """model/ of a full run; adapter/ of an adapter run (loaded as its base model plus the adapter)."""
-        from llmkit.models.adapters import ADAPTER_DIR, find_adapter_dir
-
-        return self.path / ADAPTER_DIR if find_adapter_dir(self.path) else self.path / "model"
-
-
-def find_run_directory(name: str | None, key: str = "model.name_or_path") -> RunDirectory | None:
-    """The run directory `name` (the config's `key`) points to, or None for an ordinary model reference."""
-    if not name or not isinstance(name, str):  # a wrong type is reported by the config's own checks
-        return None
-    path = Path(name).expanduser()
-    try:
-        if not (path / "config.yaml").is_file():
-            return None
-    except OSError:  # a name the file system cannot take (too long): not a run directory
-        return None
-    from llmkit.config.loader import read_yaml
+def load_config(target: Path, overrides: list[str], options: dict) -> EvalConfig:
+    """`llmkit eval CONFIG [k=v]`, or the short form `llmkit eval RUN_OR_MODEL_DIR --data PATH [k=v]`; the data
+    settings of a run directory it evaluates are inherited (explicit keys win)."""
+    from llmkit.config import apply_overrides, read_yaml
+    from llmkit.config import load_config as load
     from llmkit.models.adapters import find_adapter_dir
 
-    if not (path / "model" / "config.json").is_file() and find_adapter_dir(path) is None:
-        raise UserError(f"{key}: {path} is an llmkit run directory without a model (no "
-                        "model/config.json nor adapter/): the run did not finish. Resume it with train.resume=auto, "
-                        "or point to a checkpoint folder under checkpoints/.")
-    return RunDirectory(path=path.resolve(), config=read_yaml(path / "config.yaml"))  # safe loader, clear errors
+    if not target.exists():
+        raise UserError(f"eval: {target} does not exist; give a YAML config, a run or model directory (with "
+                        "--data), or `compare` followed by run directories.")
+    holds_model = target.is_dir() and ((target / "config.json").is_file() or (target / "config.yaml").is_file()
+                                       or find_adapter_dir(target) is not None)
+    if target.is_dir() and not holds_model:
+        raise UserError(f"eval: {target} is a directory but not a model directory (no config.json) nor an llmkit "
+                        "run directory (no config.yaml); give a YAML config file, or a model or run directory "
+                        "with --data.")
+    raw = {"model": {"name_or_path": str(target)}} if target.is_dir() else read_yaml(target)
+    if options.get("data") is not None:
+        overrides = [f"data.validation_file={options['data']}", *overrides]
+    return load(EvalConfig, None, data=prepare_raw_config(apply_overrides(raw, overrides)),
+                foreign_sections=options.get("foreign_sections"))
 
 
-def inherit_from_run(raw: dict) -> dict:
-    """Fill the data settings of an eval config from the run directory it evaluates (explicit keys win)."""
-    run = find_run_directory((raw.get("model") or {}).get("name_or_path"))
-    if run is None:
-        return raw
-    saved = run.config.get("data") or {}
-    data = dict(raw.get("data") or {})
-    for key in INHERITED_DATA_KEYS:
-        if key not in data and saved.get(key) is not None:
-            data[key] = saved[key]
-    return {**raw, "data": data}
+def prepare_raw_config(raw: dict) -> dict:
+    """The config as YAML gives it, with the data settings of the run directory it evaluates filled in."""
+    return rundir.inherit_from_run(raw)
+
+
+def compare(args: list[str], options: dict) -> None:
+    """`llmkit eval compare RUN...`: one table across run or eval directories."""
+    if not args:
+        raise UserError("eval compare: give one or more run directories.")
+    print(compare_runs(args))
+
+
+FORMS = {"compare": compare}
 
 
 # ---------------------------------------------------------------- the recipe
 
 
-@honoured("eval")
+def smoke_adjust(cfg: EvalConfig, shrink: Shrink) -> None:
+    """Smoke mode: generation stops after a few tokens; a perplexity text is cut to its first lines."""
+    tokens = cap(cfg.eval.generation, "max_new_tokens", NEW_TOKENS)
+    if cfg.eval.task == "generation":
+        shrink.note(f"at most {tokens} new tokens per prompt")
+    elif cfg.eval.task in ("perplexity", "auto"):
+        shrink.note("a perplexity text file: its first lines")
+
+
+SMOKE = SmokeSpec(adjust=smoke_adjust)
+
+
+@honoured(COMMAND, SMOKE)
 def run(cfg: EvalConfig, *, config_path: str | None = None, overwrite: bool | str = False,
         dry_run: bool = False) -> dict:
     """Evaluate; write eval.json and report.md; return the figures. `dry_run`: load the model and the data and
     run every check, then stop before scoring (nothing is written)."""
     from llmkit.models.loading import load_tokenizer
 
-    run_dir = find_run_directory(cfg.model.name_or_path)
+    run_dir = rundir.find_run_directory(cfg.model.name_or_path)
     model_cfg = dataclasses.replace(cfg.model, name_or_path=str(run_dir.model_dir)) if run_dir else cfg.model
     tokenizer = load_tokenizer(model_cfg, cfg.tokenizer)
-    task, model_kind = detect_task(cfg, model_cfg)
+    task, kind = detect_task(cfg, model_cfg)
     start = time.perf_counter()
-    if task == "classification":
+    if task == "sequence-classification":
         metrics, sections, extra = evaluate_classification(cfg, model_cfg, tokenizer, run_dir, dry_run)
     elif task == "token-classification":
         metrics, sections, extra = evaluate_token_classification(cfg, model_cfg, tokenizer, dry_run)
     elif task == "generation":
-        metrics, sections, extra = evaluate_generation(cfg, model_cfg, tokenizer, model_kind, dry_run)
+        metrics, sections, extra = evaluate_generation(cfg, model_cfg, tokenizer, kind, dry_run)
     else:
-        metrics, sections, extra = evaluate_perplexity(cfg, model_cfg, tokenizer, model_kind, dry_run)
+        metrics, sections, extra = evaluate_perplexity(cfg, model_cfg, tokenizer, kind, dry_run)
     if dry_run:
         print(f"plan: eval.task {task} on {', '.join(f'{k} {v}' for k, v in metrics['examples'].items())}; "
               "nothing scored or written (--dry-run)")
@@ -225,60 +226,32 @@ def run(cfg: EvalConfig, *, config_path: str | None = None, overwrite: bool | st
 
 
 def detect_task(cfg: EvalConfig, model_cfg: ModelConfig) -> tuple[str, str]:
-    """(task, model kind) from eval.task and the model's head: seq-cls, token-cls, causal or masked."""
+    """(task, model kind) from eval.task and the model's head; the kind is a task.type name:
+    sequence-classification, token-classification, causal-lm or masked-lm."""
+    from llmkit.models.loading import model_kind
+
     kind = model_kind(model_cfg)
     task = cfg.eval.task
     if task == "auto":
-        task = {"seq-cls": "classification", "token-cls": "token-classification"}.get(kind, "perplexity")
-    if task == "token-classification" and kind != "token-cls":
-        raise UserError(f"eval.task: token-classification needs a model with a token-classification head; "
-                        f"{model_cfg.name_or_path} is a {kind} model.")
-    if kind == "token-cls" and task != "token-classification":
-        raise UserError(f"eval.task: {model_cfg.name_or_path} is a token-classification model; use "
-                        "eval.task=token-classification (or auto).")
-    if task == "classification" and kind != "seq-cls":
-        raise UserError(f"eval.task: classification needs a model with a classification head; "
-                        f"{model_cfg.name_or_path} is a {kind} model. Use eval.task=perplexity.")
-    if task == "generation" and kind != "causal":
-        raise UserError(f"eval.task: generation needs a causal LM; {model_cfg.name_or_path} is a "
-                        f"{'masked LM' if kind == 'masked' else 'classification model'}. Use eval.task=perplexity "
-                        "or classification.")
-    if task == "perplexity" and kind == "seq-cls":
-        raise UserError(f"eval.task: {model_cfg.name_or_path} is a classification model; perplexity needs a "
-                        "language model. Use eval.task=classification.")
+        task = kind if kind in CLASSIFICATION_KINDS else "perplexity"
+    name = model_cfg.name_or_path
+    if task in CLASSIFICATION_KINDS and kind != task:
+        raise UserError(f"eval.task: {task} needs a model with a {task} head; {name} is a {kind} model. Use "
+                        f"eval.task={kind if kind in CLASSIFICATION_KINDS else 'perplexity'} (or auto).")
+    if kind in CLASSIFICATION_KINDS and task != kind:
+        raise UserError(f"eval.task: {name} is a {kind} model; {task} needs a language model. Use "
+                        f"eval.task={kind} (or auto).")
+    if task == "generation" and kind != "causal-lm":
+        raise UserError(f"eval.task: generation needs a causal LM; {name} is a {kind} model. Use "
+                        "eval.task=perplexity.")
     return task, kind
-
-
-def model_kind(model_cfg: ModelConfig) -> str:
-    """'seq-cls', 'causal' or 'masked', from the model's saved architecture."""
-    from transformers import AutoConfig
-
-    from llmkit.models.adapters import auto_class_for, find_adapter_dir, read_metadata
-    from llmkit.models.loading import model_label, model_source, quiet_transformers
-
-    if model_cfg.from_config is not None:
-        return "masked" if model_cfg.from_config.family == "bert" else "causal"
-    adapter_dir = find_adapter_dir(model_cfg.name_or_path)
-    if adapter_dir is not None:
-        return {"sequence-classification": "seq-cls", "token-classification": "token-cls",
-                "causal-lm": "causal", "masked-lm": "masked"}[read_metadata(adapter_dir)["task"]]
-    try:
-        with quiet_transformers():
-            config = AutoConfig.from_pretrained(model_source(model_cfg), trust_remote_code=model_cfg.trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise UserError(f"model.name_or_path: cannot read the model config of {model_label(model_cfg)!r}: "
-                        f"{e}".splitlines()[0]) from None
-    kinds = {"AutoModelForSequenceClassification": "seq-cls", "AutoModelForTokenClassification": "token-cls",
-             "AutoModelForMaskedLM": "masked", "AutoModelForCausalLM": "causal"}
-    kind = kinds.get(auto_class_for(config.architectures or []))
-    return kind or ("masked" if config.model_type in ENCODER_TYPES else "causal")
 
 
 # ---------------------------------------------------------------- classification
 
 
-def evaluate_classification(cfg: EvalConfig, model_cfg: ModelConfig, tokenizer: Any, run_dir: RunDirectory | None,
-                            dry_run: bool = False):
+def evaluate_classification(cfg: EvalConfig, model_cfg: ModelConfig, tokenizer: Any,
+                            run_dir: rundir.RunDirectory | None, dry_run: bool = False):
     """Accuracy, macro and per-class scores and the confusion matrix on every given split."""
     from llmkit.data.classification import prepare_classification_data
     from llmkit.metrics.classification import ClassificationMetrics, classification_report
@@ -344,9 +317,9 @@ def predict_logits(model: Any, tokenizer: Any, dataset: Any, batch_size: int, pr
 def evaluate_token_classification(cfg: EvalConfig, model_cfg: ModelConfig, tokenizer: Any, dry_run: bool = False):
     """Entity-level precision/recall/F1 (overall and per type) and token accuracy on every given split."""
     from llmkit.data.token_classification import prepare_token_classification_data
+    from llmkit.metrics.tables import markdown_table
     from llmkit.metrics.token_classification import TokenClassificationMetrics
     from llmkit.models.loading import check_sequence_length, load_model
-    from llmkit.training.report import markdown_table
 
     model, _ = load_model("AutoModelForTokenClassification", model_cfg, tokenizer)
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
@@ -405,7 +378,7 @@ def evaluate_perplexity(cfg: EvalConfig, model_cfg: ModelConfig, tokenizer: Any,
         raise UserError(f"data.validation_file: {source} holds no text to score.")
     n_bytes = len(text.encode("utf-8"))
     ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
-    auto = "AutoModelForCausalLM" if kind == "causal" else "AutoModelForMaskedLM"
+    auto = "AutoModelForCausalLM" if kind == "causal-lm" else "AutoModelForMaskedLM"
     model, missing = load_model(auto, model_cfg, tokenizer)
     if missing and any("lm_head" in k or "predictions" in k or "cls." in k for k in missing):
         raise UserError(f"model.name_or_path: {model_cfg.name_or_path} has no trained language-model head "
@@ -423,7 +396,7 @@ def evaluate_perplexity(cfg: EvalConfig, model_cfg: ModelConfig, tokenizer: Any,
         return {"examples": {"validation": f"{len(ids)} tokens"}}, [], {}
     model.eval()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.eval.precision == "bf16"):
-        if kind == "causal":
+        if kind == "causal-lm":
             bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
             result = ppl.causal_lm_perplexity(model, bos + ids, spec.max_length, spec.stride, cfg.eval.batch_size)
             settings = {"method": "sliding window", "max_length": spec.max_length, "stride": spec.stride,
@@ -510,14 +483,14 @@ def _render(tokenizer: Any, prompts: list[str], spec: GenerationSpec) -> list[st
 
 
 def write_outputs(cfg: EvalConfig, config_path: str | None, overwrite: bool | str, task: str, metrics: dict,
-                  sections: list, extra: dict, run_dir: RunDirectory | None) -> dict:
+                  sections: list, extra: dict, run_dir: rundir.RunDirectory | None) -> dict:
     """eval.json (figures + the settings that produced them), config.yaml, env.json, report.md, a table."""
     from llmkit.config.loader import save_config
     from llmkit.config.schema import to_dict
+    from llmkit.metrics.tables import plot_confusion_matrix
     from llmkit.models.adapters import find_adapter_dir, read_metadata
     from llmkit.models.loading import model_label
-    from llmkit.training import rundir
-    from llmkit.training.report import plot_confusion_matrix, write_report
+    from llmkit.training.report import write_report
 
     label = model_label(cfg.model)
     name = run_dir.path.name if run_dir else Path(label).name

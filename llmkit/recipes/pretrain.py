@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from llmkit.config.sections import DataConfig, FromConfigSpec, ModelConfig, TokenizerConfig, TrainConfig, opt
 from llmkit.errors import ConfigIssue, UserError
-from llmkit.smoke import honoured
+from llmkit.smoke import Shrink, SmokeSpec, honoured
 
 COMMAND = "pretrain"
 ENCODER_FAMILIES = ("bert",)
@@ -142,7 +142,8 @@ def check_objective(model_cfg: ModelConfig, objective: str) -> None:
         MODEL_FOR_MASKED_LM_MAPPING_NAMES,
     )
 
-    from llmkit.models.loading import model_label, model_source, quiet_transformers
+    from llmkit.models.loading import model_label, model_source
+    from llmkit.models.quiet import quiet_transformers
 
     with quiet_transformers():
         kind = AutoConfig.from_pretrained(model_source(model_cfg), trust_remote_code=model_cfg.trust_remote_code)
@@ -188,7 +189,25 @@ def load_or_train_tokenizer(cfg: PretrainConfig, raw, resume_from: str | None):
     return tokenizer, f"trained ({spec.type}, {len(tokenizer)} tokens){', from cache' if hit else ''}"
 
 
-@honoured("pretrain")
+def smoke_adjust(cfg: PretrainConfig, shrink: Shrink) -> None:
+    """Smoke mode: every size of a sweep shrunk in order (from the real sizes), a token budget cut to the steps."""
+    from llmkit.smoke import shrink_sweep
+
+    real = shrink.original.model.from_config
+    if cfg.pretrain.sweep and real is not None:
+        cfg.pretrain.sweep = shrink_sweep(real, cfg.pretrain.sweep)
+        sizes = ", ".join(f"{s['num_layers']}x{s['hidden_size']}" for s in cfg.pretrain.sweep)
+        shrink.note(f"pretrain.sweep sizes shrunk in order (layers x hidden: {sizes})")
+    if cfg.pretrain.max_tokens:  # the token budget sets max_steps itself
+        train = cfg.train
+        per_step = train.per_device_train_batch_size * train.gradient_accumulation_steps * cfg.pretrain.block_size
+        cfg.pretrain.max_tokens = min(cfg.pretrain.max_tokens, train.passthrough.pop("max_steps") * per_step)
+
+
+SMOKE = SmokeSpec(adjust=smoke_adjust)
+
+
+@honoured(COMMAND, SMOKE)
 def run(cfg: PretrainConfig, *, config_path: str | None = None, overwrite: bool | str = False,
         dry_run: bool = False) -> dict:
     """Pretrain (or sweep sizes) and evaluate; return the final metrics (also in OUTPUT_DIR/metrics.json)."""
@@ -257,7 +276,7 @@ class Plan:
         return model
 
     def arguments(self, cfg: PretrainConfig, checkpoints: str):
-        from llmkit.training.arguments import TrainingArgumentsError, make_training_arguments
+        from llmkit.config.training_arguments import TrainingArgumentsError, make_training_arguments
 
         overrides = {"remove_unused_columns": False}  # the collator needs word_start (whole-word masking)
         if "validation" not in self.data.splits:
@@ -292,10 +311,10 @@ class Plan:
         return out
 
     def train(self, cfg: PretrainConfig, run_dir: Path, sweep_member: bool, model: Any = None) -> dict:
+        from llmkit.config.training_arguments import resolve_precision
         from llmkit.data.pretraining import BlockCollator
         from llmkit.models.loading import count_parameters, model_label
         from llmkit.training import arguments, rundir
-        from llmkit.training.arguments import resolve_precision
         from llmkit.training.loop import train_and_save
         from llmkit.training.scaling import non_embedding_parameters
         from llmkit.training.trainer import TokenLossTrainer
@@ -346,9 +365,10 @@ def run_sweep(plan: Plan, sizes: list[dict], run_dir: Path, state) -> dict:
     import json
 
     from llmkit.config.loader import save_config
+    from llmkit.config.training_arguments import resolve_precision
+    from llmkit.metrics.tables import markdown_table
     from llmkit.training import rundir
-    from llmkit.training.arguments import resolve_precision
-    from llmkit.training.report import markdown_table, write_report
+    from llmkit.training.report import write_report
     from llmkit.training.scaling import fit_power_law, plot_scaling
 
     main = state.is_main_process

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from llmkit.config.adapter import AdapterSection
 from llmkit.config.sections import DataConfig, ModelConfig, TokenizerConfig, TrainConfig, opt
 from llmkit.errors import ConfigIssue, UserError
-from llmkit.recipes.adapter import AdapterSection
-from llmkit.smoke import honoured
+from llmkit.smoke import SEEDS, Shrink, SmokeSpec, honoured
 
 COMMAND = "prompt"
 TRAINING_MODES = ("few-shot", "soft-prompt")
@@ -215,7 +215,26 @@ class Setup:
         return "causal-lm" if self.kind == "causal" else "masked-lm"
 
 
-@honoured("prompt")
+SHOTS_HEADROOM = 4  # smoke mode keeps at least this many x K x classes training rows of a K-shot run
+
+
+def smoke_rows(cfg: PromptConfig) -> int:
+    """Training rows a smoke run keeps: enough to sample K (or the demonstrations) per class."""
+    per_class = max(cfg.prompt.shots_per_class or 0, cfg.prompt.demonstrations_per_class or 0)
+    return SHOTS_HEADROOM * per_class * len(cfg.prompt.verbalizer)
+
+
+def smoke_adjust(cfg: PromptConfig, shrink: Shrink) -> None:
+    """Smoke mode: the first SEEDS seeds (mean ± std still computed)."""
+    if cfg.prompt.seeds and len(cfg.prompt.seeds) > SEEDS:
+        cfg.prompt.seeds = list(cfg.prompt.seeds[:SEEDS])
+        shrink.note(f"seeds {cfg.prompt.seeds}")
+
+
+SMOKE = SmokeSpec(train_rows=smoke_rows, trains=lambda cfg: cfg.prompt.mode in TRAINING_MODES, adjust=smoke_adjust)
+
+
+@honoured(COMMAND, SMOKE)
 def run(cfg: PromptConfig, *, config_path: str | None = None, overwrite: bool | str = False,
         dry_run: bool = False) -> dict:
     """Score (and train) per the mode; return the final metrics (also in OUTPUT_DIR/metrics.json)."""
@@ -309,21 +328,22 @@ def plan_samples(setup: Setup, seeds: list[int]) -> list[Sample]:
 def prepare(cfg: PromptConfig, state: Any = None) -> tuple[Setup, Any]:
     """Tokenizer, model (once, to know its kind and context), data, verbalizer ids and the renderer; `state` is
     the launch's PartialState (default: arguments.launch_state)."""
-    from llmkit.models.loading import load_model, load_tokenizer
+    from llmkit.config.training_arguments import resolve_precision
+    from llmkit.models.loading import load_model, load_tokenizer, model_kind
     from llmkit.prompting.data import Renderer, label_context, load_labelled_splits
     from llmkit.prompting.scoring import ScoringPlan
     from llmkit.prompting.template import Template, check_label_words, label_word_ids, resolve_verbalizer
-    from llmkit.recipes.evaluation import model_kind
-    from llmkit.training.arguments import launch_state, resolve_precision
+    from llmkit.training.arguments import launch_state
 
     p = cfg.prompt
     state = state or launch_state(cfg.train)
     tokenizer = load_tokenizer(cfg.model, cfg.tokenizer)
-    kind = model_kind(cfg.model)
-    if kind not in ("causal", "masked"):
+    task = model_kind(cfg.model)
+    if task not in ("causal-lm", "masked-lm"):
         raise UserError(f"model.name_or_path: prompt scores label words with a language model (masked or causal); "
-                        f"{cfg.model.name_or_path} is a {kind} model. For a classification head use llmkit "
+                        f"{cfg.model.name_or_path} is a {task} model. For a classification head use llmkit "
                         "finetune.")
+    kind = task.removesuffix("-lm")  # causal | masked, as the scoring plan names them
     if kind == "masked" and tokenizer.mask_token_id is None:
         raise UserError("tokenizer.name_or_path: this masked LM's tokenizer has no mask token; give a tokenizer "
                         "with one (e.g. [MASK]).")
@@ -334,7 +354,7 @@ def prepare(cfg: PromptConfig, state: Any = None) -> tuple[Setup, Any]:
             raise UserError("prompt.chat_template: the tokenizer has no chat template; set tokenizer.chat_template "
                             "or turn prompt.chat_template off.")
     if p.mode in TRAINING_MODES:
-        from llmkit.recipes.finetune import refuse_adapter_model
+        from llmkit.tasks import refuse_adapter_model
 
         refuse_adapter_model(cfg.model, f"train ({p.mode})")
     adapter = soft_prompt_spec(cfg) if p.mode == "soft-prompt" else cfg.adapter
@@ -441,8 +461,8 @@ def write_sample(seed_dir: Path, **indices: list[int]) -> None:
 
 
 def training_arguments(setup: Setup, run_dir: Path, seed: int, **overrides: Any) -> Any:
+    from llmkit.config.training_arguments import TrainingArgumentsError, make_training_arguments
     from llmkit.training import rundir
-    from llmkit.training.arguments import TrainingArgumentsError, make_training_arguments
 
     try:
         return make_training_arguments(setup.cfg.train, str(run_dir / rundir.CHECKPOINTS), seed=seed,
@@ -668,9 +688,10 @@ def aggregate(per_seed: dict[str, dict]) -> dict:
 
 def finish(setup: Setup, run_dir: Path, per_seed: dict[str, dict]) -> dict:
     """metrics.json (means, stds, per-seed figures), report.md and a printed summary."""
+    from llmkit.metrics.tables import markdown_table
     from llmkit.models.loading import model_label
     from llmkit.training import rundir
-    from llmkit.training.report import markdown_table, write_report
+    from llmkit.training.report import write_report
 
     cfg = setup.cfg
     metrics = aggregate(per_seed)

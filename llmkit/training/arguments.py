@@ -1,54 +1,11 @@
-"""From llmkit's `train:` section to HF `TrainingArguments`, including precision and device choice."""
+"""What a training run decides from its settings and its model: the launch state, attention for CPU training,
+padding, planned steps, the best-model metric."""
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import os
-import re
-from pathlib import Path
 from typing import Any
 
-from llmkit.errors import UserError, first_line, shown
-
-CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-
-
-class TrainingArgumentsError(Exception):
-    """TrainingArguments rejected a combination of settings; `key` is the train-section field, if known."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(message)
-        self.key = key
-        self.message = message
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_has_fast_bf16() -> bool:
-    """True when the CPU has native bf16 matmul instructions (AVX512-BF16 or AMX), where autocast pays off."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if not cpuinfo.is_file():
-        return False
-    flags = set(re.findall(r"\b\w+\b", cpuinfo.read_text().split("flags", 1)[-1].split("\n", 1)[0]))
-    return any(flag in flags for flag in CPU_BF16_FLAGS)
-
-
-def cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def resolve_precision(requested: str) -> str:
-    """`auto` -> bf16 on GPUs and CPUs that run it fast, else fp32; explicit choices pass through."""
-    if requested != "auto":
-        return requested
-    if cuda_available():
-        import torch
-
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_fast_bf16() else "fp32"
-
+from llmkit.errors import UserError, shown
 
 ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout", "attn_pdrop", "attention_dropout_prob")
 
@@ -105,31 +62,6 @@ def attention_implementation(model: Any) -> str | None:
     return getattr(getattr(unwrapped(model), "config", None), "_attn_implementation", None)
 
 
-def make_training_arguments(train_cfg: Any, output_dir: str, **overrides: Any):
-    """Build `TrainingArguments` from a `TrainConfig`; errors name the offending `train.` key."""
-    from transformers import TrainingArguments
-
-    kwargs = dict(train_cfg.passthrough)
-    _check_choices(kwargs)
-    hub_token = kwargs.pop("hub_token", None)
-    if hub_token:  # the hub reads it from HF_TOKEN; in TrainingArguments it would be pickled into training_args.bin
-        os.environ["HF_TOKEN"] = hub_token
-    precision = resolve_precision(train_cfg.precision)
-    kwargs.update(bf16=precision == "bf16", fp16=precision == "fp16")
-    if "use_cpu" not in kwargs and not cuda_available():
-        kwargs["use_cpu"] = True  # also what makes CPU DDP real under torchrun/accelerate
-    kwargs.update(overrides)
-    try:
-        return TrainingArguments(output_dir=output_dir, **kwargs)
-    except (ValueError, TypeError) as e:
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TrainingArgumentsError(_guess_key(message, kwargs), f"TrainingArguments rejected it: {message}") from e
-    except ImportError as e:  # train.deepspeed without the package (transformers imports it right away)
-        raise TrainingArgumentsError("deepspeed" if kwargs.get("deepspeed") else _guess_key(str(e), kwargs),
-                                     f"needs a package that is not installed ({first_line(e)}); for DeepSpeed: "
-                                     "pip install deepspeed (CUDA machines).") from e
-
-
 def launch_state(train_cfg: Any) -> Any:
     """This process's place in a multi-process launch (torchrun, accelerate launch), or the single process.
 
@@ -140,6 +72,8 @@ def launch_state(train_cfg: Any) -> Any:
     exactly as training builds it. Settings that only matter once training starts are left out.
     """
     from accelerate import PartialState
+
+    from llmkit.config.training_arguments import TrainingArgumentsError, make_training_arguments
 
     try:
         make_training_arguments(train_cfg, "llmkit-launch", eval_strategy="no", save_strategy="no",
@@ -170,22 +104,6 @@ def ddp_find_unused_parameters(model: Any) -> bool | None:
     if any(isinstance(n, int) and n > 1 for n in experts) or (getattr(config, "layerdrop", 0) or 0) > 0:
         return None
     return False
-
-
-def _check_choices(kwargs: dict) -> None:
-    """Fields whose choices only HF's CLI parser checks (in Python a bad value is silently accepted)."""
-    from transformers import TrainingArguments
-
-    for f in dataclasses.fields(TrainingArguments):
-        choices = f.metadata.get("choices")
-        if f.name in kwargs and choices is not None and kwargs[f.name] not in choices:
-            raise TrainingArgumentsError(f.name, f"expected one of: {', '.join(map(str, choices))}; got "
-                                                            f"{kwargs[f.name]!r}.")
-
-
-def _guess_key(message: str, kwargs: dict) -> str:
-    named = [k for k in kwargs if re.search(rf"\b{re.escape(k)}\b", message)]
-    return named[0] if named else ""
 
 
 def check_best_metric(train_cfg: Any, names: list[str]) -> None:

@@ -1,6 +1,6 @@
 """The part of every training recipe after the model and data exist: train, guard, save, report.
 
-Writes the run directory (README, Run directory): config.yaml, env.json, log_history.jsonl,
+Writes the run directory (docs/run-directory.md): config.yaml, env.json, log_history.jsonl,
 checkpoints/, model/, metrics.json, report.md + loss.png.
 """
 
@@ -194,7 +194,7 @@ def replicas_identical(trainer: Any) -> bool | None:
     identical = bool((gathered == gathered[0]).all())
     if not identical and trainer.is_world_process_zero():
         print(f"warning: the {gathered.shape[0]} processes ended with different weights; this was not one "
-              "data-parallel run (see the README's multi-process section for launches that really distribute).")
+              "data-parallel run (see docs/distributed.md for launches that really distribute).")
     return identical
 
 

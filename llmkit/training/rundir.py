@@ -10,6 +10,7 @@ import platform
 import shutil
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -385,6 +386,61 @@ def claims_released() -> Iterator[None]:
         release_claims(failed=True)
         raise
     release_claims()
+
+
+# ---------------------------------------------------------------- reading a finished run
+
+# Data settings an eval of a run directory inherits from the run's config unless the eval config sets them.
+INHERITED_DATA_KEYS = ("text_column", "text_pair_column", "label_column", "label_separator", "max_length", "format",
+                       "column_names", "tokens_column", "tags_column")
+
+
+@dataclass
+class RunDirectory:
+    """An llmkit run directory: its saved config and its model folder."""
+
+    path: Path
+    config: dict
+
+    @property
+    def model_dir(self) -> Path:
+        """model/ of a full run; adapter/ of an adapter run (loaded as its base model plus the adapter)."""
+        from llmkit.models.adapters import ADAPTER_DIR, find_adapter_dir
+
+        return self.path / ADAPTER_DIR if find_adapter_dir(self.path) else self.path / "model"
+
+
+def find_run_directory(name: str | None, key: str = "model.name_or_path") -> RunDirectory | None:
+    """The run directory `name` (the config's `key`) points to, or None for an ordinary model reference."""
+    if not name or not isinstance(name, str):  # a wrong type is reported by the config's own checks
+        return None
+    path = Path(name).expanduser()
+    try:
+        if not (path / "config.yaml").is_file():
+            return None
+    except OSError:  # a name the file system cannot take (too long): not a run directory
+        return None
+    from llmkit.config.loader import read_yaml
+    from llmkit.models.adapters import find_adapter_dir
+
+    if not (path / "model" / "config.json").is_file() and find_adapter_dir(path) is None:
+        raise UserError(f"{key}: {path} is an llmkit run directory without a model (no "
+                        "model/config.json nor adapter/): the run did not finish. Resume it with train.resume=auto, "
+                        "or point to a checkpoint folder under checkpoints/.")
+    return RunDirectory(path=path.resolve(), config=read_yaml(path / "config.yaml"))  # safe loader, clear errors
+
+
+def inherit_from_run(raw: dict) -> dict:
+    """Fill the data settings of an eval config from the run directory it evaluates (explicit keys win)."""
+    run = find_run_directory((raw.get("model") or {}).get("name_or_path"))
+    if run is None:
+        return raw
+    saved = run.config.get("data") or {}
+    data = dict(raw.get("data") or {})
+    for key in INHERITED_DATA_KEYS:
+        if key not in data and saved.get(key) is not None:
+            data[key] = saved[key]
+    return {**raw, "data": data}
 
 
 # Sections that define what a run trains on; resuming with them changed would mix two experiments.

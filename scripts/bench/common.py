@@ -50,7 +50,7 @@ def result(name: str, value: float, unit: str, *, baseline: float | None = None,
 def machine_info() -> dict:
     import torch
 
-    from llmkit.training.arguments import cpu_has_fast_bf16
+    from llmkit.config.training_arguments import cpu_has_fast_bf16
 
     return {"cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(), "platform": platform.platform(),

@@ -393,7 +393,8 @@ def packed_sft_padding(ctx: Context, tokenizer: Any, tokenizer_name: str) -> dic
     data prepared by llmkit (max_length 512), batches of 8 in dataset order; the padded collator
     (DataCollatorForSeq2Seq, task.packing false) on the same batches for comparison."""
     from llmkit.config import load_config
-    from llmkit.recipes.finetune import CausalLMTask, FinetuneConfig
+    from llmkit.recipes.finetune import FinetuneConfig
+    from llmkit.tasks.strategies import CausalLMTask
 
     batch, max_length = 8, 512
     samples = 300 if ctx.quick else None

@@ -170,7 +170,7 @@ def causal_plain(config: dict, tokenizer_dir: str, steps: int, precision: str) -
 def bench_training_loop(ctx: Context) -> list[dict]:
     """llmkit finetune (MiniLM, SST-2) and llmkit pretrain (tiny GPT-2, WikiText-2) vs the plain loop, alternating
     after a warm-up; target >= 0.95."""
-    from llmkit.training.arguments import resolve_precision
+    from llmkit.config.training_arguments import resolve_precision
 
     precision = resolve_precision("auto")
     rounds, steps = (1, 20) if ctx.quick else (3, 60)
@@ -258,7 +258,7 @@ def mfu(model: Any, tokens_per_second: float, precision: str, block: int, quick:
 def bench_precision(ctx: Context) -> list[dict]:
     """precision auto (bf16 autocast where the CPU runs it fast) vs fp32 on MiniLM classification: tokens/s
     alternating, and the SST-2 dev accuracy of each after the same training budget."""
-    from llmkit.training.arguments import resolve_precision
+    from llmkit.config.training_arguments import resolve_precision
 
     auto = resolve_precision("auto")
     rounds, steps = (1, 15) if ctx.quick else (2, 40)
@@ -464,7 +464,7 @@ def peak_rss_mb(ctx: Context, kind: str, config: dict, steps: int, precision: st
 def bench_memory(ctx: Context) -> list[dict]:
     """Peak RSS of llmkit finetune / adapter (LoRA) / distill runs vs the plain loop, each in its own process,
     on the same MiniLM model, data, batch, steps and precision."""
-    from llmkit.training.arguments import resolve_precision
+    from llmkit.config.training_arguments import resolve_precision
 
     precision = resolve_precision("auto")
     steps = 10 if ctx.quick else 40
@@ -494,7 +494,7 @@ def bench_settings(ctx: Context) -> list[dict]:
     bf16 where fast), alternating: DataLoader workers, torch.compile, and the thread count."""
     import torch
 
-    from llmkit.training.arguments import resolve_precision
+    from llmkit.config.training_arguments import resolve_precision
 
     precision = resolve_precision("auto")
     rounds, steps = (1, 15) if ctx.quick else (2, 40)

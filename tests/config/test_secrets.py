@@ -39,12 +39,12 @@ def _field_names(cls, seen=None) -> set[str]:
 
 
 def test_no_llmkit_setting_is_taken_for_a_secret_but_hub_token():
-    from llmkit.cli import RECIPES, recipe_config_class
+    from llmkit.commands import COMMANDS
     from llmkit.config.sections import training_argument_fields
 
     names = set(training_argument_fields())
-    for command in RECIPES:
-        names |= _field_names(recipe_config_class(command))
+    for command in COMMANDS.values():
+        names |= _field_names(command.config_cls())
     assert {n for n in names if is_secret_name(n)} == {"hub_token"}
 
 

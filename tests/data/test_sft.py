@@ -13,7 +13,7 @@ from llmkit.data.sft import (
     IGNORE_INDEX,
     PLAIN_TEMPLATE,
     choose_template,
-    detect_format,
+    detect_conversation_format,
     encode_conversation,
     encode_row,
     encode_text,
@@ -62,12 +62,12 @@ def expected_chatml(tok, messages: list[dict]) -> tuple[list[int], list[int]]:
     (["instruction", "output"], "alpaca"), (["prompt", "response"], "prompt_response"), (["text", "id"], "text"),
 ])
 def test_detect_format(columns, fmt):
-    assert detect_format(columns) == fmt
+    assert detect_conversation_format(columns) == fmt
 
 
 def test_detect_format_error_lists_columns_and_layouts():
     with pytest.raises(UserError) as e:
-        detect_format(["question", "answer"])
+        detect_conversation_format(["question", "answer"])
     msg = str(e.value)
     assert "question, answer" in msg
     for layout in ("messages", "alpaca", "prompt_response", "text"):

@@ -50,7 +50,7 @@ def test_eval_of_a_run_directory_matches_the_finetune_figures(tmp_path, finetune
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "ev/eval.json").read_text())
     trained = json.loads((finetuned / "metrics.json").read_text())
-    assert record["task"] == "classification" and record["labels"] == ["negative", "positive"]
+    assert record["task"] == "sequence-classification" and record["labels"] == ["negative", "positive"]
     for key in ("eval_accuracy", "eval_f1", "eval_precision_negative", "eval_recall_positive"):
         assert record["metrics"][key] == pytest.approx(trained[key], abs=1e-6), key
     assert record["settings"]["data"]["text_column"] == "text"
@@ -140,8 +140,10 @@ def test_nothing_to_evaluate(tmp_path, tiny_causal_lm):
 
 
 def test_classification_on_a_language_model_is_refused(tmp_path, tiny_causal_lm, sentiment_data):
-    result = invoke("eval", tiny_causal_lm, "--data", sentiment_data / "dev.csv", "eval.task=classification")
-    assert result.exit_code == 2 and "needs a model with a classification head" in result.output
+    result = invoke("eval", tiny_causal_lm, "--data", sentiment_data / "dev.csv", "eval.task=sequence-classification")
+    assert result.exit_code == 2 and "needs a model with a sequence-classification head" in result.output
+    old_name = invoke("eval", tiny_causal_lm, "--data", sentiment_data / "dev.csv", "eval.task=classification")
+    assert old_name.exit_code == 2 and "'sequence-classification'" in old_name.output  # the name finetune uses
 
 
 def test_compare_of_a_directory_without_results(tmp_path):
@@ -179,7 +181,7 @@ def test_generation_on_a_masked_lm_is_refused(tmp_path, tokenizer_dir):
     tok.save_pretrained(out)
     data = write_csv(tmp_path / "p.csv", [{"prompt": "hello"}])
     result = invoke("eval", out, "--data", data, "eval.task=generation")
-    assert result.exit_code == 2 and "generation needs a causal LM" in result.output and "masked LM" in result.output
+    assert result.exit_code == 2 and "generation needs a causal LM" in result.output and "masked-lm model" in result.output
     text = tmp_path / "t.txt"
     text.write_text("the film was great and the acting was superb " * 5)
     ppl = invoke("eval", out, "--data", text, "eval.perplexity.max_length=32", "eval.perplexity.stride=32",

@@ -279,25 +279,25 @@ def test_default_run_directories_started_in_one_second_get_their_own_names(workd
 
 def test_a_run_failing_before_training_leaves_no_directory(workdir, monkeypatch):
     from llmkit.errors import UserError
-    from llmkit.training import loop
+    from llmkit.training import lifecycle
 
     def fail(**kwargs):
         raise UserError("something about the input")
 
-    monkeypatch.setattr(loop, "train_and_save", fail)
+    monkeypatch.setattr(lifecycle, "train_and_save", fail)
     refused(invoke("finetune", "cfg.yaml"), "something about the input")
     assert not (workdir / "runs" / "base").exists()
 
 
 def test_a_run_failing_after_a_checkpoint_keeps_it(workdir, monkeypatch):
     from llmkit.errors import UserError
-    from llmkit.training import loop
+    from llmkit.training import lifecycle
 
     def fail(**kwargs):
         (kwargs["run_dir"] / rundir.CHECKPOINTS / "checkpoint-1").mkdir(parents=True)
         raise UserError("stopped after a checkpoint")
 
-    monkeypatch.setattr(loop, "train_and_save", fail)
+    monkeypatch.setattr(lifecycle, "train_and_save", fail)
     refused(invoke("finetune", "cfg.yaml"), "stopped after a checkpoint")
     run = workdir / "runs" / "base"
     assert (run / rundir.CHECKPOINTS / "checkpoint-1").is_dir() and not (run / rundir.LOCK).exists()

@@ -1,0 +1,237 @@
+"""The pieces that differ per task, as one strategy class each: how the data is prepared, which model class
+and head, the collator, the metrics and the report. `finetune`, `adapter` and `distill` train through them;
+`eval` and the task names of adapter runs use the same names (TASK_TYPES)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from llmkit.errors import UserError
+
+
+class SequenceClassificationTask:
+    """The pieces that differ per task: data, model class, collator, metrics, report."""
+
+    auto_class = "AutoModelForSequenceClassification"
+    unit = "classes"
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def prepare(self, tokenizer, seed: int):
+        from llmkit.data.classification import prepare_classification_data
+
+        return prepare_classification_data(self.cfg.data, tokenizer, self.cfg.task.multi_label, seed)
+
+    trainer_cls = None  # llmkit's MeanLossTrainer (the default of train_and_save)
+    training_overrides: dict = {}
+
+    def model_kwargs(self, labels: list[str]) -> dict:
+        return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                "label2id": {name: i for i, name in enumerate(labels)},
+                "problem_type": "multi_label_classification" if self.cfg.task.multi_label
+                else "single_label_classification"}
+
+    def collator(self, tokenizer, pad_to_multiple_of: int | None):
+        from transformers import DataCollatorWithPadding
+
+        return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
+
+    def metrics(self, labels: list[str]):
+        from llmkit.metrics.classification import ClassificationMetrics
+
+        return ClassificationMetrics(labels, self.cfg.task.multi_label, self.cfg.task.threshold)
+
+    def metric_names(self, metrics_fn) -> list[str]:
+        """What an evaluation during training reports beside the loss (for train.metric_for_best_model)."""
+        return metrics_fn.names() if metrics_fn is not None else []
+
+    def before_training(self, model, tokenizer) -> None:
+        """Task-specific work on the untrained model (nothing for classification)."""
+
+    def after_training(self, trainer, tokenizer, run_dir: Path) -> None:
+        """Task-specific outputs written once the model is trained (main process only)."""
+
+    def describe(self, data) -> str:
+        labels = data.label_names
+        return f"{len(labels)} {self.unit} ({', '.join(labels[:10])}{', ...' if len(labels) > 10 else ''})"
+
+    def report(self, split: str, metrics_fn, output, prefix: str, metrics: dict, out_dir: Path | None):
+        from llmkit.metrics.classification import classification_report
+
+        return classification_report(split, metrics_fn, output.predictions, output.label_ids, prefix, metrics,
+                                     out_dir)[0]
+
+
+class TokenClassificationTask(SequenceClassificationTask):
+    auto_class = "AutoModelForTokenClassification"
+    unit = "tags"
+
+    def prepare(self, tokenizer, seed: int):
+        from llmkit.data.token_classification import prepare_token_classification_data
+
+        return prepare_token_classification_data(self.cfg.data, tokenizer, seed)
+
+    def model_kwargs(self, labels: list[str]) -> dict:
+        return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                "label2id": {name: i for i, name in enumerate(labels)}}
+
+    def collator(self, tokenizer, pad_to_multiple_of: int | None):
+        from transformers import DataCollatorForTokenClassification
+
+        return DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
+
+    def metrics(self, labels: list[str]):
+        from llmkit.metrics.token_classification import TokenClassificationMetrics
+
+        return TokenClassificationMetrics(labels)
+
+    def report(self, split: str, metrics_fn, output, prefix: str, metrics: dict, out_dir: Path | None):
+        from llmkit.metrics.tables import markdown_table
+
+        header, rows = metrics_fn.entity_table(metrics, prefix)
+        return [(f"Per-entity scores ({split})", markdown_table(header, rows))]
+
+
+class PaddingCounter:
+    """Wraps a collator and counts padding positions, for the run's `train_padding_fraction`."""
+
+    def __init__(self, collate):
+        self.collate = collate
+        self.real = self.total = 0
+
+    def __call__(self, features):
+        batch = self.collate(features)
+        mask = batch.get("attention_mask")
+        total = batch["input_ids"].numel()
+        self.total += total
+        self.real += int(mask.sum()) if mask is not None else total  # flattened batches hold no padding
+        return batch
+
+    @property
+    def fraction(self) -> float:
+        return 1 - self.real / self.total if self.total else 0.0
+
+
+class CausalLMTask(SequenceClassificationTask):
+    """Supervised fine-tuning of a causal LM: loss on response tokens only, EOS learned, optional packing."""
+
+    auto_class = "AutoModelForCausalLM"
+    unit = "examples"
+    training_overrides = {"prediction_loss_only": True}  # never accumulate vocabulary-sized logits in eval
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.counter: PaddingCounter | None = None
+
+    @property
+    def trainer_cls(self):
+        from llmkit.training.trainer import GuardedTrainer
+
+        return GuardedTrainer  # causal-LM losses are normalised over the tokens of the accumulation window already
+
+    def prepare(self, tokenizer, seed: int):
+        from llmkit.data.sft import PLAIN_TEMPLATE, prepare_sft_data, use_plain_template
+
+        data = prepare_sft_data(self.cfg.data, tokenizer, seed)
+        # Instruction data with a tokenizer without a chat template was rendered with llmkit's plain template;
+        # set it on the tokenizer so it is saved with the model and sample generation uses the same format.
+        if use_plain_template(tokenizer, data.stats["train"]["format"]):
+            tokenizer.chat_template = PLAIN_TEMPLATE
+        return data
+
+    def model_kwargs(self, labels: list[str]) -> dict:
+        return {}
+
+    def collator(self, tokenizer, pad_to_multiple_of: int | None):
+        from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
+
+        if self.cfg.task.packing:
+            # Padding-free packing: a batch becomes one row with position_ids restarting per example, so
+            # attention stays inside each example (Llama, GPT-2, Qwen2, Mistral, ...).
+            inner = DataCollatorWithFlattening()
+        else:
+            inner = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, pad_to_multiple_of=pad_to_multiple_of)
+        self.counter = PaddingCounter(inner)
+        return self.counter
+
+    def metrics(self, labels: list[str]):
+        return None
+
+    def describe(self, data) -> str:
+        train = data.stats.get("train", {})
+        truncated = sum(s.get("truncated", 0) for s in data.stats.values())
+        if truncated and self.cfg.task.too_long == "error":
+            raise UserError(f"data.max_length: {truncated} example(s) are longer than {self.cfg.data.max_length} "
+                            "tokens and task.too_long is error. Raise data.max_length, shorten the data, or set "
+                            "task.too_long=truncate.")
+        dropped = sum(s.get("dropped", 0) for s in data.stats.values())
+        return (f"format {train.get('format')}, {truncated} example(s) truncated to data.max_length, {dropped} "
+                "dropped (no response token left)")
+
+    def sample_conversations(self) -> tuple[list[list[dict]], list[str | None]]:
+        """The prompts to generate for at the end: task.sample_prompts, else the first 3 validation prompts."""
+        from llmkit.data.loading import load_raw_splits
+        from llmkit.data.sft import detect_conversation_format, to_messages
+
+        if self.cfg.task.sample_prompts:
+            return [[{"role": "user", "content": p}] for p in self.cfg.task.sample_prompts], \
+                [None] * len(self.cfg.task.sample_prompts)
+        raw = load_raw_splits(self.cfg.data, self.cfg.train.seed)
+        split = raw.get("validation", raw["train"])
+        fmt = detect_conversation_format(split.column_names)
+        if fmt == "text":
+            return [], []
+        prompts, references = [], []
+        for i, row in enumerate(split.select(range(min(3, len(split))))):
+            messages = to_messages(row, fmt, i)
+            first = next(k for k, m in enumerate(messages) if m["role"] == "assistant")
+            prompts.append(messages[:first])
+            references.append(messages[first]["content"])
+        return prompts, references
+
+    def _generate_samples(self, model, tokenizer) -> tuple[list[str], list[str], list[str | None]]:
+        from llmkit.metrics.generation import GenerationSettings, generate
+
+        prompts, references = self.sample_conversations()
+        if not prompts:
+            return [], [], []
+        # Raw-text training (continued pretraining) leaves a tokenizer without a chat template: the prompt is
+        # then plain text to continue, as the model saw its training text.
+        rendered = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
+                    if tokenizer.chat_template else m[-1]["content"] for m in prompts]
+        settings = GenerationSettings(max_new_tokens=self.cfg.task.sample_max_new_tokens, use_chat_template=False)
+        return rendered, generate(model, tokenizer, rendered, settings), references
+
+    def before_training(self, model, tokenizer) -> None:
+        """Generate for the sample prompts with the untrained model, to show beside the tuned model's output."""
+        self.samples_before = self._generate_samples(model, tokenizer)[1]
+
+    def after_training(self, trainer, tokenizer, run_dir: Path) -> None:
+        """samples.jsonl: generations for fixed prompts (rendered as in training) before and after tuning."""
+        import json
+
+        rendered, outputs, references = self._generate_samples(trainer.model, tokenizer)
+        before = getattr(self, "samples_before", None) or [None] * len(outputs)
+        with (run_dir / "samples.jsonl").open("w") as fh:
+            for prompt, output, reference, earlier in zip(rendered, outputs, references, before):
+                fh.write(json.dumps({"prompt": prompt, "output": output, "output_before_training": earlier,
+                                     "reference": reference}, ensure_ascii=False) + "\n")
+
+    def report(self, split: str, metrics_fn, output, prefix: str, metrics: dict, out_dir: Path | None):
+        loss = metrics.get(f"{prefix}_loss")
+        if loss is not None:
+            metrics[f"{prefix}_perplexity"] = math.exp(min(loss, 50.0))
+        if self.counter is not None:
+            metrics["train_padding_fraction"] = round(self.counter.fraction, 6)
+        return []
+
+
+TASKS = {"sequence-classification": SequenceClassificationTask, "token-classification": TokenClassificationTask,
+         "causal-lm": CausalLMTask}
+
+
+def task_for(cfg):
+    """The strategy of a config's task.type."""
+    return TASKS[cfg.task.type](cfg)

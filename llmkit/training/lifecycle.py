@@ -1,0 +1,82 @@
+"""One training run's lifecycle, the same for every training command.
+
+    run = RunLifecycle(cfg, "finetune", config_path=..., overwrite=...)   # launch state, seed, precision, path
+    ... tokenizer, data (on the main process first: run.state.main_process_first()), model ...
+    args = run.arguments(eval_strategy="no")      # TrainingArguments, errors naming the train. key
+    run.plan(args, len(train))                    # prints the plan
+    if dry_run: return ...                        # every check above ran, nothing was written
+    run.claim()                                   # the run directory, checked, locked, marked
+    result = run.train(args=args, model=..., ...) # train, guard, checkpoint, save (training/loop.py)
+    return result.finish(metrics, sections, summary, headline)   # metrics.json, log, report.md
+
+`precision` is resolved once here and handed to everything that needs it; the run directory's path is fixed
+at the start, so the checkpoints folder in the TrainingArguments is the one that will be claimed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from llmkit.config.training_arguments import TrainingArgumentsError, make_training_arguments, resolve_precision
+from llmkit.errors import UserError
+from llmkit.training import rundir
+from llmkit.training.arguments import launch_state, pad_multiple, planned_steps
+from llmkit.training.loop import TrainingRun, train_and_save
+
+
+class RunLifecycle:
+    """A training command's run: which process this is, the seed, the precision, the run directory and the
+    trainer's arguments, in the order a recipe needs them."""
+
+    def __init__(self, cfg: Any, command: str, *, config_path: str | None = None, overwrite: bool | str = False):
+        from transformers import set_seed
+
+        self.cfg, self.command, self.config_path, self.overwrite = cfg, command, config_path, overwrite
+        self.state = launch_state(cfg.train)  # under torchrun / accelerate launch: which process this is
+        set_seed(cfg.train.seed)
+        self.precision = resolve_precision(cfg.train.precision)
+        given = Path(cfg.output_dir) if cfg.output_dir else rundir.default_run_dir(command, config_path)
+        self.path = given.expanduser().resolve()
+        self.run_dir: Path | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.state.is_main_process
+
+    def print(self, text: str) -> None:
+        """Print on the main process only."""
+        self.state.print(text)
+
+    def arguments(self, subdir: str | Path | None = None, **overrides: Any) -> Any:
+        """TrainingArguments for one trainer of this run, with checkpoints under the run directory (or its
+        `subdir`, e.g. a prompt seed's folder); a combination TrainingArguments rejects names its train. key."""
+        base = self.path / subdir if subdir else self.path
+        try:
+            return make_training_arguments(self.cfg.train, str(base / rundir.CHECKPOINTS), **overrides)
+        except TrainingArgumentsError as e:
+            raise UserError(f"train.{e.key}: {e.message}" if e.key else f"train: {e.message}") from None
+
+    def pad_multiple(self, args: Any) -> int | None:
+        return pad_multiple(self.precision, args.device.type)
+
+    def plan(self, args: Any, train_examples: int, note: str = "") -> int:
+        """Print the plan (optimizer steps, batch, processes, precision); return the steps."""
+        steps = planned_steps(args, train_examples)
+        self.print(f"plan: {steps} optimizer steps{note}, batch {args.per_device_train_batch_size} x accumulation "
+                   f"{args.gradient_accumulation_steps} x {args.world_size} process(es), precision {self.precision}")
+        return steps
+
+    def claim(self) -> Path:
+        """The run directory, claimed (checked again, locked, cleared when replaced, marked); after this the run
+        writes."""
+        self.run_dir = rundir.claim_run_dir(self.cfg, self.command, self.config_path, self.overwrite, self.state,
+                                            path=self.path)
+        return self.run_dir
+
+    def train(self, run_dir: Path | None = None, **kwargs: Any) -> TrainingRun:
+        """Train, guard, checkpoint and save in the claimed run directory (or `run_dir` inside it)."""
+        target = run_dir or self.run_dir
+        if target is None:
+            raise RuntimeError("RunLifecycle.train before claim()")  # a recipe bug, not a user's mistake
+        return train_and_save(cfg=self.cfg, command=self.command, run_dir=target, precision=self.precision, **kwargs)

@@ -1,4 +1,7 @@
-"""llmkit: train and evaluate language models on the Hugging Face stack, driven by YAML configs."""
+"""llmkit: train and evaluate language models on the Hugging Face stack, driven by YAML configs.
+
+`import llmkit` stays light: load_model imports the model code (torch, transformers) when it is called.
+"""
 
 from llmkit.version import __version__
 

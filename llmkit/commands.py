@@ -105,9 +105,29 @@ def get(name: str) -> Command:
 
 
 def foreign_sections(name: str) -> dict[str, str]:
-    """The sections that identify other commands' configs (`prompt:` -> llmkit prompt), for the message about a
-    section that belongs to another command."""
-    return {c.section: f"llmkit {c.name}" for c in COMMANDS.values() if c.name != name}
+    """The top-level sections of other commands' configs that this command's config lacks, each with the commands
+    that take it (`task:` -> `llmkit finetune`, `llmkit adapter` or `llmkit distill`), and the command's own word
+    on it (its config class's `section_hints`), for the message about a section that belongs elsewhere."""
+    own = get(name).config_cls()
+    takers: dict[str, list[str]] = {}
+    for other in COMMANDS.values():
+        if other.name != name:
+            for section in _sections_of(other.config_cls()):
+                takers.setdefault(section, []).append(f"`llmkit {other.name}`")
+    hints = getattr(own, "section_hints", {})
+    return {section: " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+            + (f" ({hints[section]})" if section in hints else "")
+            for section, names in takers.items() if section not in own.__dataclass_fields__}
+
+
+def _sections_of(cls: type) -> list[str]:
+    """The top-level keys of a config class that are sections (dataclasses), not plain settings."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    return [f.name for f in dataclasses.fields(cls) if f.init and any(
+        dataclasses.is_dataclass(t) for t in (hints[f.name], *typing.get_args(hints[f.name])))]
 
 
 def load(name: str, target: str | Path | None, overrides: list[str] = (), **options: Any) -> Any:

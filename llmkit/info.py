@@ -7,6 +7,8 @@ import platform
 import sys
 import time
 
+from llmkit.config.training_arguments import cpu_has_fast_bf16, resolve_precision
+
 
 def _version(pkg: str) -> str:
     try:
@@ -30,7 +32,6 @@ def _matmul_gflops(dtype, size: int = 512, seconds: float = 0.25) -> float:
 def collect_info() -> dict:
     import torch
 
-    from llmkit.config.training_arguments import cpu_has_fast_bf16, resolve_precision
 
     out = {"llmkit": _version("llmkit"), "python": sys.version.split()[0]}
     out.update({pkg: _version(pkg) for pkg in ("torch", "transformers", "datasets", "accelerate", "evaluate", "peft")})

@@ -30,7 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmkit.config.loader import read_yaml
+from llmkit.data.cache import cache_error, publishing
 from llmkit.errors import UserError
+from llmkit.models.adapters import find_adapter_dir
+from llmkit.models.loading import model_label
+from llmkit.models.resolve import ModelNotFound, resolve_model_path
+from llmkit.models.tiny import ModelSource, TinySizes, is_tiny_dir, largest_divisor, tiny_info, tiny_model_dir
+from llmkit.training.rundir import REPLACE_SMOKE, claims_released, find_run_directory, read_marker
 
 SMOKE_ROOT = "smoke"
 STEPS = 3  # optimizer steps of every training (enough to see the loss, the scheduler and a checkpoint move)
@@ -113,8 +120,6 @@ class SmokeRun:
 
     def overwrite(self, requested: bool | str) -> bool | str:
         """The run's overwrite mode: the user's --overwrite, else replace the default directory's smoke run only."""
-        from llmkit.training.rundir import REPLACE_SMOKE
-
         return requested or (REPLACE_SMOKE if self.replace_output else False)
 
     @contextlib.contextmanager
@@ -145,8 +150,6 @@ def honoured(command: str, spec: SmokeSpec | None = None):
     def wrap(run_fn):
         @functools.wraps(run_fn)
         def run(cfg: Any, *, config_path: str | None = None, overwrite: bool | str = False, **kwargs: Any):
-            from llmkit.training.rundir import claims_released
-
             with claims_released():
                 if not requested(cfg) or getattr(cfg, APPLIED, False):
                     return run_fn(cfg, config_path=config_path, overwrite=overwrite, **kwargs)
@@ -266,8 +269,6 @@ class Shrink:
 
     def model_section(self, section: Any, prefix: str, layers: int | None) -> None:
         """A ModelConfig (or a student section): from_config shrunk, or the model replaced by its tiny copy."""
-        from llmkit.models.loading import model_label
-
         if section.from_config is not None:
             before = section.from_config
             section.from_config = shrink_spec(before, layers)
@@ -299,9 +300,6 @@ class Shrink:
         """The tiny stand-in for a model reference: a tiny copy of a model (directory, pkg:, hub id from the
         cache), a tiny run directory for a finished run, or the reference itself when it is tiny already (a
         smoke run, a tiny copy)."""
-        from llmkit.models.resolve import ModelNotFound, resolve_model_path
-        from llmkit.models.tiny import ModelSource, is_tiny_dir
-
         path = Path(ref).expanduser()
         if is_tiny_dir(path) or is_smoke_run(path):
             self.run.notes.append(f"{key.removesuffix('.name_or_path')} {ref}: tiny already, used as it is")
@@ -342,11 +340,6 @@ class Shrink:
         copy of its config.yaml, so the run-directory code paths (inherited data settings, labels) stay."""
         import shutil
 
-        from llmkit.data.cache import cache_error, publishing
-        from llmkit.models.adapters import find_adapter_dir
-        from llmkit.models.tiny import ModelSource
-        from llmkit.training.rundir import find_run_directory
-
         if find_adapter_dir(ref) is not None:
             raise UserError(f"{key}: smoke mode replaces models by tiny copies, but {ref} is an adapter run trained "
                             "on a full-size base model. Smoke-test the config that trained it first and use that "
@@ -365,8 +358,6 @@ class Shrink:
         return str(wrapper)
 
     def _tiny(self, source: Any, layers: int | None, label_too: bool = True) -> Path:
-        from llmkit.models.tiny import TinySizes, tiny_info, tiny_model_dir
-
         sizes = TinySizes(layers=max(TinySizes.layers, layers or 0))
         target = tiny_model_dir(source, sizes, self.cache_dir).resolve()
         info = tiny_info(target)
@@ -382,8 +373,6 @@ class Shrink:
 def shrink_spec(spec: Any, layers: int | None = None) -> Any:
     """A from_config spec with the tiny sizes (at most 2 layers, or `layers`; hidden 64; up to 4 heads dividing it;
     feed-forward 128); positions, vocabulary and extra fields kept (key/value heads and head_dim fitted)."""
-    from llmkit.models.tiny import TinySizes, largest_divisor
-
     tiny = TinySizes()
     hidden = min(spec.hidden_size, tiny.hidden)
     heads = largest_divisor(hidden, min(spec.num_heads, tiny.heads))
@@ -394,8 +383,6 @@ def shrink_spec(spec: Any, layers: int | None = None) -> Any:
 
 
 def _fit_extra(extra: dict, hidden: int, heads: int) -> dict:
-    from llmkit.models.tiny import largest_divisor
-
     extra = dict(extra)
     if isinstance(extra.get("num_key_value_heads"), int):
         extra["num_key_value_heads"] = largest_divisor(heads, extra["num_key_value_heads"])
@@ -408,8 +395,6 @@ def shrink_sweep(base: Any, sweep: list[dict]) -> list[dict]:
     """Every size of a size sweep made tiny with its order kept: the k-th smallest distinct depth becomes k
     layers, the k-th smallest width 16k (64 for one width), each capped at the real size; so the sizes stay
     distinct and the scaling fit still has points to fit."""
-    from llmkit.models.tiny import largest_divisor
-
     merged = [dataclasses.replace(base, **{k: v for k, v in size.items() if k != "name"}) for size in sweep]
     layers = sorted({s.num_layers for s in merged})
     widths = sorted({s.hidden_size for s in merged})
@@ -434,9 +419,6 @@ def shrink_sweep(base: Any, sweep: list[dict]) -> list[dict]:
 def is_smoke_run(path: str | Path) -> bool:
     """An llmkit run directory written by a smoke run: its marker says so (or, for a run from before the marker,
     a section of its saved config has smoke: true)."""
-    from llmkit.config.loader import read_yaml
-    from llmkit.training.rundir import read_marker
-
     path = Path(path).expanduser()
     marker = read_marker(path)
     if marker is not None:
@@ -466,7 +448,6 @@ def configs_near(search_from: Path) -> Iterator[tuple[Path, dict]]:
     a bounded look (PRODUCER_SEARCH_LIMIT folders and files), skipping hidden folders, smoke/ and runs/."""
     import os
 
-    from llmkit.config.loader import read_yaml
 
     roots = [search_from.parent if search_from.name else search_from, Path.cwd() / "configs"]
     looked = 0

@@ -15,8 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from llmkit import commands
+from llmkit.config.launch import is_accelerate_config
+from llmkit.config.loader import read_yaml
 from llmkit.errors import UserError
 from llmkit.smoke import SMOKE_ROOT, _relative, _same_path, apply_smoke, configs_near, default_smoke_dir
+from llmkit.training.rundir import REPLACE_SMOKE
 
 TABLE_ERROR_CHARS = 160  # of an error's first line in the table (the full message follows it)
 
@@ -59,9 +62,6 @@ class SmokeResult:
 def collect_configs(paths: list[str | Path]) -> list[Path]:
     """The YAML configs under `paths` (files as given; folders searched recursively for *.yaml / *.yml), without
     accelerate launch configs and the config.yaml of run directories."""
-    from llmkit.config.launch import is_accelerate_config
-    from llmkit.config.loader import read_yaml
-
     found: list[Path] = []
     for given in paths:
         p = Path(given)
@@ -90,8 +90,6 @@ def plan_jobs(paths: list[Path], root: Path = Path(SMOKE_ROOT)) -> list[SmokeJob
     """Jobs in dependency order: each config after the configs whose output_dir it reads (its model, tokenizer
     or teacher, as its command's SmokeSpec.references say); those references point at the producers' smoke
     runs."""
-    from llmkit.config.loader import read_yaml
-
     jobs = []
     taken: set[str] = set()
     for path in paths:
@@ -176,8 +174,6 @@ def run_config(command: str, path: Path, overrides: list[str] = (), output_dir: 
 def run_loaded(command: str, cfg: Any, config_path: str | None, output_dir: Path | None = None,
                layers: int | None = None, announce: bool = False) -> dict:
     """Run a loaded config in smoke mode in this process; return its metrics."""
-    from llmkit.training.rundir import REPLACE_SMOKE
-
     if layers is None:
         layers = layers_kept_of(cfg, config_path)
     run = apply_smoke(cfg, command, commands.get(command).smoke_spec(), config_path=config_path,

@@ -18,6 +18,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from llmkit import commands, smoke_runner
+from llmkit.errors import UserError
+from llmkit.models.loading import FAMILIES as CONFIG_CLASSES
+
 FAMILIES = ("bert", "gpt2", "llama")
 TASKS = ("sequence-classification", "token-classification", "causal-lm", "masked-lm", "base")
 CORPUS = [
@@ -103,7 +107,6 @@ def tiny_model(family: str = "bert", task: str = "sequence-classification", path
     import torch
     import transformers
 
-    from llmkit.models.loading import FAMILIES as CONFIG_CLASSES
 
     _check_family(family)
     if task not in TASKS:
@@ -148,9 +151,6 @@ def smoke_run(config: str | Path | dict, command: str | None = None, overrides: 
     Raises:
         llmkit.errors.UserError: the config fails as it would in the real run; str(e) is the CLI's message.
     """
-    from llmkit import commands, smoke_runner
-    from llmkit.errors import UserError
-
     if isinstance(config, dict):
         command = command or commands.infer(config)
         if command is None:

@@ -21,56 +21,22 @@ import enum
 import json
 import re
 import sys
-import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "docs" / "config.md"
 if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
+from llmkit.config.schema import describe_type, section_type  # noqa: E402 (after the path set-up above)
+
 MISSING = dataclasses.MISSING
 REQUIRED = "**required**"
 
 
 # ---------------------------------------------------------------- types, defaults, text
-
-
-def section_type(tp: Any) -> type | None:
-    """The dataclass inside a type hint (also inside `X | None`), if any."""
-    if dataclasses.is_dataclass(tp):
-        return tp
-    for arg in typing.get_args(tp):
-        if dataclasses.is_dataclass(arg):
-            return arg
-    return None
-
-
-def type_name(tp: Any) -> str:
-    """A short name for a type hint: int, str or null, list of int, one of: 'a', 'b', section."""
-    origin = typing.get_origin(tp)
-    if tp is Any or tp is object:
-        return "any"
-    if tp is type(None):
-        return "null"
-    if origin is Literal:
-        return "one of: " + ", ".join(repr(v) for v in typing.get_args(tp))
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        names = [type_name(a) for a in args if a is not type(None)]
-        return " or ".join(names) + (" or null" if type(None) in args else "")
-    if origin in (list, tuple, set) or tp in (list, tuple, set):
-        args = typing.get_args(tp)
-        return f"list of {type_name(args[0])}" if args else "list"
-    if origin is dict or tp is dict:
-        return "mapping"
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        return "one of: " + ", ".join(repr(m.value) for m in tp)
-    if dataclasses.is_dataclass(tp):
-        return "section"
-    return getattr(tp, "__name__", str(tp))
 
 
 def yaml_value(value: Any) -> str:
@@ -134,7 +100,8 @@ def key_rows(cls: type, prefix: str) -> list[str]:
     rows = []
     for f, tp in fields_of(cls):
         key = f"{prefix}.{f.name}"
-        rows.append(f"| `{key}` | {cell(type_name(tp))} | {default_of(f, tp)} | {cell(f.metadata.get('help', ''))} |")
+        help_text = cell(f.metadata.get("help", ""))
+        rows.append(f"| `{key}` | {cell(describe_type(tp))} | {default_of(f, tp)} | {help_text} |")
         nested = section_type(tp)
         if nested is not None:
             rows += key_rows(nested, key)
@@ -243,7 +210,7 @@ def render() -> str:
                 help_text = f"{help_text} Keys: {ref}." if help_text else f"Keys: {ref}."
                 if (f.name, name) in anchors:
                     own.append((f.name, nested))
-            out.append(f"| `{f.name}` | {cell(type_name(tp))} | {default_of(f, tp)} | {help_text} |")
+            out.append(f"| `{f.name}` | {cell(describe_type(tp))} | {default_of(f, tp)} | {help_text} |")
         for key, nested in own:
             out += section_block(headings[(key, name)], key, nested, [])
     out += ["", "## Shared sections"]

@@ -1,6 +1,9 @@
 """The `adapter:` section: a PEFT method with its options (checked against the method's own PEFT config class),
 or llmkit's bottleneck adapters. Used by `llmkit adapter` and by `llmkit prompt` (few-shot with an adapter,
-soft prompts)."""
+soft prompts).
+
+Modules that load torch or transformers are imported inside the functions that use them (docs/CONTRIBUTING.md).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,10 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from llmkit.config.schema import _Mismatch, coerce, describe_type
 from llmkit.config.sections import opt
 from llmkit.errors import ConfigIssue
+from llmkit.models.adapters import BOTTLENECK, BOTTLENECK_OPTIONS, method_names, method_options
 
 
 @dataclass
@@ -32,8 +37,6 @@ class AdapterSection:
     passthrough: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def validate(self) -> list[ConfigIssue]:
-        from llmkit.models.adapters import BOTTLENECK, BOTTLENECK_OPTIONS, method_names, method_options
-
         methods = method_names()
         if self.method not in methods:
             close = difflib.get_close_matches(self.method, methods, n=1)
@@ -58,8 +61,6 @@ class AdapterSection:
 
     def _check_peft_options(self, options: dict[str, Any]) -> list[ConfigIssue]:
         """Each option must be a field of the method's PEFT config, of its type."""
-        from llmkit.config.schema import _Mismatch, coerce, describe_type
-
         issues = []
         for key, value in list(self.passthrough.items()):
             if key not in options:

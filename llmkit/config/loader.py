@@ -280,9 +280,9 @@ def load_config(cls: type[T], path: str | Path | None, overrides: list[str] = ()
                 foreign_sections: dict[str, str] | None = None) -> T:
     """Build `cls` from a YAML file (or `data`) plus overrides; raise `ConfigError` listing every problem.
 
-    `foreign_sections` maps a top-level section of other commands' configs to the command it belongs to, e.g.
-    `{"prompt": "llmkit prompt"}`: such a section in this config (not a key of `cls`) is reported as belonging to
-    that command rather than as an unknown key, since the likely mistake is running the wrong command.
+    `foreign_sections` maps a top-level section of other commands' configs to the commands it belongs to, as
+    words, e.g. `{"prompt": "`llmkit prompt`"}`: such a section in this config (not a key of `cls`) is reported as
+    belonging to them rather than as an unknown key, since the likely mistake is running the wrong command.
     """
     raw = dict(data or {})
     if path is not None:
@@ -295,7 +295,7 @@ def load_config(cls: type[T], path: str | Path | None, overrides: list[str] = ()
     for i, issue in enumerate(issues):
         command = (foreign_sections or {}).get(issue.key)
         if command and issue.message.startswith(UNKNOWN_KEY):
-            issues[i] = ConfigIssue(issue.key, f"`{issue.key}:` belongs to `{command}`, not this command; remove it "
+            issues[i] = ConfigIssue(issue.key, f"`{issue.key}:` belongs to {command}, not this command; remove it "
                                                "or run that command.")
     if issues:
         raise ConfigError(issues, str(path) if path else None)

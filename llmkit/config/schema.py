@@ -102,46 +102,57 @@ def coerce(value: Any, tp: Any, key: str, issues: list[ConfigIssue], index: dict
             return None
         raise _Mismatch
     if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        reason = None
-        for arg in sorted(args, key=_union_order):
-            try:
-                return coerce(value, arg, key, issues, index)
-            except _Mismatch as e:
-                reason = reason or e.reason
-        raise _Mismatch(reason)
-    if origin is Literal:
-        value = _yaml_word(value, typing.get_args(tp))
-        if value in typing.get_args(tp):
-            return value
-        raise _Mismatch
+        return _coerce_union(value, typing.get_args(tp), key, issues, index)
+    if origin is Literal or (isinstance(tp, type) and issubclass(tp, enum.Enum)):
+        return _coerce_choice(value, tp)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, dict):
             obj, sub = build(tp, value, key, index)
             issues.extend(sub)
             return obj
         raise _Mismatch
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        if isinstance(value, tp):
-            return value.value
-        value = _yaml_word(value, [m.value for m in tp])
-        if value in [m.value for m in tp]:  # a list, not a set: a list or mapping value is not hashable
-            return value
-        raise _Mismatch
-    if origin in (list, tuple, set) or tp in (list, tuple, set):
-        if not isinstance(value, (list, tuple)):
-            raise _Mismatch
-        args = typing.get_args(tp)
-        item = args[0] if args else Any
-        return [coerce(v, item, f"{key}[{i}]", issues, index) for i, v in enumerate(value)]
-    if origin is dict or tp is dict:
+    if origin in (list, tuple, set, dict) or tp in (list, tuple, set, dict):
+        return _coerce_container(value, tp, key, issues, index)
+    return _coerce_scalar(value, tp)
+
+
+def _coerce_union(value: Any, args: tuple, key: str, issues: list[ConfigIssue], index: dict[str, list[str]]) -> Any:
+    if value is None and type(None) in args:
+        return None
+    reason = None
+    for arg in sorted(args, key=_union_order):
+        try:
+            return coerce(value, arg, key, issues, index)
+        except _Mismatch as e:
+            reason = reason or e.reason
+    raise _Mismatch(reason)
+
+
+def _coerce_choice(value: Any, tp: Any) -> Any:
+    """A Literal's or an Enum's value (the enum member's value); YAML's yes/no booleans read as those words."""
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value.value
+    choices = list(typing.get_args(tp)) if typing.get_origin(tp) is Literal else [m.value for m in tp]
+    value = _yaml_word(value, choices)
+    if value in choices:  # a list, not a set: a list or mapping value is not hashable
+        return value
+    raise _Mismatch
+
+
+def _coerce_container(value: Any, tp: Any, key: str, issues: list[ConfigIssue], index: dict[str, list[str]]) -> Any:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is dict or tp is dict:
         if not isinstance(value, dict):
             raise _Mismatch
-        args = typing.get_args(tp)
         kt, vt = args if args else (Any, Any)
         return {coerce(k, kt, key, issues, index): coerce(v, vt, join(key, k), issues, index) for k, v in value.items()}
+    if not isinstance(value, (list, tuple)):
+        raise _Mismatch
+    item = args[0] if args else Any
+    return [coerce(v, item, f"{key}[{i}]", issues, index) for i, v in enumerate(value)]
+
+
+def _coerce_scalar(value: Any, tp: Any) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -157,10 +168,6 @@ def coerce(value: Any, tp: Any, key: str, issues: list[ConfigIssue], index: dict
         return value
     if tp is float:
         return _as_float(value)
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise _Mismatch
     if isinstance(tp, type):
         if isinstance(value, tp):
             return value
@@ -255,12 +262,7 @@ def build(cls: type, data: dict, prefix: str = "", index: dict[str, list[str]] |
             target[key] = coerce(value, tp, full, issues, index)
         except _Mismatch as e:
             issues.append(ConfigIssue(full, e.reason or _mismatch_message(value, tp)))
-    for name, f in fields.items():
-        if name in kwargs or f.default is not _MISSING or f.default_factory is not _MISSING:
-            continue
-        if name not in data:  # a value of the wrong type was reported above
-            issues.append(ConfigIssue(join(prefix, name), f"required key is missing. {help_of(f)}".strip()))
-        kwargs[name] = _placeholder(hints[name])
+    issues += _fill_required(fields, hints, data, kwargs, prefix)
     obj = cls(**kwargs)
     if extra_fields or getattr(cls, "open_passthrough", False):
         defaults = cls.passthrough_defaults() if hasattr(cls, "passthrough_defaults") else {}
@@ -272,10 +274,23 @@ def build(cls: type, data: dict, prefix: str = "", index: dict[str, list[str]] |
     return obj, issues
 
 
+def _fill_required(fields: dict, hints: dict, data: dict, kwargs: dict, prefix: str) -> list[ConfigIssue]:
+    """Required keys the section lacks: each reported, and given a placeholder so the rest can still be
+    checked."""
+    issues = []
+    for name, f in fields.items():
+        if name in kwargs or f.default is not _MISSING or f.default_factory is not _MISSING:
+            continue
+        if name not in data:  # a value of the wrong type was reported above
+            issues.append(ConfigIssue(join(prefix, name), f"required key is missing. {help_of(f)}".strip()))
+        kwargs[name] = _placeholder(hints[name])
+    return issues
+
+
 def _mismatch_message(value: Any, tp: Any) -> str:
     """'expected TYPE, got VALUE.', with why where YAML's reading is the likely cause."""
     # A scalar where a section belongs is usually a mis-indented line: name its type too.
-    got = f"{type(value).__name__} {shown(value)}" if _section_type(tp) is not None else shown(value)
+    got = f"{type(value).__name__} {shown(value)}" if section_type(tp) is not None else shown(value)
     message = f"expected {describe_type(tp)}, got {got}"
     if isinstance(value, bool) and _accepts(tp, "yes"):
         return f"{message}: {_YAML_BOOL_WORDS}; quote it as you wrote it, e.g. {'yes' if value else 'no'!r}."
@@ -313,7 +328,7 @@ def key_index(cls: type, prefix: str = "") -> dict[str, list[str]]:
             continue
         path = join(prefix, f.name)
         index.setdefault(f.name, []).append(path)
-        section = _section_type(hints[f.name])
+        section = section_type(hints[f.name])
         if section is not None:
             for k, paths in key_index(section, path).items():
                 index.setdefault(k, []).extend(paths)
@@ -332,7 +347,7 @@ def setting_in_path(cls: type, dotted: str) -> tuple[str, Any] | None:
     parts = dotted.split(".")
     tp: Any = cls
     for depth, part in enumerate(parts[:-1]):
-        section = _section_type(tp)
+        section = section_type(tp)
         if section is None:
             return None
         fields = {f.name for f in dataclasses.fields(section) if f.init and f.name != "passthrough"}
@@ -343,7 +358,7 @@ def setting_in_path(cls: type, dotted: str) -> tuple[str, Any] | None:
             tp = extra[part][0]
         else:
             return None
-        if _section_type(tp) is None and not _accepts_mapping(tp):
+        if section_type(tp) is None and not _accepts_mapping(tp):
             return ".".join(parts[: depth + 1]), tp
     return None
 
@@ -352,7 +367,7 @@ def _accepts_mapping(tp: Any) -> bool:
     return _accepts(tp, {})
 
 
-def _section_type(tp: Any) -> type | None:
+def section_type(tp: Any) -> type | None:
     """The dataclass inside `tp` (also inside `X | None`), if any."""
     if dataclasses.is_dataclass(tp):
         return tp

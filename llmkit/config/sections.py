@@ -13,8 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from llmkit.config.launch import check_deepspeed
+from llmkit.config.training_arguments import TrainingArgumentsError, make_training_arguments
 from llmkit.data.formats import DATA_FORMATS, detect_format
+from llmkit.data.sft import load_chat_template
 from llmkit.errors import ConfigIssue, first_line, shown
+from llmkit.models.gguf import gguf_path
+from llmkit.models.resolve import ModelNotFound, resolve_model_path
 from llmkit.models.tokenizer_training import SPECIAL_ROLES
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -99,7 +104,6 @@ def check_model_path(key: str, name: str | None) -> list[ConfigIssue]:
     """Check that a model reference can be found; the config keeps the reference as written (portable)."""
     if not name:
         return []
-    from llmkit.models.resolve import ModelNotFound, resolve_model_path
 
     try:
         resolve_model_path(name)
@@ -155,8 +159,6 @@ class ModelConfig:
         return issues
 
     def _check_gguf_file(self) -> list[ConfigIssue]:
-        from llmkit.models.gguf import gguf_path
-
         if not self.gguf_file.lower().endswith(".gguf"):
             return [ConfigIssue("gguf_file", f"expected a .gguf file, got {shown(self.gguf_file)}.")]
         path = gguf_path(self)
@@ -232,8 +234,6 @@ class TokenizerConfig:
 
     def chat_template_text(self) -> str | None:
         """The template itself: read from the file when chat_template names one."""
-        from llmkit.data.sft import load_chat_template
-
         return load_chat_template(self.chat_template)
 
 
@@ -272,9 +272,10 @@ class DataConfig:
                              default="tokens")
     tags_column: str = opt("Token classification: column holding one tag per word (a list; BIO/IOB2 tags "
                            "for entity scores).", default="tags")
-    label_names: list[str] | None = opt(
-        "Class names in label-id order. Default: read from the training data (sorted). Integer labels index into "
-        "this list.", default=None)
+    label_names: list[str | int] | None = opt(
+        "Class names in label-id order (numbers are taken as their text: [1, 2] is ['1', '2']). Default: read "
+        "from the training data (sorted). A label value equal to a class name is that class; integer labels index "
+        "this list only when no label value is a class name (0/1 with [negative, positive]).", default=None)
     label_separator: str | None = opt("Multi-label only: split a string label on this separator (e.g. ',').",
                                        default=None)
     validation_split: float | None = opt("Hold out this fraction of the training data for validation when no "
@@ -327,7 +328,7 @@ class DataConfig:
         """Class names are compared without surrounding spaces (as the data's labels are): " pos" is "pos"."""
         if self.label_names is None:
             return []
-        self.label_names = [name.strip() if isinstance(name, str) else name for name in self.label_names]
+        self.label_names = [name.strip() if isinstance(name, str) else str(name) for name in self.label_names]
         issues = []
         if any(name == "" for name in self.label_names):
             issues.append(ConfigIssue("label_names", f"{self.label_names} has an empty name; give every class a "
@@ -528,9 +529,6 @@ class TrainConfig:
         raise AttributeError(name)
 
     def validate(self) -> list[ConfigIssue]:
-        from llmkit.config.launch import check_deepspeed
-        from llmkit.config.training_arguments import TrainingArgumentsError, make_training_arguments
-
         issues = check_deepspeed(self.passthrough["deepspeed"]) if self.passthrough.get("deepspeed") else []
         issues += self._check_choices() + self._check_ranges()
         if issues:  # TrainingArguments would only repeat them, less clearly

@@ -132,14 +132,17 @@ def _label_problem(cfg: Any, split: str, ds: Any, kind: str, what: str, fix: str
             f"{what} ({rows_text(rows)}{example}); {fix}")
 
 
-def infer_label_names(train: Any, cfg: Any, multi_label: bool) -> list[str]:
-    """Class names: from data.label_names, else the sorted distinct labels of the training data."""
+def infer_label_names(train: Any, cfg: Any, multi_label: bool, fallback: list[str] | None = None) -> list[str]:
+    """Class names: from data.label_names, else the sorted distinct labels of the training data, else `fallback`
+    (the classes a command's own settings list, e.g. a verbalizer's keys)."""
     if cfg.label_names:
         return [str(n) for n in cfg.label_names]
+    if train is None and fallback:
+        return [str(n) for n in fallback]
     if train is None:
         raise UserError("data.label_names: there is no training data to read the label set from; list the "
                         "classes in data.label_names.")
-    distinct = {_normalise(v) for row in train[cfg.label_column]
+    distinct = {normalise_label(v) for row in train[cfg.label_column]
                 for v in cell_labels(row, multi_label, cfg.label_separator)[0]}
     if not distinct:
         raise UserError(f"data.label_column: no row of the training data ({split_source(cfg, 'train')}) has a "
@@ -147,7 +150,7 @@ def infer_label_names(train: Any, cfg: Any, multi_label: bool) -> list[str]:
     return [str(v) for v in sorted(distinct, key=lambda v: (not isinstance(v, (int, float)), v))]
 
 
-def _normalise(value: Any) -> Any:
+def normalise_label(value: Any) -> Any:
     """1.0 -> 1 and True -> 1, so numeric labels read from csv/json compare equal."""
     if isinstance(value, bool):
         return int(value)
@@ -156,51 +159,69 @@ def _normalise(value: Any) -> Any:
     return value
 
 
-def label_mapper(label_names: list[str], cfg: Any, integers_index: bool):
-    """A function from a raw label value to its class id, raising `KeyError` for values outside the set.
+class LabelReading:
+    """How the label values of a dataset map to the classes, decided once for all its splits (the one rule of
+    every command that reads labels): a value equal to a class name, compared as text (`1` is "1"), is that
+    class; integers are indices into the class list only when no value is a class name (0/1 labels with the
+    names [negative, positive]). Values of both kinds, or integers that fit neither reading, are refused with
+    both readings shown (`outside`, `index_note`)."""
 
-    Integer labels index into `label_names` when the names came from the
-    config (`integers_index`); otherwise labels are matched by name.
-    """
-    by_name = {name: i for i, name in enumerate(label_names)}
+    def __init__(self, label_names: list[str], values: set):
+        self.label_names = list(label_names)
+        self.names = {name: i for i, name in enumerate(label_names)}
+        matched = {v for v in values if str(v) in self.names}
+        integers = sorted(v for v in values if isinstance(v, int))
+        self.by_index = bool(values) and not matched and len(integers) == len(values)
+        last = len(label_names) - 1
+        if self.by_index:
+            self.outside = {v for v in integers if not 0 <= v <= last}
+            self.index_note = (f" No label is a class name, so the integer labels are positions in that list (0 to "
+                               f"{last}).") if self.outside else ""
+        else:
+            self.outside = values - matched
+            self.index_note = ""
+            if self.outside and integers:
+                readings = ", ".join(f"{v} -> {label_names[v]}" if 0 <= v <= last else f"{v} -> none"
+                                     for v in integers[:4])
+                named = ", ".join(sorted(map(str, matched))[:4])
+                self.index_note = (f" Integers are read as positions in that list (0 to {last}) only when no "
+                                   f"label is a class name; here other labels ({named}) are class names (as "
+                                   f"positions: {readings}).")
 
-    def to_id(value: Any) -> int:
-        value = _normalise(value)
-        if integers_index and isinstance(value, int):
-            if 0 <= value < len(label_names):
-                return value
-            raise KeyError(value)
-        return by_name[str(value)]
-
-    return to_id
+    def __call__(self, value: Any) -> int:
+        value = normalise_label(value)
+        return value if self.by_index else self.names[str(value)]
 
 
-def encode_labels(splits: dict, label_names: list[str], cfg: Any, multi_label: bool) -> dict:
-    """Replace the label column by `labels`: class ids, or multi-hot float vectors for multi-label.
+def label_values(splits: dict, cfg: Any, multi_label: bool) -> set:
+    """The distinct label values of every split (normalised: 1.0 and True read as 1)."""
+    return {normalise_label(v) for ds in splits.values() for row in ds[cfg.label_column]
+            for v in cell_labels(row, multi_label, cfg.label_separator)[0]}
 
-    The labels must have passed `check_labels` (which reports the cells that are not classes)."""
-    to_id = label_mapper(label_names, cfg, integers_index=bool(cfg.label_names))
+
+def encode_labels(splits: dict, label_names: list[str], cfg: Any, multi_label: bool, origin: str | None = None) -> dict:
+    """Replace the label column by `labels`: class ids, or multi-hot float vectors for multi-label, read by the
+    one rule of LabelReading. The labels must have passed `check_labels` (which reports cells that are not
+    labels at all)."""
+    reading = LabelReading(label_names, label_values(splits, cfg, multi_label))
     out = {}
     for name, ds in splits.items():
-        raw = ds[cfg.label_column]
-        bad: dict[str, int] = {}
-        encoded = []
-        for value in raw:
-            ids = []
-            for v in cell_labels(value, multi_label, cfg.label_separator)[0]:
-                try:
-                    ids.append(to_id(v))
-                except KeyError:
+        encoded, bad = [], {}
+        for value in ds[cfg.label_column]:
+            labels = [normalise_label(v) for v in cell_labels(value, multi_label, cfg.label_separator)[0]]
+            for v in labels:
+                if v in reading.outside:
                     bad[repr(v)] = bad.get(repr(v), 0) + 1
+            ids = [reading(v) for v in labels if v not in reading.outside]
             encoded.append([1.0 if i in ids else 0.0 for i in range(len(label_names))] if multi_label
                            else (ids[0] if ids else -1))
         if bad:
             shown = ", ".join(f"{v} ({n} row{'s' if n > 1 else ''})" for v, n in list(bad.items())[:5])
-            origin = "data.label_names" if cfg.label_names else "the training data"
+            origin = origin or ("data.label_names" if cfg.label_names else "the training data")
             source = getattr(cfg, SPLIT_KEYS[name]) or cfg.dataset_name
-            raise UserError(f"data.label_column: the {name} data ({source}) "
-                            f"has labels outside the label set: {shown}. The label set (from {origin}) is: "
-                            f"{', '.join(label_names)}. Fix the data, or list every class in data.label_names.")
+            raise UserError(f"data.label_column: the {name} data ({source}) has labels outside the label set: "
+                            f"{shown}. The label set (from {origin}) is: {', '.join(label_names)}."
+                            f"{reading.index_note} Fix the data, or list every class in data.label_names.")
         out[name] = ds.remove_columns([cfg.label_column]).add_column("labels", encoded)
     return out
 

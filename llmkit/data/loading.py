@@ -27,8 +27,6 @@ def load_file_split(key: str, files: str | list[str], cfg: Any, text_sample_by: 
 
     Text files become one row per line, per blank-line-separated paragraph or per file (`text_sample_by`:
     line | paragraph | document, the `datasets` text builder's option)."""
-    import datasets
-
     files = _as_list(files)
     option = option_name(key)
     fmt = cfg.format if cfg.format != "auto" else detect_format(files[0])
@@ -49,6 +47,22 @@ def load_file_split(key: str, files: str | list[str], cfg: Any, text_sample_by: 
         if len(files) > 1:
             raise UserError(f"{option}: give one save_to_disk directory, not {len(files)}.")
         return _load_from_disk(key, files[0], cfg)
+    builder, kwargs = builder_arguments(fmt, files, cfg, text_sample_by)
+    ds = _read_with_datasets(option, files, fmt, builder, kwargs)
+    if builder == "csv" and any(c.startswith("__index_level_") for c in ds.column_names):
+        named = [c for c in ds.column_names if not c.startswith("__index_level_")]
+        tab = fmt == "tsv"
+        raise UserError(f"{option}: the rows of {', '.join(files)} have more fields than the "
+                        f"{'data.column_names' if cfg.column_names else 'header'} names ({', '.join(named)}), so "
+                        "their first fields would be read as row labels and every column would shift by one. "
+                        + ("A text must not hold a tab in a .tsv file; remove the extra tabs." if tab else
+                           "A field that holds the delimiter must be in double quotes; check the delimiter and "
+                           "quoting."))
+    return ds
+
+
+def builder_arguments(fmt: str, files: list[str], cfg: Any, text_sample_by: str) -> tuple[str, dict]:
+    """The `datasets` builder for a format and its options (cells as written, header-less column names)."""
     builder, kwargs = {"csv": ("csv", {}), "tsv": ("csv", {"delimiter": "\t", "quoting": csv.QUOTE_NONE}),
                        "json": ("json", {}), "jsonl": ("json", {}), "parquet": ("parquet", {}),
                        "text": ("text", {"sample_by": text_sample_by})}[fmt]
@@ -61,11 +75,17 @@ def load_file_split(key: str, files: str | list[str], cfg: Any, text_sample_by: 
         if builder != "csv":
             raise UserError(f"data.column_names: only applies to csv/tsv files without a header; {files[0]} is {fmt}.")
         kwargs.update(column_names=list(cfg.column_names), header=None)
+    return builder, kwargs
+
+
+def _read_with_datasets(option: str, files: list[str], fmt: str, builder: str, kwargs: dict):
+    import datasets
+
     # Raw arrow files go to a throw-away directory: llmkit caches the tokenized result itself.
     with tempfile.TemporaryDirectory(prefix="llmkit-raw-") as tmp, _quiet_datasets():
         try:
-            ds = datasets.load_dataset(builder, data_files=files, split="train", cache_dir=tmp, keep_in_memory=True,
-                                       **kwargs)
+            return datasets.load_dataset(builder, data_files=files, split="train", cache_dir=tmp,
+                                         keep_in_memory=True, **kwargs)
         except (datasets.exceptions.DatasetGenerationError, ValueError, TypeError) as e:
             cause = e.__cause__ or e
             if any(s in str(cause) for s in EMPTY_MARKERS):
@@ -73,16 +93,6 @@ def load_file_split(key: str, files: str | list[str], cfg: Any, text_sample_by: 
             fix = (" Check the delimiter and quoting: a field that holds the delimiter must be in double quotes "
                    "(for a header-less file, name the columns with data.column_names)." if builder == "csv" else "")
             raise UserError(f"{option}: cannot read {', '.join(files)} as {fmt}: {first_line(cause)}{fix}") from None
-    if builder == "csv" and any(c.startswith("__index_level_") for c in ds.column_names):
-        named = [c for c in ds.column_names if not c.startswith("__index_level_")]
-        tab = fmt == "tsv"
-        raise UserError(f"{option}: the rows of {', '.join(files)} have more fields than the "
-                        f"{'data.column_names' if cfg.column_names else 'header'} names ({', '.join(named)}), so "
-                        "their first fields would be read as row labels and every column would shift by one. "
-                        + ("A text must not hold a tab in a .tsv file; remove the extra tabs." if tab else
-                           "A field that holds the delimiter must be in double quotes; check the delimiter and "
-                           "quoting."))
-    return ds
 
 
 def option_name(key: str) -> str:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmkit.data.cache import cached_dataset, files_digest, tokenizer_digest
-from llmkit.data.loading import as_text
+from llmkit.data.loading import as_text, load_raw_splits, refuse_non_text, require_columns
 from llmkit.errors import UserError
 
 IGNORE_INDEX = -100
@@ -55,8 +55,6 @@ class LazySplits:
         self._splits: dict | None = None
 
     def get(self) -> dict:
-        from llmkit.data.loading import load_raw_splits, refuse_non_text, require_columns
-
         if self._splits is None:
             splits = load_raw_splits(self.data_cfg, self.seed, text_sample_by=self.documents)
             require_columns(splits, self.data_cfg, ["text_column"])

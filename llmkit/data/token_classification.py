@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from llmkit.data.cache import cached_dataset, files_digest, tokenizer_digest
-from llmkit.data.classification import PreparedData, token_stats
+from llmkit.data.classification import LabelReading, PreparedData, normalise_label, token_stats
 from llmkit.data.loading import (
     SPLIT_KEYS,
     as_text,
@@ -66,17 +66,20 @@ def encode(splits: dict, tokenizer: Any, names: list[str], cfg: Any) -> dict:
     """Tokenize word lists (is_split_into_words) and align tag ids to sub-tokens."""
     if not getattr(tokenizer, "is_fast", False):
         raise UserError("tokenizer: token classification needs a fast tokenizer (word_ids); this one is not.")
-    ids = {name: i for i, name in enumerate(names)}
-    integers_index = bool(cfg.label_names)
+    def tag_value(tag: Any) -> Any:
+        return tag.strip() if isinstance(tag, str) else normalise_label(tag)
+
+    # The one rule of labels (data/classification.py): a tag equal to a tag name is that tag; integers are
+    # positions in data.label_names only when no tag is a name.
+    reading = LabelReading(names, {tag_value(t) for ds in splits.values() for row in ds[cfg.tags_column] for t in row})
 
     def to_id(tag: Any, split: str) -> int:
-        if integers_index and isinstance(tag, int) and not isinstance(tag, bool) and 0 <= tag < len(names):
-            return tag
-        name = str(tag).strip()
-        if name not in ids:
+        value = tag_value(tag)
+        if value in reading.outside:
             raise UserError(f"data.tags_column: the {split} data has the tag {tag!r}, which is not in the tag set "
-                            f"({', '.join(names)}). Fix the data, or list every tag in data.label_names.")
-        return ids[name]
+                            f"({', '.join(names)}).{reading.index_note} Fix the data, or list every tag in "
+                            "data.label_names.")
+        return reading(value)
 
     out = {}
     for split, ds in splits.items():

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from llmkit.metrics.tables import markdown_table, plot_confusion_matrix
+
 METRICS_DIR = Path(__file__).resolve().parent
 
 
@@ -98,8 +100,6 @@ def classification_report(split: str, metrics_fn: ClassificationMetrics, predict
                           prefix: str, metrics: dict, out_dir: Path | None = None):
     """report.md sections (per-class scores, confusion matrix) for one split; the matrix also as
     `out_dir/confusion_matrix_<split>.png`. Returns (sections, matrix or None for multi-label)."""
-    from llmkit.metrics.tables import markdown_table, plot_confusion_matrix
-
     names = metrics_fn.label_names
     rows = [[name] + [metrics.get(f"{prefix}_{m}_{metric_suffix(name)}") for m in ("precision", "recall", "f1")]
             for name in names]

@@ -3,6 +3,8 @@
 An adapter run saves only the adapter (plus the task head) in `adapter/`, with `llmkit_adapter.json` naming
 the base model and the task; such a folder (or the run directory around it) is a model reference every
 command accepts (`load_model` below), and `merge_adapter` turns a LoRA-family adapter into a standalone model.
+
+Modules that load torch or transformers are imported inside the functions that use them (docs/CONTRIBUTING.md).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from llmkit.models.integrity import (
     safetensors_problem,
     tokenizer_dir_problem,
 )
+from llmkit.models.quiet import quiet_transformers
+from llmkit.models.resolve import ModelNotFound, resolve_model_path
 from llmkit.models.safety import ADAPTER_SAFE, hub_pickle_refusal, is_safetensors_missing, weights_kwargs
 
 METADATA = "llmkit_adapter.json"
@@ -219,8 +223,6 @@ def read_metadata(adapter_dir: Path) -> dict:
 
 def base_model_path(meta: dict) -> str:
     """Where the base model is: the path resolved at training time if it still exists, else the reference."""
-    from llmkit.models.resolve import ModelNotFound, resolve_model_path
-
     if meta.get("base_model_path") and Path(meta["base_model_path"]).exists():
         return meta["base_model_path"]
     try:
@@ -236,7 +238,6 @@ def load_adapter_model(adapter_dir: Path, auto_class_name: str | None = None, ad
     from safetensors only unless `allow_pickle`."""
     import transformers
 
-    from llmkit.models.quiet import quiet_transformers
 
     meta = read_metadata(adapter_dir)
     auto_cls = getattr(transformers, auto_class_name or AUTO_CLASSES[meta["task"]])
@@ -383,9 +384,6 @@ def load_reference(reference: str, adapters: list[str] | tuple[str, ...] = (),
     pickles can run arbitrary code)."""
     import transformers
     from transformers import AutoConfig, AutoTokenizer
-
-    from llmkit.models.quiet import quiet_transformers
-    from llmkit.models.resolve import ModelNotFound, resolve_model_path
 
     adapter_dir = find_adapter_dir(reference)
     if adapter_dir is not None:

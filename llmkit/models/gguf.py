@@ -21,6 +21,8 @@ from typing import Any
 
 from llmkit.data.cache import cache_error, publishing
 from llmkit.errors import UserError, first_line
+from llmkit.models.quiet import quiet_transformers
+from llmkit.models.resolve import resolve_model_path
 
 MARKER = "llmkit-gguf.json"  # written last: a directory without it is an interrupted conversion
 INDEX = "index.json"  # (path, size, mtime) -> sha256, so big files are not re-hashed on every run
@@ -33,8 +35,6 @@ def cache_root() -> Path:
 
 def gguf_path(model_cfg: Any) -> Path:
     """The GGUF file a `ModelConfig` names: `gguf_file` alone, or inside the `name_or_path` directory."""
-    from llmkit.models.resolve import resolve_model_path
-
     path = Path(model_cfg.gguf_file).expanduser()
     if model_cfg.name_or_path and not path.is_absolute():
         path = Path(resolve_model_path(model_cfg.name_or_path)) / path
@@ -138,7 +138,6 @@ def convert_gguf(gguf_path: str | Path) -> Path:
 def _convert(source: Path, target: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmkit.models.quiet import quiet_transformers
 
     print(f"converting {source.name} (once) -> {target}", end="", flush=True)
     start = time.perf_counter()

@@ -16,7 +16,8 @@ import struct
 import zipfile
 from pathlib import Path
 
-from llmkit.errors import UserError
+from llmkit.errors import UserError, first_line
+from llmkit.models.safety import hub_pickle_refusal, is_remote_code_refusal, is_safetensors_missing, remote_code_refusal
 
 CONFIG = "config.json"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -287,20 +288,30 @@ def tokenizer_dir_problem(key: str, reference: str | Path) -> str | None:
 def load_errors() -> tuple[type[BaseException], ...]:
     """What from_pretrained raises for a model it cannot load (bad folder, bad file, missing package); anything
     else is a bug and keeps its traceback."""
+    import pickle
+
     from safetensors import SafetensorError
 
-    return OSError, ValueError, RuntimeError, ImportError, SafetensorError
+    return OSError, ValueError, RuntimeError, ImportError, SafetensorError, pickle.UnpicklingError
 
 
 def explain_load_error(error: BaseException, key: str, label: str, path: str | Path, allow_key: str) -> str:
     """The message for a failed from_pretrained of `path` (`label` as the config names it)."""
-    from safetensors import SafetensorError
+    import pickle
 
-    from llmkit.errors import first_line
-    from llmkit.models.safety import hub_pickle_refusal, is_safetensors_missing
+    from safetensors import SafetensorError
 
     if is_safetensors_missing(error):
         return f"{key}: {hub_pickle_refusal(label, allow_key)}"
+    if is_remote_code_refusal(error):
+        return f"{key}: {remote_code_refusal(label, allow_key.replace('allow_pickle', 'trust_remote_code'))}"
+    if isinstance(error, pickle.UnpicklingError):  # allow_pickle: transformers unpickles with weights_only=True
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        what = f" ({found.group(1)})" if found else ""
+        return (f"{key}: the pickle weights of {label!r} hold more than tensors: torch's weights-only unpickler "
+                f"refused an object{what} that would run code when unpickled, so nothing was loaded. Fix: use the "
+                "model's safetensors weights (model.safetensors), or, if you trust the file, convert it once "
+                "(torch.load(..., weights_only=False), then save_pretrained).")
     problem = model_dir_problem(path)
     if problem:
         return f"{key}: {problem}"

@@ -6,7 +6,7 @@ import weakref
 from typing import Any
 
 from llmkit.errors import UserError, first_line
-from llmkit.models.adapters import find_adapter_dir, load_adapter_model
+from llmkit.models.adapters import auto_class_for, find_adapter_dir, load_adapter_model, read_metadata
 from llmkit.models.integrity import (
     check_model_dir,
     check_tokenizer_path,
@@ -17,7 +17,7 @@ from llmkit.models.integrity import (
 )
 from llmkit.models.quiet import quiet_transformers
 from llmkit.models.resolve import ModelNotFound, resolve_model_path
-from llmkit.models.safety import option_key, weights_kwargs
+from llmkit.models.safety import is_remote_code_refusal, option_key, remote_code_refusal, weights_kwargs
 
 # family -> (config class name, {llmkit size name: that class's argument name})
 FAMILIES = {
@@ -335,7 +335,6 @@ def model_kind(model_cfg: Any) -> str:
     causal-lm or masked-lm (a language model); from its saved architecture (or adapter run)."""
     from transformers import AutoConfig
 
-    from llmkit.models.adapters import auto_class_for, find_adapter_dir, read_metadata
 
     if model_cfg.from_config is not None:
         return "masked-lm" if model_cfg.from_config.family == "bert" else "causal-lm"
@@ -346,6 +345,9 @@ def model_kind(model_cfg: Any) -> str:
         with quiet_transformers():
             config = AutoConfig.from_pretrained(model_source(model_cfg), trust_remote_code=model_cfg.trust_remote_code)
     except (OSError, ValueError) as e:
+        if is_remote_code_refusal(e):
+            trust_key = option_key(model_cfg, "trust_remote_code")
+            raise UserError(f"model.name_or_path: {remote_code_refusal(model_label(model_cfg), trust_key)}") from None
         raise UserError(f"model.name_or_path: cannot read the model config of {model_label(model_cfg)!r}: "
                         f"{e}".splitlines()[0]) from None
     kinds = {"AutoModelForSequenceClassification": "sequence-classification",

@@ -82,6 +82,19 @@ def hub_pickle_refusal(name: str, allow_key: str) -> str:
             f"first), or, if you trust its source, set {allow_key}=true.")
 
 
+def is_remote_code_refusal(error: BaseException) -> bool:
+    """transformers' error for a model whose config.json names its own code (auto_map) under
+    trust_remote_code=False; raised before any of that code is imported."""
+    return "contains custom code which must be executed" in str(error)
+
+
+def remote_code_refusal(label: str, trust_key: str) -> str:
+    return (f"{label!r} ships its own Python code (config.json's auto_map names modules of the model), and llmkit "
+            "does not run a model's code unless a config allows it; none of it was run. Fix: use a model that "
+            "transformers supports without custom code, or, if you trust its source (read those files first), set "
+            f"{trust_key}=true.")
+
+
 def remote_code_warning(settings: dict) -> str | None:
     """The warning for a resolved config (plain dict) that turns trust_remote_code on anywhere, else None."""
     keys = [key for key, value in _flatten(settings) if key.rsplit(".", 1)[-1].endswith("trust_remote_code")

@@ -20,8 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.data.cache import cache_error, publishing
+from llmkit.data.cache import cache_root as data_cache_root
 from llmkit.errors import UserError, first_line
+from llmkit.models.gguf import _no_progress_bars, gguf_cache_dir, is_converted
 from llmkit.models.integrity import check_model_dir
+from llmkit.models.quiet import quiet_transformers
+from llmkit.models.student import LAYER_INDEX_LISTS, PER_LAYER_LISTS
+from llmkit.version import __version__
 
 MARKER = "llmkit-tiny.json"  # written last: a directory without it is an interrupted build
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack", ".onnx")
@@ -52,8 +57,6 @@ def shrink_config(config: Any, sizes: TinySizes = TinySizes()) -> Any:
     hidden width, a head count that divides it (and key/value heads that divide that, keeping grouped-query
     attention grouped), head_dim to match, a small feed-forward width and at most 4 experts. Vocabulary, special
     token ids, positions, model_type, architectures, labels and everything else are kept."""
-    from llmkit.models.student import LAYER_INDEX_LISTS, PER_LAYER_LISTS
-
     config = copy.deepcopy(config)
     old_layers = getattr(config, "num_hidden_layers", None)
     old_hidden = getattr(config, "hidden_size", None)
@@ -121,8 +124,6 @@ class ModelSource:
 
 def cache_root(cache_dir: str | None = None) -> Path:
     """$LLMKIT_CACHE/smoke-models (the data cache's parent, as for teacher outputs)."""
-    from llmkit.data.cache import cache_root as data_cache_root
-
     return data_cache_root(cache_dir).parent / "smoke-models"
 
 
@@ -156,8 +157,6 @@ def tiny_model_dir(source: ModelSource, sizes: TinySizes = TinySizes(), cache_di
 def _cache_key(source: ModelSource, sizes: TinySizes) -> str:
     """Source identity without reading weights: for local directories, config and tokenizer files by name, size
     and modification time; for a GGUF file, the file's; for a hub id, the id and revision."""
-    from llmkit.version import __version__
-
     stamp: list = []
     path = Path(source.path).expanduser()
     if source.gguf_file:
@@ -187,7 +186,6 @@ def _read_source(source: ModelSource) -> tuple[Any, Any, Any]:
     """(config, tokenizer or None, generation config or None) of the real model, weights untouched."""
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
-    from llmkit.models.quiet import quiet_transformers
 
     path, kwargs = source.path, {"revision": source.revision, "trust_remote_code": source.trust_remote_code}
     if source.gguf_file:
@@ -253,8 +251,6 @@ def _gguf_metadata_read_once():
 
 
 def _converted_gguf(source: ModelSource) -> Path | None:
-    from llmkit.models.gguf import gguf_cache_dir, is_converted
-
     target = gguf_cache_dir(Path(source.path).expanduser() / source.gguf_file)
     return target if is_converted(target) else None
 
@@ -280,7 +276,6 @@ def architecture_class(config: Any, gguf: bool = False):
 def _build(source: ModelSource, config: Any, sizes: TinySizes):
     import torch
 
-    from llmkit.models.quiet import quiet_transformers
 
     cls, name = architecture_class(config, gguf=bool(source.gguf_file))
     if cls is None:
@@ -302,9 +297,6 @@ def _build(source: ModelSource, config: Any, sizes: TinySizes):
 
 
 def _save(model: Any, tokenizer: Any, generation: Any, directory: Path) -> None:
-    from llmkit.models.gguf import _no_progress_bars
-    from llmkit.models.quiet import quiet_transformers
-
     if generation is not None and model.can_generate():
         model.generation_config = generation
     with quiet_transformers(), _no_progress_bars():

@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from llmkit.data.loading import SPLIT_KEYS, as_text
+from llmkit.data.classification import check_labels, encode_labels, infer_label_names
+from llmkit.data.loading import SPLIT_KEYS, as_text, empty_text_notes, limit_splits, note, read_splits, require_columns
 from llmkit.errors import UserError
 from llmkit.prompting.scoring import ScoringPlan, encode_variants, special_tokens
 from llmkit.prompting.template import Template
@@ -18,11 +19,10 @@ class LabelledSplits:
     label_names: list[str]
 
 
-def load_labelled_splits(data_cfg: Any, template: Template, seed: int) -> LabelledSplits:
-    """The raw splits with labels as class ids; every column the template names must exist."""
-    from llmkit.data.classification import check_labels, encode_labels, infer_label_names
-    from llmkit.data.loading import empty_text_notes, limit_splits, note, read_splits, require_columns
-
+def load_labelled_splits(data_cfg: Any, template: Template, seed: int,
+                         classes: list[str] | None = None) -> LabelledSplits:
+    """The raw splits with labels as class ids; every column the template names must exist. The classes: from
+    data.label_names, else the training data, else `classes` (the verbalizer's keys)."""
     raw = read_splits(data_cfg)
     require_columns(raw, data_cfg, ["label_column"])
     columns = template.columns(data_cfg.text_column, data_cfg.text_pair_column)
@@ -43,8 +43,9 @@ def load_labelled_splits(data_cfg: Any, template: Template, seed: int) -> Labell
     for line in empty_text_notes(raw, data_cfg, text_keys) + check_labels(raw, data_cfg, multi_label=False):
         note(line)
     raw = limit_splits(raw, data_cfg, seed)
-    names = infer_label_names(raw.get("train"), data_cfg, multi_label=False)
-    return LabelledSplits(encode_labels(raw, names, data_cfg, multi_label=False), names)
+    names = infer_label_names(raw.get("train"), data_cfg, multi_label=False, fallback=classes)
+    origin = "prompt.verbalizer's keys" if not data_cfg.label_names and "train" not in raw else None
+    return LabelledSplits(encode_labels(raw, names, data_cfg, multi_label=False, origin=origin), names)
 
 
 def sample_per_class(labels: list[int], k: int, seed: int, label_names: list[str], what: str) -> list[int]:

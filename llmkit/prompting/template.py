@@ -103,22 +103,26 @@ def shared_label_word(verbalizer: dict[Any, Any]) -> str | None:
 
 
 def resolve_verbalizer(verbalizer: dict[Any, Any], label_names: list[str]) -> list[list[str]]:
-    """The label words of each class, in label order. Keys are class names, or indices into the classes."""
+    """The label words of each class, in label order. Keys are read by the one rule of labels
+    (data/classification.py LabelReading): a key equal to a class name is that class; integer keys are
+    positions in the class list only when no key is a class name."""
+    from llmkit.data.classification import LabelReading, normalise_label
+
     shared = shared_label_word(verbalizer)
     if shared:
         raise UserError(f"prompt.verbalizer: {shared}")
     words: list[list[str] | None] = [None] * len(label_names)
-    by_name = {name: i for i, name in enumerate(label_names)}
-    for key, value in verbalizer.items():
-        index = by_name.get(str(key))
-        if index is None and str(key).lstrip("-").isdigit() and 0 <= int(key) < len(label_names):
-            index = int(key)
-        if index is None:
+    # A key written as digits ('1') that is no class name may still be a position in the class list.
+    pairs = [(key, int(key) if isinstance(key, str) and key.lstrip("-").isdigit() and key not in label_names
+              else normalise_label(key)) for key in verbalizer]
+    reading = LabelReading(label_names, {read for _, read in pairs})
+    for (key, read), value in zip(pairs, verbalizer.values()):
+        if read in reading.outside:
             raise UserError(f"prompt.verbalizer: {key!r} is not a class; the classes are "
-                            f"{', '.join(label_names)} (or their indices 0-{len(label_names) - 1}).")
+                            f"{', '.join(label_names)}.{reading.index_note}")
+        index = reading(read)
         if words[index] is not None:
-            raise UserError(f"prompt.verbalizer: class {label_names[index]!r} is given twice (as a name and an index); "
-                            "keep one.")
+            raise UserError(f"prompt.verbalizer: class {label_names[index]!r} is given twice; keep one.")
         listed = [value] if isinstance(value, str) else list(value or [])
         words[index] = [str(w) for w in listed]
     for i, listed in enumerate(words):

@@ -14,8 +14,10 @@ from pathlib import Path
 from llmkit.config.adapter import AdapterSection
 from llmkit.config.sections import opt
 from llmkit.errors import ConfigIssue, UserError
+from llmkit.models.adapters import merge_adapter, merge_inputs, task_refusal
 from llmkit.smoke import honoured
 from llmkit.tasks import SMOKE, TaskTrainingConfig, fine_tune
+from llmkit.training import rundir
 
 COMMAND = "adapter"
 
@@ -31,8 +33,6 @@ class AdapterConfig(TaskTrainingConfig):
     output_dir: str | None = opt("Run directory (default: runs/adapter-<config name>-<time>).", default=None)
 
     def validate(self) -> list[ConfigIssue]:
-        from llmkit.models.adapters import task_refusal
-
         issues = super().validate()
         if self.model.from_config is not None:
             issues.append(ConfigIssue("model.from_config", "an adapter needs a pretrained base model to adapt; set "
@@ -61,9 +61,6 @@ def run(cfg: AdapterConfig, *, config_path: str | None = None, overwrite: bool |
 def merge(args: list[str], options: dict) -> None:
     """`llmkit adapter merge RUN --output DIR`: the adapter folded into its base weights, a standalone model.
     The output is checked before anything loads and claimed as an llmkit output once the merge has worked."""
-    from llmkit.models.adapters import merge_adapter, merge_inputs
-    from llmkit.training import rundir
-
     output, overwrite = options.get("output"), options.get("overwrite", False)
     if len(args) != 1 or output is None:
         raise UserError("adapter merge: give one adapter run directory and --output DIR, e.g. llmkit adapter "

@@ -3,6 +3,8 @@ temperature, hidden-state matching, teacher-labelled extra data — for sequence
 
 Reads top to bottom: teacher -> tokenizer -> data (+ teacher-labelled texts) -> student -> teacher cache ->
 trainer -> train -> save -> teacher vs student report.
+
+Modules that load torch or transformers are imported inside the functions that use them (docs/CONTRIBUTING.md).
 """
 
 from __future__ import annotations
@@ -20,9 +22,25 @@ from llmkit.config.sections import (
     check_model_path,
     opt,
 )
+from llmkit.data.cache import cache_error, cache_key, cache_root, file_digest
+from llmkit.data.classification import prepare_classification_data
+from llmkit.data.loading import load_file_split, load_raw_splits
 from llmkit.errors import ConfigIssue, UserError
+from llmkit.metrics.tables import markdown_table
+from llmkit.models.loading import (
+    check_vocabulary_fits,
+    count_parameters,
+    freeze,
+    load_model,
+    load_tokenizer,
+    model_label,
+)
+from llmkit.models.resolve import ModelNotFound, resolve_model_path
+from llmkit.models.student import select_layers, student_from_teacher
 from llmkit.smoke import EXTRA_TEXTS, Shrink, SmokeSpec, cap, honoured, model_references
-from llmkit.tasks import TaskConfig, shorter_samples
+from llmkit.tasks import TASKS, TaskConfig, describe_splits, refuse_adapter_model, shorter_samples
+from llmkit.training.arguments import check_best_metric
+from llmkit.training.rundir import find_run_directory
 
 COMMAND = "distill"
 TEACHER_LABELS_FILE = "teacher_labeled.jsonl"
@@ -159,9 +177,6 @@ def _teacher_issues(teacher: str) -> list[ConfigIssue]:
 
 def resolve_teacher(reference: str) -> str:
     """The teacher's model (or adapter) folder: a run directory's model/ or adapter/, or a model path / hub id."""
-    from llmkit.models.resolve import ModelNotFound, resolve_model_path
-    from llmkit.training.rundir import find_run_directory
-
     run = find_run_directory(reference, key="distill.teacher")
     if run is not None:
         return str(run.model_dir)
@@ -177,6 +192,8 @@ def resolve_teacher(reference: str) -> str:
 @dataclass
 class DistillConfig:
     """`llmkit distill` config."""
+
+    section_hints = {"model": "a distillation's models are distill.teacher and distill.student"}
 
     distill: DistillSection = opt("Teacher, student and the distillation loss.")
     data: DataConfig = opt("The training data (labelled, as for finetune).")
@@ -263,21 +280,78 @@ SMOKE = SmokeSpec(model_sections=(), adjust=smoke_adjust, references=smoke_refer
 def run(cfg: DistillConfig, *, config_path: str | None = None, overwrite: bool | str = False,
         dry_run: bool = False) -> dict:
     """Distil the teacher into the student; return the final metrics (also in OUTPUT_DIR/metrics.json)."""
-    from transformers import set_seed
-
-    from llmkit.config.training_arguments import TrainingArgumentsError, make_training_arguments, resolve_precision
-    from llmkit.models.loading import check_vocabulary_fits, count_parameters, freeze, load_model, load_tokenizer
-    from llmkit.tasks import TASKS, describe_splits, refuse_adapter_model
-    from llmkit.training import rundir
-    from llmkit.training.arguments import check_best_metric, launch_state, pad_multiple, planned_steps
-    from llmkit.training.distill import INDEX_COLUMN, DistillSettings, DistillTrainer, IndexedCollator
-    from llmkit.training.loop import train_and_save
+    from llmkit.training.distill import INDEX_COLUMN, DistillTrainer, IndexedCollator
+    from llmkit.training.lifecycle import RunLifecycle
 
     d = cfg.distill
     task = TASKS[cfg.task.type](cfg)
-    causal_lm = cfg.task.type == "causal-lm"
-    state = launch_state(cfg.train)  # under torchrun / accelerate launch: which process this is
-    set_seed(cfg.train.seed)
+    run = RunLifecycle(cfg, COMMAND, config_path=config_path, overwrite=overwrite)
+    models = load_teacher(cfg, task)
+    labels = teacher_labels(models.teacher, cfg.data) if cfg.task.type != "causal-lm" else []
+    with run.state.main_process_first():  # the main process tokenizes and caches; the others read its cache
+        data = prepare_data(cfg, task, models.tokenizer, labels)
+    run.print(f"data: {describe_splits(data.stats)}; {task.describe(data)}; "
+              f"{'from cache' if data.from_cache else 'prepared'} in {data.seconds:.1f} s")
+    texts = unlabeled_texts(cfg) if d.unlabeled is not None else None  # checked before the student is built
+    overrides = {} if "validation" in data.splits else {"eval_strategy": "no", "load_best_model_at_end": False}
+    args = run.arguments(**overrides, **task.training_overrides)
+    student, settings, sizes = build_distillation(cfg, task, models, labels, run)
+    metrics_fn = task.metrics(labels)
+    check_best_metric(cfg.train, task.metric_names(metrics_fn))
+    if dry_run:
+        steps = run.plan(args, len(data.splits["train"]), " (before teacher-labelled texts)" if d.unlabeled else "")
+        return {"dry_run": True, "train_steps": steps, "teacher_params": sizes["teacher_params"],
+                "student_params": sizes["student_params"], "data": data.stats, "label_names": labels,
+                "layer_pairs": settings.layer_pairs}
+
+    run_dir = run.claim()
+    train_split, extra = data.splits["train"], None
+    if texts is not None:
+        extra = label_unlabeled(cfg, texts, models.teacher, models.teacher_tokenizer, models.tokenizer, labels,
+                                run.precision, args, run_dir)
+        train_split = extra.merged(train_split)
+    train_split = train_split.add_column(INDEX_COLUMN, list(range(len(train_split))))
+    run.plan(args, len(train_split), ", teacher outputs cached" if d.cache_teacher and settings.needs_teacher else "")
+    if settings.needs_teacher and d.cache_teacher:
+        settings.cache = teacher_cache(cfg, models.teacher, models.teacher_tokenizer, models.same_vocab, train_split,
+                                       labels, settings.layer_pairs, run.precision, args, extra)
+    eval_collate = task.collator(models.tokenizer, run.pad_multiple(args))  # first: SFT counts its training padding
+    result = run.train(
+        args=args, model=student, tokenizer=models.tokenizer, train_dataset=train_split,
+        eval_dataset=data.splits.get("validation"), compute_metrics=metrics_fn,
+        data_collator=IndexedCollator(task.collator(models.tokenizer, run.pad_multiple(args))),
+        preprocess_logits_for_metrics=metrics_fn.preprocess_logits_for_metrics if metrics_fn else None,
+        trainer_cls=DistillTrainer, teacher=models.teacher, settings=settings)
+    metrics = result.metrics
+    metrics.update(sizes, student_teacher_param_ratio=round(sizes["student_params"] / sizes["teacher_params"], 4))
+    sections = []
+    if "validation" in data.splits:
+        sections += compare_on_eval(task, result.trainer, models.teacher, models.tokenizer, data.splits["validation"],
+                                    eval_collate, metrics_fn, metrics, run_dir, run.precision, args)
+    if extra is not None:
+        metrics.update(extra.counts)
+        sections.append(("Teacher-labelled data", extra.describe()))
+    return result.finish(metrics, sections, summary=run_summary(cfg, models.teacher, student, settings, sizes, labels,
+                                                                  data),
+                         headline=[k for k in HEADLINE if k in metrics])
+
+
+HEADLINE = ("eval_accuracy", "teacher_eval_accuracy", "accuracy_retention", "eval_perplexity",
+            "teacher_eval_perplexity", "inference_speedup")
+
+
+@dataclass
+class TeacherAndTokenizers:
+    """The frozen teacher, its tokenizer, and the student's tokenizer (the teacher's unless the config gives one)."""
+
+    teacher: Any
+    teacher_tokenizer: Any
+    tokenizer: Any
+    same_vocab: bool
+
+
+def load_teacher(cfg: DistillConfig, task: Any) -> TeacherAndTokenizers:
+    d = cfg.distill
     teacher_cfg = ModelConfig(name_or_path=resolve_teacher(d.teacher), trust_remote_code=d.teacher_trust_remote_code,
                               allow_pickle=d.teacher_allow_pickle)
     teacher_cfg.option_prefix = "distill.teacher_"  # messages name distill.teacher_allow_pickle
@@ -286,111 +360,59 @@ def run(cfg: DistillConfig, *, config_path: str | None = None, overwrite: bool |
     own_tokenizer = bool(cfg.tokenizer.name_or_path or d.student.name_or_path)
     tokenizer = load_tokenizer(d.student if own_tokenizer else teacher_cfg, cfg.tokenizer)
     same_vocab = tokenizer.get_vocab() == teacher_tokenizer.get_vocab()
-    if causal_lm and not same_vocab:
+    if cfg.task.type == "causal-lm" and not same_vocab:
         raise UserError(VOCABULARY_MISMATCH.format(detail="the student's tokenizer differs from the teacher's"))
+    return TeacherAndTokenizers(teacher, teacher_tokenizer, tokenizer, same_vocab)
 
-    labels = teacher_labels(teacher, cfg.data) if not causal_lm else []
-    with state.main_process_first():  # the main process tokenizes and caches; the others read its cache
-        data = prepare_data(cfg, task, tokenizer, labels)
-    state.print(f"data: {describe_splits(data.stats)}; {task.describe(data)}; "
-                f"{'from cache' if data.from_cache else 'prepared'} in {data.seconds:.1f} s")
-    texts = unlabeled_texts(cfg) if d.unlabeled is not None else None  # checked before the student is built
 
-    precision = resolve_precision(cfg.train.precision)
-    target = Path(cfg.output_dir) if cfg.output_dir else rundir.default_run_dir(COMMAND, config_path)
-    try:
-        args = make_training_arguments(cfg.train, str(target.expanduser().resolve() / rundir.CHECKPOINTS),
-                                       **({"eval_strategy": "no", "load_best_model_at_end": False}
-                                          if "validation" not in data.splits else {}),
-                                       **task.training_overrides)
-    except TrainingArgumentsError as e:
-        raise UserError(f"train.{e.key}: {e.message}" if e.key else f"train: {e.message}") from None
+def build_distillation(cfg: DistillConfig, task: Any, models: TeacherAndTokenizers, labels: list[str],
+                       run: Any) -> tuple[Any, Any, dict]:
+    """The student (with projections for hidden-state matching), the loss settings and the sizes; printed."""
+    from transformers import set_seed
 
+    from llmkit.training.distill import DistillSettings, add_projections
+
+    d, teacher = cfg.distill, models.teacher
     if d.student.name_or_path:
         refuse_adapter_model(d.student, COMMAND)
     set_seed(cfg.train.seed)  # the student starts from the same random state as `llmkit finetune` would
-    student = build_student(d.student, teacher, task, tokenizer, labels)
-    check_vocabulary_fits(student, tokenizer)  # a from_teacher student keeps the teacher's embedding table
+    student = build_student(d.student, teacher, task, models.tokenizer, labels)
+    check_vocabulary_fits(student, models.tokenizer)  # a from_teacher student keeps the teacher's embedding table
     freeze(student, d.student.freeze_embeddings, d.student.freeze_layers)
-    check_pairing(cfg, teacher, student, same_vocab)
+    check_pairing(cfg, teacher, student, models.same_vocab)
     pairs = layer_pairs(d, teacher, student) if d.beta > 0 else []
-
-    from llmkit.training.distill import add_projections
-
-    proj_params = add_projections(student, pairs, hidden_size(student), hidden_size(teacher))
-    settings = DistillSettings(alpha=d.alpha, temperature=d.temperature, beta=d.beta, causal_lm=causal_lm,
-                               layer_pairs=pairs)
-    teacher_params, student_params = count_parameters(teacher)[1], count_parameters(student)[1] - proj_params
-    trainable = count_parameters(student)[0]
-    state.print(f"teacher: {type(teacher).__name__}, {num_layers(teacher)} layers, {teacher_params / 1e6:.2f} M "
-                f"parameters ({d.teacher})\nstudent: {describe_student(d.student, student)}, {num_layers(student)} "
-                f"layers, {student_params / 1e6:.2f} M parameters ({100 * student_params / teacher_params:.1f} % of "
-                f"the teacher), {trainable / 1e6:.2f} M trainable"
-                f"{f' incl. {proj_params} in projections' if proj_params else ''}")
-    state.print(f"loss: {describe_loss(settings)}")
-    if settings.needs_teacher and not d.cache_teacher and not same_vocab:
+    projections = add_projections(student, pairs, hidden_size(student), hidden_size(teacher))
+    settings = DistillSettings(alpha=d.alpha, temperature=d.temperature, beta=d.beta,
+                               causal_lm=cfg.task.type == "causal-lm", layer_pairs=pairs)
+    sizes = {"teacher_params": count_parameters(teacher)[1],
+             "student_params": count_parameters(student)[1] - projections,
+             "trainable_params": count_parameters(student)[0]}
+    share = 100 * sizes["student_params"] / sizes["teacher_params"]
+    run.print(f"teacher: {type(teacher).__name__}, {num_layers(teacher)} layers, {sizes['teacher_params'] / 1e6:.2f} M "
+              f"parameters ({d.teacher})\nstudent: {describe_student(d.student, student)}, {num_layers(student)} "
+              f"layers, {sizes['student_params'] / 1e6:.2f} M parameters ({share:.1f} % of the teacher), "
+              f"{sizes['trainable_params'] / 1e6:.2f} M trainable"
+              f"{f' incl. {projections} in projections' if projections else ''}")
+    run.print(f"loss: {describe_loss(settings)}")
+    if settings.needs_teacher and not d.cache_teacher and not models.same_vocab:
         raise UserError("distill.cache_teacher: the student's tokenizer differs from the teacher's, so the "
                         "teacher cannot read the student's batches; set distill.cache_teacher: true (the "
                         "teacher then labels the texts with its own tokenizer, once).")
-    metrics_fn = task.metrics(labels)
-    check_best_metric(cfg.train, metrics_fn.names() if metrics_fn else ["perplexity"])
-    if dry_run:
-        steps = planned_steps(args, len(data.splits["train"]))
-        state.print(f"plan: {steps} optimizer steps{' (before teacher-labelled texts)' if d.unlabeled else ''}, "
-                    f"batch {args.per_device_train_batch_size} x accumulation {args.gradient_accumulation_steps} x "
-                    f"{args.world_size} process(es), precision {precision}")
-        return {"dry_run": True, "train_steps": steps, "teacher_params": teacher_params,
-                "student_params": student_params, "data": data.stats, "label_names": labels,
-                "layer_pairs": pairs}
+    return student, settings, sizes
 
-    run_dir = rundir.claim_run_dir(cfg, COMMAND, config_path, overwrite, state, path=target)
-    train_split = data.splits["train"]
-    extra = None
-    if texts is not None:
-        extra = label_unlabeled(cfg, texts, teacher, teacher_tokenizer, tokenizer, labels, precision, args, run_dir)
-        train_split = extra.merged(train_split)
-    train_split = train_split.add_column(INDEX_COLUMN, list(range(len(train_split))))
-    steps = planned_steps(args, len(train_split))
-    state.print(f"plan: {steps} optimizer steps, batch {args.per_device_train_batch_size} x accumulation "
-                f"{args.gradient_accumulation_steps} x {args.world_size} process(es), precision {precision}"
-                f"{', teacher outputs cached' if d.cache_teacher and settings.needs_teacher else ''}")
 
-    if settings.needs_teacher and d.cache_teacher:
-        settings.cache = teacher_cache(cfg, teacher, teacher_tokenizer, same_vocab, train_split, labels, pairs,
-                                       precision, args, extra)
-
-    multiple = pad_multiple(precision, args.device.type)
-    eval_collate = task.collator(tokenizer, multiple)  # before the training collator: SFT counts its padding
-    result = train_and_save(
-        cfg=cfg, command=COMMAND, run_dir=run_dir, args=args, model=student, tokenizer=tokenizer,
-        train_dataset=train_split, eval_dataset=data.splits.get("validation"),
-        data_collator=IndexedCollator(task.collator(tokenizer, multiple)), compute_metrics=metrics_fn,
-        preprocess_logits_for_metrics=metrics_fn.preprocess_logits_for_metrics if metrics_fn else None,
-        precision=precision, trainer_cls=DistillTrainer, teacher=teacher, settings=settings)
-    trainer, metrics = result.trainer, result.metrics
-    metrics.update(teacher_params=teacher_params, student_params=student_params,
-                   student_teacher_param_ratio=round(student_params / teacher_params, 4),
-                   trainable_params=trainable)
-    if extra is not None:
-        metrics.update(extra.counts)
-
-    sections = []
-    if "validation" in data.splits:
-        sections += compare_on_eval(task, trainer, teacher, tokenizer, data.splits["validation"], eval_collate,
-                                    metrics_fn, metrics, run_dir, precision, args)
-    if extra is not None:
-        sections.append(("Teacher-labelled data", extra.describe()))
-    headline = [k for k in ("eval_accuracy", "teacher_eval_accuracy", "accuracy_retention", "eval_perplexity",
-                            "teacher_eval_perplexity", "inference_speedup") if k in metrics]
-    return result.finish(metrics, sections, summary={
-        "teacher": f"{d.teacher} ({num_layers(teacher)} layers, {teacher_params / 1e6:.2f} M parameters)",
-        "student": f"{describe_student(d.student, student)} ({num_layers(student)} layers, "
-                   f"{student_params / 1e6:.2f} M parameters)",
+def run_summary(cfg: DistillConfig, teacher: Any, student: Any, settings: Any, sizes: dict, labels: list[str],
+                data: Any) -> dict:
+    return {
+        "teacher": f"{cfg.distill.teacher} ({num_layers(teacher)} layers, {sizes['teacher_params'] / 1e6:.2f} M "
+                   "parameters)",
+        "student": f"{describe_student(cfg.distill.student, student)} ({num_layers(student)} layers, "
+                   f"{sizes['student_params'] / 1e6:.2f} M parameters)",
         "loss": describe_loss(settings),
         "task": cfg.task.type,
         **({"classes": ", ".join(labels)} if labels else {}),
         "data": describe_splits(data.stats),
-    }, headline=headline)
+    }
 
 
 # ---------------------------------------------------------------- pieces of the recipe
@@ -412,18 +434,14 @@ def prepare_data(cfg: DistillConfig, task, tokenizer, labels: list[str]):
     """Tokenized splits: classification data labelled with the teacher's class list; SFT data as finetune."""
     if cfg.task.type == "causal-lm":
         return task.prepare(tokenizer, cfg.train.seed)
-    from llmkit.data.classification import prepare_classification_data
 
     return prepare_classification_data(cfg.data, tokenizer, False, cfg.train.seed, label_names=labels)
 
 
 def build_student(spec: StudentConfig, teacher, task, tokenizer, labels: list[str]):
     """The student model: part of the teacher (from_teacher), a pretrained model, or a new one (from_config)."""
-    from llmkit.models.loading import load_model
-
     if spec.from_teacher is None:
         return load_model(task.auto_class, spec, tokenizer, **task.model_kwargs(labels))[0]
-    from llmkit.models.student import select_layers, student_from_teacher
 
     base = mergeable_base(teacher)
     keep = select_layers(num_layers(base), spec.from_teacher.keep_layers, spec.from_teacher.every)
@@ -495,7 +513,6 @@ def describe_student(spec: StudentConfig, student) -> str:
         how = (f"layers {spec.from_teacher.keep_layers}" if spec.from_teacher.keep_layers is not None
                else f"layers (every: {spec.from_teacher.every})")
         return f"{type(student).__name__} from the teacher's {how}"
-    from llmkit.models.loading import model_label
 
     return f"{type(student).__name__} ({model_label(spec)})"
 
@@ -518,7 +535,6 @@ def teacher_cache(cfg: DistillConfig, teacher, teacher_tokenizer, same_vocab: bo
     """The teacher's outputs for every training example, from the cache or computed once and stored."""
     from accelerate import PartialState
 
-    from llmkit.data.cache import cache_error, cache_key, cache_root, file_digest
     from llmkit.training.distill import TeacherCache, build_teacher_cache, cache_size_bytes, data_digest
 
     d = cfg.distill
@@ -555,8 +571,6 @@ def teacher_cache(cfg: DistillConfig, teacher, teacher_tokenizer, same_vocab: bo
 
 def teacher_view(cfg: DistillConfig, teacher_tokenizer, labels, extra):
     """The training examples tokenized the teacher's way, in the student's order (different tokenizers)."""
-    from llmkit.data.classification import prepare_classification_data
-
     split = prepare_classification_data(cfg.data, teacher_tokenizer, False, cfg.train.seed,
                                         label_names=labels).splits["train"]
     return extra.merged(split, teacher_tokenizer) if extra is not None else split
@@ -597,7 +611,6 @@ class TeacherLabelled:
     def describe(self) -> str:
         from collections import Counter
 
-        from llmkit.metrics.tables import markdown_table
 
         kept = Counter(r["label"] for r in self.kept)
         rows = [[name, kept.get(name, 0)] for name in self.label_names]
@@ -615,7 +628,6 @@ def label_unlabeled(cfg: DistillConfig, texts: list[str], teacher, teacher_token
     import numpy as np
     from accelerate import PartialState
 
-    from llmkit.data.cache import cache_error, cache_key, cache_root, file_digest
     from llmkit.training.distill import run_teacher
 
     d = cfg.distill
@@ -669,8 +681,6 @@ def label_unlabeled(cfg: DistillConfig, texts: list[str], teacher, teacher_token
 
 def unlabeled_texts(cfg: DistillConfig) -> list[str]:
     """The unlabelled texts: non-empty, deduplicated, without texts already in the training data."""
-    from llmkit.data.loading import load_file_split, load_raw_splits
-
     d = cfg.distill
     reader = dataclasses.replace(cfg.data, column_names=None, format="auto", max_train_samples=None)
     raw = load_file_split("distill.unlabeled", str(Path(d.unlabeled).expanduser()), reader)
@@ -699,7 +709,6 @@ def unlabeled_texts(cfg: DistillConfig) -> list[str]:
 def compare_on_eval(task, trainer, teacher, tokenizer, eval_split, collate, metrics_fn, metrics: dict, run_dir,
                     precision: str, args) -> list[tuple[str, str]]:
     """Evaluate the student and the teacher on the validation set and time both; add the figures to metrics."""
-    from llmkit.metrics.tables import markdown_table
     from llmkit.training.distill import inference_speed
 
     out = trainer.predict(eval_split, metric_key_prefix="eval")

@@ -4,6 +4,8 @@ Classification (accuracy, macro and per-class precision/recall/F1, confusion
 matrix) and perplexity (sliding window for causal LMs, fixed-seed masking for
 masked LMs). Reads top to bottom: model source -> task -> data -> metrics ->
 eval.json + report.
+
+Modules that load torch or transformers are imported inside the functions that use them (docs/CONTRIBUTING.md).
 """
 
 from __future__ import annotations
@@ -15,10 +17,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from llmkit.config import apply_overrides, read_yaml
+from llmkit.config import load_config as load
+from llmkit.config.loader import save_config
+from llmkit.config.schema import to_dict
 from llmkit.config.sections import DataConfig, ModelConfig, TokenizerConfig, opt
+from llmkit.data.classification import prepare_classification_data
+from llmkit.data.loading import load_file_split, load_raw_splits, require_columns
+from llmkit.data.token_classification import prepare_token_classification_data
 from llmkit.errors import ConfigIssue, UserError
+from llmkit.metrics.classification import ClassificationMetrics, classification_report
+from llmkit.metrics.tables import markdown_table, plot_confusion_matrix
+from llmkit.metrics.token_classification import TokenClassificationMetrics
+from llmkit.models.adapters import find_adapter_dir, read_metadata
+from llmkit.models.loading import check_sequence_length, load_model, load_tokenizer, model_kind, model_label
 from llmkit.smoke import NEW_TOKENS, Shrink, SmokeSpec, cap, honoured
 from llmkit.training import rundir
+from llmkit.training.report import write_report
 
 COMMAND = "eval"
 CLASSIFICATION_KINDS = ("sequence-classification", "token-classification")  # models evaluated by their head
@@ -126,6 +141,8 @@ class EvalSection:
 class EvalConfig:
     """`llmkit eval` config."""
 
+    section_hints = {"train": "llmkit eval trains nothing; its settings are under eval:"}
+
     model: ModelConfig = opt("The model: a run directory, a model directory, a hub id or pkg:MODULE.")
     data: DataConfig = opt("The data to evaluate: data.validation_file (and data.test_file), or --data PATH.")
     eval: EvalSection = opt("What to evaluate.", default_factory=EvalSection)
@@ -147,10 +164,6 @@ class EvalConfig:
 def load_config(target: Path, overrides: list[str], options: dict) -> EvalConfig:
     """`llmkit eval CONFIG [k=v]`, or the short form `llmkit eval RUN_OR_MODEL_DIR --data PATH [k=v]`; the data
     settings of a run directory it evaluates are inherited (explicit keys win)."""
-    from llmkit.config import apply_overrides, read_yaml
-    from llmkit.config import load_config as load
-    from llmkit.models.adapters import find_adapter_dir
-
     if not target.exists():
         raise UserError(f"eval: {target} does not exist; give a YAML config, a run or model directory (with "
                         "--data), or `compare` followed by run directories.")
@@ -202,8 +215,6 @@ def run(cfg: EvalConfig, *, config_path: str | None = None, overwrite: bool | st
         dry_run: bool = False) -> dict:
     """Evaluate; write eval.json and report.md; return the figures. `dry_run`: load the model and the data and
     run every check, then stop before scoring (nothing is written)."""
-    from llmkit.models.loading import load_tokenizer
-
     run_dir = rundir.find_run_directory(cfg.model.name_or_path)
     model_cfg = dataclasses.replace(cfg.model, name_or_path=str(run_dir.model_dir)) if run_dir else cfg.model
     tokenizer = load_tokenizer(model_cfg, cfg.tokenizer)
@@ -228,8 +239,6 @@ def run(cfg: EvalConfig, *, config_path: str | None = None, overwrite: bool | st
 def detect_task(cfg: EvalConfig, model_cfg: ModelConfig) -> tuple[str, str]:
     """(task, model kind) from eval.task and the model's head; the kind is a task.type name:
     sequence-classification, token-classification, causal-lm or masked-lm."""
-    from llmkit.models.loading import model_kind
-
     kind = model_kind(model_cfg)
     task = cfg.eval.task
     if task == "auto":
@@ -253,10 +262,6 @@ def detect_task(cfg: EvalConfig, model_cfg: ModelConfig) -> tuple[str, str]:
 def evaluate_classification(cfg: EvalConfig, model_cfg: ModelConfig, tokenizer: Any,
                             run_dir: rundir.RunDirectory | None, dry_run: bool = False):
     """Accuracy, macro and per-class scores and the confusion matrix on every given split."""
-    from llmkit.data.classification import prepare_classification_data
-    from llmkit.metrics.classification import ClassificationMetrics, classification_report
-    from llmkit.models.loading import check_sequence_length, load_model
-
     model, _ = load_model("AutoModelForSequenceClassification", model_cfg, tokenizer)
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     multi_label = model.config.problem_type == "multi_label_classification"
@@ -316,11 +321,6 @@ def predict_logits(model: Any, tokenizer: Any, dataset: Any, batch_size: int, pr
 
 def evaluate_token_classification(cfg: EvalConfig, model_cfg: ModelConfig, tokenizer: Any, dry_run: bool = False):
     """Entity-level precision/recall/F1 (overall and per type) and token accuracy on every given split."""
-    from llmkit.data.token_classification import prepare_token_classification_data
-    from llmkit.metrics.tables import markdown_table
-    from llmkit.metrics.token_classification import TokenClassificationMetrics
-    from llmkit.models.loading import check_sequence_length, load_model
-
     model, _ = load_model("AutoModelForTokenClassification", model_cfg, tokenizer)
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     data = prepare_token_classification_data(cfg.data, tokenizer, seed=0, label_names=labels)
@@ -347,8 +347,6 @@ def evaluate_token_classification(cfg: EvalConfig, model_cfg: ModelConfig, token
 def read_eval_text(cfg: DataConfig) -> tuple[str, str]:
     """The text to score and where it came from: a whole text file, or the text column joined by blank lines;
     with data.max_eval_samples, only the first that many lines (text files) or rows."""
-    from llmkit.data.loading import load_file_split, require_columns
-
     key = "validation_file" if cfg.validation_file is not None else "test_file"
     files = getattr(cfg, key)
     files = [files] if isinstance(files, str) else list(files)
@@ -370,7 +368,6 @@ def evaluate_perplexity(cfg: EvalConfig, model_cfg: ModelConfig, tokenizer: Any,
     import torch
 
     from llmkit.metrics import perplexity as ppl
-    from llmkit.models.loading import load_model
 
     spec = cfg.eval.perplexity
     text, source = read_eval_text(cfg.data)
@@ -428,9 +425,7 @@ def _with_special_tokens(tokenizer: Any, ids: list[int]) -> list[int]:
 
 def evaluate_generation(cfg: EvalConfig, model_cfg: ModelConfig, tokenizer: Any, kind: str, dry_run: bool = False):
     """Generate for every prompt (batched, left-padded); exact match when references are given."""
-    from llmkit.data.loading import load_raw_splits, require_columns
     from llmkit.metrics.generation import AnswerExtractor, GenerationSettings, exact_match, generate
-    from llmkit.models.loading import load_model
 
     spec = cfg.eval.generation
     splits = {k: v for k, v in load_raw_splits(cfg.data, seed=0).items() if k != "train"}
@@ -485,13 +480,6 @@ def _render(tokenizer: Any, prompts: list[str], spec: GenerationSpec) -> list[st
 def write_outputs(cfg: EvalConfig, config_path: str | None, overwrite: bool | str, task: str, metrics: dict,
                   sections: list, extra: dict, run_dir: rundir.RunDirectory | None) -> dict:
     """eval.json (figures + the settings that produced them), config.yaml, env.json, report.md, a table."""
-    from llmkit.config.loader import save_config
-    from llmkit.config.schema import to_dict
-    from llmkit.metrics.tables import plot_confusion_matrix
-    from llmkit.models.adapters import find_adapter_dir, read_metadata
-    from llmkit.models.loading import model_label
-    from llmkit.training.report import write_report
-
     label = model_label(cfg.model)
     name = run_dir.path.name if run_dir else Path(label).name
     adapter_dir = find_adapter_dir(cfg.model.name_or_path)

@@ -2,6 +2,8 @@
 tokenizer trained on the text, or continued from an existing model; optionally a size sweep with a scaling-law fit.
 
 Reads top to bottom: tokenizer -> data -> model -> trainer -> train -> save -> metrics.
+
+Modules that load torch or transformers are imported inside the functions that use them (docs/CONTRIBUTING.md).
 """
 
 from __future__ import annotations
@@ -15,9 +17,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from llmkit.config.loader import save_config
 from llmkit.config.sections import DataConfig, FromConfigSpec, ModelConfig, TokenizerConfig, TrainConfig, opt
+from llmkit.data.pretraining import BlockCollator, LazySplits, MaskingSettings, prepare_pretrain_data
 from llmkit.errors import ConfigIssue, UserError
-from llmkit.smoke import Shrink, SmokeSpec, honoured
+from llmkit.metrics.tables import markdown_table
+from llmkit.models.loading import count_parameters, load_model, load_tokenizer, model_label, model_source
+from llmkit.models.quiet import quiet_transformers
+from llmkit.models.tokenizer_training import cached_tokenizer
+from llmkit.smoke import Shrink, SmokeSpec, honoured, shrink_sweep
+from llmkit.training import arguments, rundir
+from llmkit.training.arguments import check_best_metric
+from llmkit.training.report import write_report
+from llmkit.training.scaling import fit_power_law, non_embedding_parameters, plot_scaling
 
 COMMAND = "pretrain"
 ENCODER_FAMILIES = ("bert",)
@@ -142,9 +154,6 @@ def check_objective(model_cfg: ModelConfig, objective: str) -> None:
         MODEL_FOR_MASKED_LM_MAPPING_NAMES,
     )
 
-    from llmkit.models.loading import model_label, model_source
-    from llmkit.models.quiet import quiet_transformers
-
     with quiet_transformers():
         kind = AutoConfig.from_pretrained(model_source(model_cfg), trust_remote_code=model_cfg.trust_remote_code)
     model_type = kind.model_type
@@ -171,8 +180,6 @@ def check_model_fits(model: Any, tokenizer: Any, block_size: int) -> None:
 def load_or_train_tokenizer(cfg: PretrainConfig, raw, resume_from: str | None):
     """The model's (or configured) tokenizer, or one trained on the training text (cached; on resume, the one
     saved in the checkpoint)."""
-    from llmkit.models.loading import load_tokenizer
-
     spec = cfg.tokenizer.train
     if spec is None:
         return load_tokenizer(cfg.model, cfg.tokenizer), "loaded"
@@ -180,7 +187,6 @@ def load_or_train_tokenizer(cfg: PretrainConfig, raw, resume_from: str | None):
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(resume_from), "from the checkpoint"
-    from llmkit.models.tokenizer_training import cached_tokenizer
 
     if spec.max_length is None:
         spec = dataclasses.replace(spec, max_length=cfg.model.from_config.max_position_embeddings)
@@ -191,8 +197,6 @@ def load_or_train_tokenizer(cfg: PretrainConfig, raw, resume_from: str | None):
 
 def smoke_adjust(cfg: PretrainConfig, shrink: Shrink) -> None:
     """Smoke mode: every size of a sweep shrunk in order (from the real sizes), a token budget cut to the steps."""
-    from llmkit.smoke import shrink_sweep
-
     real = shrink.original.model.from_config
     if cfg.pretrain.sweep and real is not None:
         cfg.pretrain.sweep = shrink_sweep(real, cfg.pretrain.sweep)
@@ -211,22 +215,17 @@ SMOKE = SmokeSpec(adjust=smoke_adjust)
 def run(cfg: PretrainConfig, *, config_path: str | None = None, overwrite: bool | str = False,
         dry_run: bool = False) -> dict:
     """Pretrain (or sweep sizes) and evaluate; return the final metrics (also in OUTPUT_DIR/metrics.json)."""
-    from transformers import set_seed
-
-    from llmkit.data.pretraining import LazySplits, MaskingSettings, prepare_pretrain_data
-    from llmkit.training import rundir
-    from llmkit.training.arguments import check_best_metric, launch_state
+    from llmkit.training.lifecycle import RunLifecycle
     from llmkit.training.trainer import TokenLossTrainer
 
     p = cfg.pretrain
-    state = launch_state(cfg.train)  # under torchrun / accelerate launch: which process this is
-    set_seed(cfg.train.seed)
+    run = RunLifecycle(cfg, COMMAND, config_path=config_path, overwrite=overwrite)
+    state = run.state
     if cfg.model.from_config is None:
         check_objective(cfg.model, p.objective)
     check_best_metric(cfg.train, list(TokenLossTrainer.METRICS))
-    run_path = Path(cfg.output_dir) if cfg.output_dir else rundir.default_run_dir(COMMAND, config_path)
-    resume_from = rundir.find_resume_checkpoint(run_path, cfg.train.resume) \
-        if cfg.train.resume and run_path.is_dir() and not p.sweep else None
+    resume_from = rundir.find_resume_checkpoint(run.path, cfg.train.resume) \
+        if cfg.train.resume and run.path.is_dir() and not p.sweep else None
     raw = LazySplits(cfg.data, cfg.train.seed, {"file": "document"}.get(p.documents, p.documents))
     masking = MaskingSettings(p.mlm_probability, p.mask_replace_prob, p.random_replace_prob, p.whole_word_mask)
     with state.main_process_first():  # the main process trains the tokenizer and packs the blocks into the cache
@@ -237,12 +236,12 @@ def run(cfg: PretrainConfig, *, config_path: str | None = None, overwrite: bool 
     state.print(f"tokenizer: {how}; data: {describe_splits(data.stats)}; "
                 f"{'from cache' if data.from_cache else 'prepared'} in {data.seconds:.1f} s")
     sizes = [dict(s) for s in p.sweep] or [{}]
-    plan = Plan(cfg, data, tokenizer, masking, state)
+    plan = Plan(cfg, data, tokenizer, masking, run)
     if dry_run:
         return plan.dry_run(sizes)
     # The model is built before the run directory is touched: a model that cannot be built changes nothing.
     model = None if p.sweep else plan.build_model(cfg)
-    run_dir = rundir.claim_run_dir(cfg, COMMAND, config_path, overwrite, state, path=run_path)
+    run_dir = run.claim()
     if not p.sweep:
         return plan.train(cfg, run_dir, sweep_member=False, model=model)
     return run_sweep(plan, sizes, run_dir, state)
@@ -251,9 +250,10 @@ def run(cfg: PretrainConfig, *, config_path: str | None = None, overwrite: bool 
 class Plan:
     """Builds and trains one model of the run (or of a sweep) on the prepared data."""
 
-    def __init__(self, cfg: PretrainConfig, data, tokenizer, masking, state):
+    def __init__(self, cfg: PretrainConfig, data, tokenizer, masking, run):
         self.cfg, self.data, self.tokenizer, self.masking = cfg, data, tokenizer, masking
-        self.state = state  # the launch's PartialState: only the main process prints
+        self.run = run  # the RunLifecycle: launch state (only the main process prints), precision, arguments
+        self.state = run.state
 
     def sized(self, size: dict) -> PretrainConfig:
         """The config of one sweep member: model.from_config with the size's fields, no sweep."""
@@ -268,40 +268,30 @@ class Plan:
         return cfg
 
     def build_model(self, cfg: PretrainConfig):
-        from llmkit.models.loading import load_model
-
         auto = "AutoModelForMaskedLM" if cfg.pretrain.objective == "mlm" else "AutoModelForCausalLM"
         model, _ = load_model(auto, cfg.model, self.tokenizer)
         check_model_fits(model, self.tokenizer, cfg.pretrain.block_size)
         return model
 
-    def arguments(self, cfg: PretrainConfig, checkpoints: str):
-        from llmkit.config.training_arguments import TrainingArgumentsError, make_training_arguments
-
+    def arguments(self, cfg: PretrainConfig, run_dir: Path | None = None):
+        """TrainingArguments for one model (checkpoints in `run_dir`, a sweep member's folder, or the run's); a
+        token budget (pretrain.max_tokens) becomes max_steps over every process's batches."""
         overrides = {"remove_unused_columns": False}  # the collator needs word_start (whole-word masking)
         if "validation" not in self.data.splits:
             overrides.update(eval_strategy="no", load_best_model_at_end=False)
-        try:
-            args = make_training_arguments(cfg.train, checkpoints, **overrides)
-            if cfg.pretrain.max_tokens:
-                per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * \
-                    max(args.world_size, 1) * cfg.pretrain.block_size
-                args = make_training_arguments(cfg.train, checkpoints, **overrides,
-                                               max_steps=math.ceil(cfg.pretrain.max_tokens / per_step))
-        except TrainingArgumentsError as e:
-            raise UserError(f"train.{e.key}: {e.message}" if e.key else f"train: {e.message}") from None
-        return args
+        if cfg.pretrain.max_tokens:
+            train = cfg.train
+            per_step = (train.per_device_train_batch_size * train.gradient_accumulation_steps
+                        * max(self.state.num_processes, 1) * cfg.pretrain.block_size)
+            overrides["max_steps"] = math.ceil(cfg.pretrain.max_tokens / per_step)
+        return self.run.arguments(run_dir, **overrides)
 
     def dry_run(self, sizes: list[dict]) -> dict:
-        from llmkit.models.loading import count_parameters
-        from llmkit.training import arguments
-        from llmkit.training.scaling import non_embedding_parameters
-
         out = {"dry_run": True, "data": self.data.stats, "sizes": []}
         for size in sizes:
             cfg = self.sized(size)
             model = self.build_model(cfg)
-            args = self.arguments(cfg, "dry-run")
+            args = self.arguments(cfg)
             steps = arguments.planned_steps(args, len(self.data.splits["train"]))
             total = count_parameters(model)[1]
             self.state.print(f"model: {type(model).__name__}, {total / 1e6:.2f} M parameters "
@@ -311,12 +301,6 @@ class Plan:
         return out
 
     def train(self, cfg: PretrainConfig, run_dir: Path, sweep_member: bool, model: Any = None) -> dict:
-        from llmkit.config.training_arguments import resolve_precision
-        from llmkit.data.pretraining import BlockCollator
-        from llmkit.models.loading import count_parameters, model_label
-        from llmkit.training import arguments, rundir
-        from llmkit.training.loop import train_and_save
-        from llmkit.training.scaling import non_embedding_parameters
         from llmkit.training.trainer import TokenLossTrainer
 
         objective = cfg.pretrain.objective
@@ -324,19 +308,18 @@ class Plan:
             model = self.build_model(cfg)
         trainable, total = count_parameters(model)
         non_embedding = non_embedding_parameters(model)
-        args = self.arguments(cfg, str(run_dir / rundir.CHECKPOINTS))
+        args = self.arguments(cfg, run_dir)
         steps = arguments.planned_steps(args, len(self.data.splits["train"]))
-        precision = resolve_precision(cfg.train.precision)
+        precision = self.run.precision
         self.state.print(f"model: {type(model).__name__} ({model_label(cfg.model)}), {total / 1e6:.2f} M "
                          f"parameters, {non_embedding / 1e6:.2f} M non-embedding; plan: {steps} optimizer steps of "
                          f"{args.per_device_train_batch_size} x {args.gradient_accumulation_steps} x "
                          f"{args.world_size} blocks of {cfg.pretrain.block_size} tokens, precision {precision}")
         collator = BlockCollator(self.tokenizer, objective, self.masking)
-        result = train_and_save(
-            cfg=cfg, command=COMMAND, run_dir=run_dir, args=args, model=model, tokenizer=self.tokenizer,
+        result = self.run.train(
+            cfg=cfg, run_dir=run_dir, args=args, model=model, tokenizer=self.tokenizer,
             train_dataset=self.data.splits["train"], eval_dataset=self.data.splits.get("validation"),
-            data_collator=collator, precision=precision, trainer_cls=TokenLossTrainer,
-            shift_labels=objective == "clm")
+            data_collator=collator, trainer_cls=TokenLossTrainer, shift_labels=objective == "clm")
         trainer, metrics = result.trainer, result.metrics
         train_padding = collator.padding_fraction
         for split, prefix in (("validation", "eval"), ("test", "test")):
@@ -362,41 +345,11 @@ def final_train_loss(trainer) -> float | None:
 def run_sweep(plan: Plan, sizes: list[dict], run_dir: Path, state) -> dict:
     """Train each size in run_dir/sweep/<name> (finished ones are kept on resume), then fit and draw (the main
     process writes)."""
-    import json
-
-    from llmkit.config.loader import save_config
-    from llmkit.config.training_arguments import resolve_precision
-    from llmkit.metrics.tables import markdown_table
-    from llmkit.training import rundir
-    from llmkit.training.report import write_report
-    from llmkit.training.scaling import fit_power_law, plot_scaling
-
-    main = state.is_main_process
     rundir.check_resume_config(run_dir, plan.cfg)
-    if main:
+    if state.is_main_process:
         save_config(plan.cfg, run_dir / "config.yaml", COMMAND)
-        rundir.write_json(run_dir / "env.json", rundir.environment(resolve_precision(plan.cfg.train.precision),
-                                                                   state.num_processes))
-    rows = []
-    for i, size in enumerate(sizes):
-        cfg = plan.sized(size)
-        spec = cfg.model.from_config
-        name = size.get("name") or f"{i}-L{spec.num_layers}-H{spec.hidden_size}"
-        sub = run_dir / "sweep" / name
-        done = sub / "metrics.json"
-        state.print(f"\n=== sweep {i + 1}/{len(sizes)}: {name} ===")
-        if cfg.train.resume and done.is_file():
-            metrics = json.loads(done.read_text())
-            state.print("finished before; kept.")
-        else:
-            sub.mkdir(parents=True, exist_ok=True)
-            metrics = plan.train(cfg, sub, sweep_member=True)
-        rows.append({"name": name, "size": {k: v for k, v in size.items() if k != "name"},
-                     "non_embedding_params": metrics["non_embedding_params"], "total_params": metrics["total_params"],
-                     "train_tokens": metrics.get("train_tokens"), "final_train_loss": metrics.get("final_train_loss"),
-                     "eval_loss": metrics.get("eval_loss"), "eval_perplexity": metrics.get("eval_perplexity"),
-                     "train_runtime": metrics.get("train_runtime"),
-                     "train_tokens_per_second": metrics.get("train_tokens_per_second")})
+        rundir.write_json(run_dir / "env.json", rundir.environment(plan.run.precision, state.num_processes))
+    rows = [train_size(plan, i, size, len(sizes), run_dir) for i, size in enumerate(sizes)]
     key = "eval_loss" if all(r["eval_loss"] is not None for r in rows) else "final_train_loss"
     params, losses = [r["non_embedding_params"] for r in rows], [r[key] for r in rows]
     try:
@@ -410,9 +363,37 @@ def run_sweep(plan: Plan, sizes: list[dict], run_dir: Path, state) -> dict:
     summary = {"fit_on": key, "fit": fit.to_dict() if fit else None, "sizes": rows}
     metrics = {"sweep_alpha": fit.alpha, "sweep_n_c": fit.n_c, "sweep_r2": fit.r2} if fit else {}
     metrics["sweep_sizes"] = len(rows)
-    if not main:
-        return {**metrics, "sweep": summary}
-    plot_scaling(params, losses, fit, run_dir / "scaling.png", labels=[r["name"] for r in rows],
+    if state.is_main_process:
+        write_sweep_outputs(plan, run_dir, rows, key, fit, summary, metrics)
+    return {**metrics, "sweep": summary}
+
+
+def train_size(plan: Plan, index: int, size: dict, count: int, run_dir: Path) -> dict:
+    """One sweep member trained (or, on resume, its finished metrics read back); its row of the sweep table."""
+    import json
+
+    cfg = plan.sized(size)
+    spec = cfg.model.from_config
+    name = size.get("name") or f"{index}-L{spec.num_layers}-H{spec.hidden_size}"
+    sub = run_dir / "sweep" / name
+    plan.state.print(f"\n=== sweep {index + 1}/{count}: {name} ===")
+    if cfg.train.resume and (sub / "metrics.json").is_file():
+        metrics = json.loads((sub / "metrics.json").read_text())
+        plan.state.print("finished before; kept.")
+    else:
+        sub.mkdir(parents=True, exist_ok=True)
+        metrics = plan.train(cfg, sub, sweep_member=True)
+    return {"name": name, "size": {k: v for k, v in size.items() if k != "name"},
+            "non_embedding_params": metrics["non_embedding_params"], "total_params": metrics["total_params"],
+            **{k: metrics.get(k) for k in ("train_tokens", "final_train_loss", "eval_loss", "eval_perplexity",
+                                            "train_runtime", "train_tokens_per_second")}}
+
+
+def write_sweep_outputs(plan: Plan, run_dir: Path, rows: list[dict], key: str, fit: Any, summary: dict,
+                        metrics: dict) -> None:
+    """scaling.png, sweep.json, metrics.json, report.md and the printed table."""
+    plot_scaling([r["non_embedding_params"] for r in rows], [r[key] for r in rows], fit, run_dir / "scaling.png",
+                 labels=[r["name"] for r in rows],
                  ylabel="validation loss" if key == "eval_loss" else "final training loss")
     rundir.write_json(run_dir / "sweep.json", summary)
     rundir.write_json(run_dir / "metrics.json", metrics)
@@ -431,7 +412,6 @@ def run_sweep(plan: Plan, sizes: list[dict], run_dir: Path, state) -> dict:
     print(f"\nsweep: {len(rows)} sizes, same data and {rows[0]['train_tokens']} training tokens each\n{table}\n"
           f"fit: L(N) = (N_c / N)^alpha with {fit_line}\n"
           f"run: {run_dir}  (sweep.json, scaling.png)")
-    return {**metrics, "sweep": summary}
 
 
 def describe_splits(stats: dict) -> str:

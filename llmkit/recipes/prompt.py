@@ -7,6 +7,8 @@ calibration is reported beside the plain figure.
 
 Reads top to bottom: tokenizer -> model kind -> data -> verbalizer -> rows -> per seed (sample, train,
 evaluate) -> aggregate -> outputs.
+
+Modules that load torch or transformers are imported inside the functions that use them (docs/CONTRIBUTING.md).
 """
 
 from __future__ import annotations
@@ -21,8 +23,24 @@ from typing import Any, Literal
 
 from llmkit.config.adapter import AdapterSection
 from llmkit.config.sections import DataConfig, ModelConfig, TokenizerConfig, TrainConfig, opt
+from llmkit.data.classification import tokenize_splits
 from llmkit.errors import ConfigIssue, UserError
+from llmkit.metrics.classification import ClassificationMetrics
+from llmkit.metrics.tables import markdown_table
+from llmkit.models.adapters import adapter_metadata, attach_adapter, save_adapter, task_refusal
+from llmkit.models.loading import (
+    count_parameters,
+    freeze,
+    load_model,
+    load_tokenizer,
+    model_kind,
+    model_label,
+    model_source,
+)
+from llmkit.prompting.template import Template, check_label_words, label_word_ids, resolve_verbalizer, shared_label_word
 from llmkit.smoke import SEEDS, Shrink, SmokeSpec, honoured
+from llmkit.training import rundir
+from llmkit.training.report import write_report
 
 COMMAND = "prompt"
 TRAINING_MODES = ("few-shot", "soft-prompt")
@@ -79,8 +97,6 @@ class PromptSection:
                                      default=None)
 
     def validate(self) -> list[ConfigIssue]:
-        from llmkit.prompting.template import Template, shared_label_word
-
         issues = []
         try:
             Template.parse(self.template)
@@ -129,6 +145,9 @@ class PromptSection:
 @dataclass
 class PromptConfig:
     """`llmkit prompt` config."""
+
+    section_hints = {"task": "llmkit prompt does classification only: its classes are the verbalizer's keys (or "
+                             "data.label_names), its task the template"}
 
     model: ModelConfig = opt("The language model (masked or causal) that scores the label words.")
     data: DataConfig = opt("Labelled data: validation (scored), training (sampled for few-shot, demonstrations, "
@@ -192,8 +211,15 @@ class Setup:
     plan: Any
     renderer: Any
     adapter: AdapterSection | None
-    precision: str
-    state: Any  # the launch's PartialState: only its main process prints and writes
+    run: Any  # the RunLifecycle: launch state (only the main process prints and writes), precision, arguments
+
+    @property
+    def state(self) -> Any:
+        return self.run.state
+
+    @property
+    def precision(self) -> str:
+        return self.run.precision
 
     @property
     def labels(self) -> list[str]:
@@ -202,8 +228,6 @@ class Setup:
     @functools.cached_property
     def metrics_fn(self) -> Any:
         """Accuracy, macro and per-class scores (one instance: loading the metric scripts costs time)."""
-        from llmkit.metrics.classification import ClassificationMetrics
-
         return ClassificationMetrics(self.labels)
 
     @property
@@ -238,13 +262,9 @@ SMOKE = SmokeSpec(train_rows=smoke_rows, trains=lambda cfg: cfg.prompt.mode in T
 def run(cfg: PromptConfig, *, config_path: str | None = None, overwrite: bool | str = False,
         dry_run: bool = False) -> dict:
     """Score (and train) per the mode; return the final metrics (also in OUTPUT_DIR/metrics.json)."""
-    from transformers import set_seed
+    from llmkit.training.lifecycle import RunLifecycle
 
-    from llmkit.models.loading import count_parameters
-    from llmkit.training import rundir
-
-    set_seed(cfg.train.seed)
-    setup, model = prepare(cfg)
+    setup, model = prepare(cfg, RunLifecycle(cfg, COMMAND, config_path=config_path, overwrite=overwrite))
     say = setup.state.print
     mode = cfg.prompt.mode
     seeds = cfg.prompt.seeds or [cfg.train.seed]
@@ -263,10 +283,9 @@ def run(cfg: PromptConfig, *, config_path: str | None = None, overwrite: bool | 
     if dry_run:
         return {"dry_run": True, "mode": mode, "seeds": seeds, "label_names": setup.labels,
                 "examples": {name: len(ds) for name, ds in setup.data.splits.items()}}
-    run_dir = rundir.claim_run_dir(cfg, COMMAND, config_path, overwrite, setup.state)
+    run_dir = setup.run.claim()
     main = setup.state.is_main_process
-    if main:
-        write_run_files(cfg, run_dir, setup.precision, setup.state.num_processes)
+    setup.run.write_run_files()
     per_seed: dict[str, dict] = {}
     if mode in TRAINING_MODES:
         del model  # every seed trains a fresh copy
@@ -325,48 +344,17 @@ def plan_samples(setup: Setup, seeds: list[int]) -> list[Sample]:
     return samples
 
 
-def prepare(cfg: PromptConfig, state: Any = None) -> tuple[Setup, Any]:
-    """Tokenizer, model (once, to know its kind and context), data, verbalizer ids and the renderer; `state` is
-    the launch's PartialState (default: arguments.launch_state)."""
-    from llmkit.config.training_arguments import resolve_precision
-    from llmkit.models.loading import load_model, load_tokenizer, model_kind
-    from llmkit.prompting.data import Renderer, label_context, load_labelled_splits
-    from llmkit.prompting.scoring import ScoringPlan
-    from llmkit.prompting.template import Template, check_label_words, label_word_ids, resolve_verbalizer
-    from llmkit.training.arguments import launch_state
+def prepare(cfg: PromptConfig, run: Any = None) -> tuple[Setup, Any]:
+    """Tokenizer, model (once, to know its kind and context), data, verbalizer ids and the renderer; `run` is the
+    RunLifecycle (default: a new one, as `llmkit prompt` starts it)."""
+    from llmkit.prompting.data import load_labelled_splits
+    from llmkit.training.lifecycle import RunLifecycle
 
     p = cfg.prompt
-    state = state or launch_state(cfg.train)
+    run = run or RunLifecycle(cfg, COMMAND)
     tokenizer = load_tokenizer(cfg.model, cfg.tokenizer)
-    task = model_kind(cfg.model)
-    if task not in ("causal-lm", "masked-lm"):
-        raise UserError(f"model.name_or_path: prompt scores label words with a language model (masked or causal); "
-                        f"{cfg.model.name_or_path} is a {task} model. For a classification head use llmkit "
-                        "finetune.")
-    kind = task.removesuffix("-lm")  # causal | masked, as the scoring plan names them
-    if kind == "masked" and tokenizer.mask_token_id is None:
-        raise UserError("tokenizer.name_or_path: this masked LM's tokenizer has no mask token; give a tokenizer "
-                        "with one (e.g. [MASK]).")
-    if p.chat_template:
-        if kind != "causal":
-            raise UserError("prompt.chat_template: only for causal LMs; a masked LM fills the mask in place.")
-        if not tokenizer.chat_template:
-            raise UserError("prompt.chat_template: the tokenizer has no chat template; set tokenizer.chat_template "
-                            "or turn prompt.chat_template off.")
-    if p.mode in TRAINING_MODES:
-        from llmkit.tasks import refuse_adapter_model
-
-        refuse_adapter_model(cfg.model, f"train ({p.mode})")
-    adapter = soft_prompt_spec(cfg) if p.mode == "soft-prompt" else cfg.adapter
-    if adapter is not None:
-        from llmkit.models.adapters import task_refusal
-
-        tasks = ["causal-lm" if kind == "causal" else "masked-lm"] + (["sequence-classification"]
-                                                                       if p.head_baseline else [])
-        refusal = next(filter(None, (task_refusal(adapter.method, task) for task in tasks)), None)
-        if refusal:
-            raise UserError(f"adapter.method: {refusal}" + (" (prompt.head_baseline trains a classification "
-                                                            "head with it)" if p.head_baseline else ""))
+    kind = language_model_kind(cfg, tokenizer)
+    adapter = trained_adapter(cfg, kind)
     model, missing = load_model("AutoModelForCausalLM" if kind == "causal" else "AutoModelForMaskedLM", cfg.model,
                                 tokenizer)
     if missing:  # e.g. an encoder saved without its MLM head: the label-word scores would be random
@@ -375,24 +363,72 @@ def prepare(cfg: PromptConfig, state: Any = None) -> tuple[Setup, Any]:
                         "initialised), so its label-word scores would be random. Use a checkpoint that includes its "
                         "LM head, or llmkit finetune for a classification head.")
     template = Template.parse(p.template)
-    with state.main_process_first():  # datasets caches what it reads: the main process first
-        data = load_labelled_splits(cfg.data, template, cfg.train.seed)
+    with run.state.main_process_first():  # datasets caches what it reads: the main process first
+        data = load_labelled_splits(cfg.data, template, cfg.train.seed, classes=[str(k) for k in p.verbalizer])
     if "validation" not in data.splits:
         raise UserError("data.validation_file: prompt scores the validation data; set data.validation_file.")
     words = resolve_verbalizer(p.verbalizer, data.label_names)
-    columns = template.columns(cfg.data.text_column, cfg.data.text_pair_column)
+    plan, renderer = scoring(cfg, template, tokenizer, kind, words, data.label_names, adapter, model)
+    return Setup(cfg, tokenizer, kind, data, words, plan, renderer, adapter, run), model
+
+
+def language_model_kind(cfg: PromptConfig, tokenizer: Any) -> str:
+    """causal or masked (as the scoring plan names them); a classification model, a masked LM's tokenizer
+    without a mask token or a chat template the model cannot use are refused."""
+    task = model_kind(cfg.model)
+    if task not in ("causal-lm", "masked-lm"):
+        raise UserError(f"model.name_or_path: prompt scores label words with a language model (masked or causal); "
+                        f"{cfg.model.name_or_path} is a {task} model. For a classification head use llmkit "
+                        "finetune.")
+    kind = task.removesuffix("-lm")
+    if kind == "masked" and tokenizer.mask_token_id is None:
+        raise UserError("tokenizer.name_or_path: this masked LM's tokenizer has no mask token; give a tokenizer "
+                        "with one (e.g. [MASK]).")
+    if cfg.prompt.chat_template:
+        if kind != "causal":
+            raise UserError("prompt.chat_template: only for causal LMs; a masked LM fills the mask in place.")
+        if not tokenizer.chat_template:
+            raise UserError("prompt.chat_template: the tokenizer has no chat template; set tokenizer.chat_template "
+                            "or turn prompt.chat_template off.")
+    return kind
+
+
+def trained_adapter(cfg: PromptConfig, kind: str) -> AdapterSection | None:
+    """The adapter (or soft prompt) a training mode attaches, checked against the tasks it trains."""
+    from llmkit.tasks import refuse_adapter_model
+
+    p = cfg.prompt
+    if p.mode in TRAINING_MODES:
+        refuse_adapter_model(cfg.model, f"train ({p.mode})")
+    adapter = soft_prompt_spec(cfg) if p.mode == "soft-prompt" else cfg.adapter
+    if adapter is not None:
+        tasks = [f"{kind}-lm"] + (["sequence-classification"] if p.head_baseline else [])
+        refusal = next(filter(None, (task_refusal(adapter.method, task) for task in tasks)), None)
+        if refusal:
+            raise UserError(f"adapter.method: {refusal}" + (" (prompt.head_baseline trains a classification "
+                                                            "head with it)" if p.head_baseline else ""))
+    return adapter
+
+
+def scoring(cfg: PromptConfig, template: Any, tokenizer: Any, kind: str, words: list[list[str]],
+            labels: list[str], adapter: AdapterSection | None, model: Any) -> tuple[Any, Any]:
+    """The scoring plan (each class's label-word ids) and the renderer that turns rows into prompts."""
+    from llmkit.prompting.data import Renderer, label_context
+    from llmkit.prompting.scoring import ScoringPlan
+
+    p = cfg.prompt
     context = label_context(template, tokenizer, p.chat_template)
     ids = [[label_word_ids(tokenizer, w, context, kind) for w in class_words] for class_words in words]
-    check_label_words(tokenizer, words, ids, data.label_names, p.multi_token)
+    check_label_words(tokenizer, words, ids, labels, p.multi_token)
     plan = ScoringPlan(
         kind=kind, word_ids=[i for class_ids in ids for i in class_ids],
         word_class=[c for c, class_ids in enumerate(ids) for _ in class_ids], num_classes=len(words),
         multi_token=p.multi_token, combine=p.combine,
         virtual_tokens=(adapter is not None and adapter.method in VIRTUAL_TOKEN_METHODS) or prepends_tokens(model))
+    columns = template.columns(cfg.data.text_column, cfg.data.text_pair_column)
     renderer = Renderer(template, columns, tokenizer, plan, cfg.data.max_length,
                         p.context_length or model_context(model), p.chat_template, p.demonstration_separator)
-    return Setup(cfg, tokenizer, kind, data, words, plan, renderer, adapter,
-                 resolve_precision(cfg.train.precision), state), model
+    return plan, renderer
 
 
 def prepends_tokens(model: Any) -> bool:
@@ -454,21 +490,13 @@ def set_demonstrations(setup: Setup, seed: int) -> list[int]:
 
 def write_sample(seed_dir: Path, **indices: list[int]) -> None:
     """sampled.json: which training examples (0-based rows of the training data) this seed used."""
-    from llmkit.training import rundir
-
     seed_dir.mkdir(parents=True, exist_ok=True)
     rundir.write_json(seed_dir / "sampled.json", indices)
 
 
 def training_arguments(setup: Setup, run_dir: Path, seed: int, **overrides: Any) -> Any:
-    from llmkit.config.training_arguments import TrainingArgumentsError, make_training_arguments
-    from llmkit.training import rundir
-
-    try:
-        return make_training_arguments(setup.cfg.train, str(run_dir / rundir.CHECKPOINTS), seed=seed,
-                                       remove_unused_columns=False, label_names=["labels"], **overrides)
-    except TrainingArgumentsError as e:
-        raise UserError(f"train.{e.key}: {e.message}" if e.key else f"train: {e.message}") from None
+    """TrainingArguments for one trainer of the run (a seed's, the head baseline's), checkpoints in its folder."""
+    return setup.run.arguments(run_dir, seed=seed, remove_unused_columns=False, label_names=["labels"], **overrides)
 
 
 def trainer_kwargs(setup: Setup) -> dict:
@@ -485,7 +513,6 @@ def evaluate(setup: Setup, model: Any, out_dir: Path, sample: Sample, trainer: A
     import time
 
     from llmkit.prompting.scoring import PromptTrainer
-    from llmkit.training import rundir
 
     out_dir.mkdir(parents=True, exist_ok=True)
     if trainer is None:
@@ -550,9 +577,7 @@ def train_seed(setup: Setup, sample: Sample, seed_dir: Path) -> dict:
     the head baseline trains on the same examples."""
     from transformers import set_seed
 
-    from llmkit.models.loading import count_parameters, load_model
     from llmkit.prompting.scoring import PromptTrainer
-    from llmkit.training.loop import train_and_save
 
     cfg = setup.cfg
     seed, picked, k = sample.seed, sample.picked["train_examples"], cfg.prompt.shots_per_class
@@ -566,10 +591,9 @@ def train_seed(setup: Setup, sample: Sample, seed_dir: Path) -> dict:
     setup.state.print(f"\nseed {seed}: training on {len(picked)} examples ({k or 'all'} per class); "
                       f"{trainable / 1e6:.3f} M of {total / 1e6:.2f} M parameters trainable")
     args = training_arguments(setup, seed_dir, seed)
-    result = train_and_save(
-        cfg=cfg, command=COMMAND, run_dir=seed_dir, args=args, model=model, tokenizer=setup.tokenizer,
-        train_dataset=sample.train_rows, eval_dataset=sample.eval_rows["validation"],
-        precision=setup.precision, trainer_cls=PromptTrainer,
+    result = setup.run.train(
+        run_dir=seed_dir, args=args, model=model, tokenizer=setup.tokenizer,
+        train_dataset=sample.train_rows, eval_dataset=sample.eval_rows["validation"], trainer_cls=PromptTrainer,
         save=adapter_saver(setup, setup.task) if setup.adapter else None, **trainer_kwargs(setup))
     metrics = dict(result.metrics)
     metrics.update(evaluate(setup, result.trainer.model, seed_dir, sample, trainer=result.trainer))
@@ -584,7 +608,6 @@ def make_trainable(setup: Setup, model: Any, missing: set[str] = frozenset()) ->
     """The model with the adapter (or soft prompt) attached, or with model.freeze_* applied."""
     if setup.adapter is not None:
         return attach(setup, model, missing)
-    from llmkit.models.loading import freeze
 
     freeze(model, setup.cfg.model.freeze_embeddings, setup.cfg.model.freeze_layers)
     return model
@@ -592,8 +615,6 @@ def make_trainable(setup: Setup, model: Any, missing: set[str] = frozenset()) ->
 
 def attach(setup: Setup, model: Any, missing: set[str]) -> Any:
     """The adapter (or soft prompt) on the model; a prompt_tuning soft prompt starts from the template's words."""
-    from llmkit.models.adapters import attach_adapter
-
     spec = setup.adapter
     init_text = setup.renderer.template.literal_text()
     wants_text = (spec.method == "prompt_tuning" and setup.cfg.prompt.soft_prompt_init == "template"
@@ -614,9 +635,6 @@ def attach(setup: Setup, model: Any, missing: set[str]) -> Any:
 
 def adapter_saver(setup: Setup, task: str):
     """Saves the trained adapter (or soft prompt) with what loading it needs, as `llmkit adapter` does."""
-    from llmkit.models.adapters import adapter_metadata, save_adapter
-    from llmkit.models.loading import model_source
-
     cfg = setup.cfg
 
     def save(trainer, directory: Path) -> None:
@@ -632,10 +650,6 @@ def head_baseline(setup: Setup, train: Any, seed: int, head_dir: Path) -> dict:
     prompt-based fine-tuning is compared against (LM-BFF)."""
     from transformers import DataCollatorWithPadding, set_seed
 
-    from llmkit.data.classification import tokenize_splits
-    from llmkit.models.adapters import attach_adapter
-    from llmkit.models.loading import load_model
-    from llmkit.training.loop import train_and_save
 
     cfg = setup.cfg
     head_dir.mkdir(parents=True, exist_ok=True)
@@ -652,25 +666,16 @@ def head_baseline(setup: Setup, train: Any, seed: int, head_dir: Path) -> dict:
     metrics_fn = setup.metrics_fn
     setup.state.print(f"seed {seed}: head baseline on the same {len(train)} examples")
     args = training_arguments(setup, head_dir, seed)
-    result = train_and_save(cfg=cfg, command=COMMAND, run_dir=head_dir, args=args, model=model,
-                            tokenizer=setup.tokenizer, train_dataset=splits["train"],
-                            eval_dataset=splits["validation"], data_collator=DataCollatorWithPadding(setup.tokenizer),
-                            precision=setup.precision, compute_metrics=metrics_fn,
-                            preprocess_logits_for_metrics=metrics_fn.preprocess_logits_for_metrics,
-                            save=adapter_saver(setup, "sequence-classification") if setup.adapter else None)
+    result = setup.run.train(run_dir=head_dir, args=args, model=model, tokenizer=setup.tokenizer,
+                             train_dataset=splits["train"], eval_dataset=splits["validation"],
+                             data_collator=DataCollatorWithPadding(setup.tokenizer), compute_metrics=metrics_fn,
+                             preprocess_logits_for_metrics=metrics_fn.preprocess_logits_for_metrics,
+                             save=adapter_saver(setup, "sequence-classification") if setup.adapter else None)
     out = result.trainer.predict(splits["validation"], metric_key_prefix="eval")
     return {k: v for k, v in out.metrics.items() if not k.endswith(("_runtime", "_per_second"))}
 
 
 # ---------------------------------------------------------------- outputs
-
-
-def write_run_files(cfg: PromptConfig, run_dir: Path, precision: str, world_size: int) -> None:
-    from llmkit.config.loader import save_config
-    from llmkit.training import rundir
-
-    save_config(cfg, run_dir / "config.yaml", COMMAND)
-    rundir.write_json(run_dir / "env.json", rundir.environment(precision, world_size))
 
 
 def aggregate(per_seed: dict[str, dict]) -> dict:
@@ -688,11 +693,6 @@ def aggregate(per_seed: dict[str, dict]) -> dict:
 
 def finish(setup: Setup, run_dir: Path, per_seed: dict[str, dict]) -> dict:
     """metrics.json (means, stds, per-seed figures), report.md and a printed summary."""
-    from llmkit.metrics.tables import markdown_table
-    from llmkit.models.loading import model_label
-    from llmkit.training import rundir
-    from llmkit.training.report import write_report
-
     cfg = setup.cfg
     metrics = aggregate(per_seed)
     metrics.update(mode=cfg.prompt.mode, precision=setup.precision)

@@ -3,6 +3,8 @@ the model and saves only the adapter and the head).
 
 Reads top to bottom: tokenizer -> data -> model (-> adapter) -> plan -> run directory -> train -> evaluate
 every split -> report.
+
+Modules that load torch or transformers are imported inside the functions that use them (docs/CONTRIBUTING.md).
 """
 
 from __future__ import annotations
@@ -11,8 +13,20 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.errors import UserError
+from llmkit.models.adapters import adapter_metadata, find_adapter_dir, save_adapter
+from llmkit.models.loading import (
+    check_attn_implementation,
+    check_sequence_length,
+    count_parameters,
+    freeze,
+    load_model,
+    load_tokenizer,
+    model_label,
+    model_source,
+)
 from llmkit.smoke import NEW_TOKENS, Shrink, SmokeSpec, cap
 from llmkit.tasks.strategies import task_for
+from llmkit.training.arguments import check_best_metric
 
 HEADLINE = ("eval_accuracy", "eval_f1", "test_accuracy", "test_f1", "eval_loss", "eval_perplexity")
 
@@ -31,8 +45,6 @@ def fine_tune(cfg: Any, command: str, *, config_path: str | None = None, overwri
     """Train and evaluate; return the final metrics (also written to OUTPUT_DIR/metrics.json). With an
     `adapter:` section the model is wrapped by the adapter, and the adapter (with the task head) is saved in
     `adapter/` instead of the model."""
-    from llmkit.models.loading import check_attn_implementation, count_parameters, load_tokenizer
-    from llmkit.training.arguments import check_best_metric
     from llmkit.training.lifecycle import RunLifecycle
 
     task = task_for(cfg)
@@ -78,8 +90,6 @@ def fine_tune(cfg: Any, command: str, *, config_path: str | None = None, overwri
 
 def build_model(cfg: Any, task: Any, tokenizer: Any, data: Any, command: str) -> tuple[Any, str]:
     """The model with the task's head (and the adapter, or the freeze settings); a line describing it."""
-    from llmkit.models.loading import check_sequence_length, count_parameters, freeze, load_model
-
     refuse_adapter_model(cfg.model, command)
     model, missing = load_model(task.auto_class, cfg.model, tokenizer, **task.model_kwargs(data.label_names))
     check_sequence_length(model, data.stats)
@@ -114,8 +124,6 @@ def evaluate_splits(task: Any, trainer: Any, data: Any, metrics_fn: Any, metrics
 
 
 def summary(cfg: Any, model: Any, data: Any) -> dict:
-    from llmkit.models.loading import model_label
-
     adapter = adapter_of(cfg)
     described = {}
     if adapter is not None:
@@ -134,8 +142,6 @@ def adapter_of(cfg: Any) -> Any:
 
 def refuse_adapter_model(model_cfg: Any, command: str) -> None:
     """Training on top of an adapter run would train a frozen PEFT wrapper; say how to do it instead."""
-    from llmkit.models.adapters import find_adapter_dir
-
     if model_cfg.name_or_path and find_adapter_dir(model_cfg.name_or_path):
         raise UserError(f"model.name_or_path: {model_cfg.name_or_path} is an adapter run. To {command} on top of "
                         "it, merge it into a standalone model first (llmkit adapter merge RUN --output DIR) and "
@@ -144,9 +150,6 @@ def refuse_adapter_model(model_cfg: Any, command: str) -> None:
 
 def adapter_saver(cfg: Any, tokenizer: Any):
     """Saves the trained adapter (with its head) and what loading it needs into the run's adapter/ folder."""
-    from llmkit.models.adapters import adapter_metadata, save_adapter
-    from llmkit.models.loading import model_source
-
     def save(trainer: Any, directory: Path) -> None:
         meta = adapter_metadata(trainer.model, cfg.adapter, cfg.task.type, cfg.model.name_or_path,
                                 model_source(cfg.model), cfg.model.revision)

@@ -1,13 +1,29 @@
 """The pieces that differ per task, as one strategy class each: how the data is prepared, which model class
 and head, the collator, the metrics and the report. `finetune`, `adapter` and `distill` train through them;
-`eval` and the task names of adapter runs use the same names (TASK_TYPES)."""
+`eval` and the task names of adapter runs use the same names (TASK_TYPES).
+
+Modules that load torch or transformers are imported inside the functions that use them (docs/CONTRIBUTING.md).
+"""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
+from llmkit.data.classification import prepare_classification_data
+from llmkit.data.loading import load_raw_splits
+from llmkit.data.sft import (
+    PLAIN_TEMPLATE,
+    detect_conversation_format,
+    prepare_sft_data,
+    to_messages,
+    use_plain_template,
+)
+from llmkit.data.token_classification import prepare_token_classification_data
 from llmkit.errors import UserError
+from llmkit.metrics.classification import ClassificationMetrics, classification_report
+from llmkit.metrics.tables import markdown_table
+from llmkit.metrics.token_classification import TokenClassificationMetrics
 
 
 class SequenceClassificationTask:
@@ -20,8 +36,6 @@ class SequenceClassificationTask:
         self.cfg = cfg
 
     def prepare(self, tokenizer, seed: int):
-        from llmkit.data.classification import prepare_classification_data
-
         return prepare_classification_data(self.cfg.data, tokenizer, self.cfg.task.multi_label, seed)
 
     trainer_cls = None  # llmkit's MeanLossTrainer (the default of train_and_save)
@@ -39,8 +53,6 @@ class SequenceClassificationTask:
         return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
 
     def metrics(self, labels: list[str]):
-        from llmkit.metrics.classification import ClassificationMetrics
-
         return ClassificationMetrics(labels, self.cfg.task.multi_label, self.cfg.task.threshold)
 
     def metric_names(self, metrics_fn) -> list[str]:
@@ -58,8 +70,6 @@ class SequenceClassificationTask:
         return f"{len(labels)} {self.unit} ({', '.join(labels[:10])}{', ...' if len(labels) > 10 else ''})"
 
     def report(self, split: str, metrics_fn, output, prefix: str, metrics: dict, out_dir: Path | None):
-        from llmkit.metrics.classification import classification_report
-
         return classification_report(split, metrics_fn, output.predictions, output.label_ids, prefix, metrics,
                                      out_dir)[0]
 
@@ -69,8 +79,6 @@ class TokenClassificationTask(SequenceClassificationTask):
     unit = "tags"
 
     def prepare(self, tokenizer, seed: int):
-        from llmkit.data.token_classification import prepare_token_classification_data
-
         return prepare_token_classification_data(self.cfg.data, tokenizer, seed)
 
     def model_kwargs(self, labels: list[str]) -> dict:
@@ -83,13 +91,9 @@ class TokenClassificationTask(SequenceClassificationTask):
         return DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
 
     def metrics(self, labels: list[str]):
-        from llmkit.metrics.token_classification import TokenClassificationMetrics
-
         return TokenClassificationMetrics(labels)
 
     def report(self, split: str, metrics_fn, output, prefix: str, metrics: dict, out_dir: Path | None):
-        from llmkit.metrics.tables import markdown_table
-
         header, rows = metrics_fn.entity_table(metrics, prefix)
         return [(f"Per-entity scores ({split})", markdown_table(header, rows))]
 
@@ -132,8 +136,6 @@ class CausalLMTask(SequenceClassificationTask):
         return GuardedTrainer  # causal-LM losses are normalised over the tokens of the accumulation window already
 
     def prepare(self, tokenizer, seed: int):
-        from llmkit.data.sft import PLAIN_TEMPLATE, prepare_sft_data, use_plain_template
-
         data = prepare_sft_data(self.cfg.data, tokenizer, seed)
         # Instruction data with a tokenizer without a chat template was rendered with llmkit's plain template;
         # set it on the tokenizer so it is saved with the model and sample generation uses the same format.
@@ -172,9 +174,6 @@ class CausalLMTask(SequenceClassificationTask):
 
     def sample_conversations(self) -> tuple[list[list[dict]], list[str | None]]:
         """The prompts to generate for at the end: task.sample_prompts, else the first 3 validation prompts."""
-        from llmkit.data.loading import load_raw_splits
-        from llmkit.data.sft import detect_conversation_format, to_messages
-
         if self.cfg.task.sample_prompts:
             return [[{"role": "user", "content": p}] for p in self.cfg.task.sample_prompts], \
                 [None] * len(self.cfg.task.sample_prompts)

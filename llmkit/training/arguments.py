@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from llmkit.config.training_arguments import TrainingArgumentsError, make_training_arguments
 from llmkit.errors import UserError, shown
 
 ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout", "attn_pdrop", "attention_dropout_prob")
@@ -73,7 +74,6 @@ def launch_state(train_cfg: Any) -> Any:
     """
     from accelerate import PartialState
 
-    from llmkit.config.training_arguments import TrainingArgumentsError, make_training_arguments
 
     try:
         make_training_arguments(train_cfg, "llmkit-launch", eval_strategy="no", save_strategy="no",

@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from llmkit.config.loader import save_config
 from llmkit.config.training_arguments import TrainingArgumentsError, make_training_arguments, resolve_precision
 from llmkit.errors import UserError
 from llmkit.training import rundir
@@ -74,9 +75,19 @@ class RunLifecycle:
                                             path=self.path)
         return self.run_dir
 
-    def train(self, run_dir: Path | None = None, **kwargs: Any) -> TrainingRun:
-        """Train, guard, checkpoint and save in the claimed run directory (or `run_dir` inside it)."""
+    def write_run_files(self) -> None:
+        """config.yaml (the resolved config) and env.json (versions, device, precision) in the claimed run
+        directory, on the main process; training writes them itself (train), a command that does not train calls
+        this."""
+        if self.is_main and self.run_dir is not None:
+            save_config(self.cfg, self.run_dir / "config.yaml", self.command)
+            rundir.write_json(self.run_dir / "env.json", rundir.environment(self.precision, self.state.num_processes))
+
+    def train(self, run_dir: Path | None = None, cfg: Any = None, **kwargs: Any) -> TrainingRun:
+        """Train, guard, checkpoint and save in the claimed run directory (or `run_dir` inside it; `cfg`: a
+        member's own config, as a size sweep trains several models)."""
         target = run_dir or self.run_dir
         if target is None:
             raise RuntimeError("RunLifecycle.train before claim()")  # a recipe bug, not a user's mistake
-        return train_and_save(cfg=self.cfg, command=self.command, run_dir=target, precision=self.precision, **kwargs)
+        return train_and_save(cfg=cfg or self.cfg, command=self.command, run_dir=target, precision=self.precision,
+                              resume_dir=self.run_dir, **kwargs)

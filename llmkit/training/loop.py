@@ -73,9 +73,10 @@ class TrainingRun:
 def train_and_save(*, cfg: Any, command: str, run_dir: Path, args: Any, model: Any, tokenizer: Any,
                    train_dataset: Any, eval_dataset: Any, data_collator: Any, precision: str,
                    trainer_cls: type = MeanLossTrainer, save: Callable[[Any, Path], None] | None = None,
-                   **trainer_kwargs: Any) -> TrainingRun:
+                   resume_dir: Path | None = None, **trainer_kwargs: Any) -> TrainingRun:
     """Train with HF Trainer inside a run directory; save the final model (or, given `save`, an adapter into
-    `adapter/` with it); return train metrics."""
+    `adapter/` with it); return train metrics. `resume_dir`: the run directory the command's resume hint names
+    when `run_dir` is a member's folder inside it (a prompt seed, a sweep size); default `run_dir`."""
     main = args.process_index == 0
     rundir.check_resume_config(run_dir, cfg)
     requested = getattr(getattr(cfg, "model", None), "attn_implementation", None)
@@ -102,7 +103,8 @@ def train_and_save(*, cfg: Any, command: str, run_dir: Path, args: Any, model: A
         print(f"resuming from {checkpoint}")
     resumed = _checkpoint_state(checkpoint)
     start = time.perf_counter()
-    resume_hint = f"llmkit {command} {run_dir / 'config.yaml'} train.resume=auto --output-dir {run_dir}"
+    top = resume_dir or run_dir  # the whole run resumes (finished seeds and sizes are kept), not one member
+    resume_hint = f"llmkit {command} {top / 'config.yaml'} train.resume=auto --output-dir {top}"
     try:
         output = trainer.train(resume_from_checkpoint=checkpoint)
     except OSError as e:

@@ -14,8 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmkit.config.secrets import redact_argv, scrub
+from llmkit.config.loader import read_yaml
+from llmkit.config.schema import to_dict
+from llmkit.config.secrets import redact_argv, redact_config, scrub
 from llmkit.errors import UserError, first_line
+from llmkit.models.adapters import ADAPTER_DIR, find_adapter_dir
 
 CHECKPOINTS = "checkpoints"
 
@@ -46,8 +49,6 @@ def input_paths(cfg: Any, config_path: str | Path | None = None) -> list[tuple[s
     tokenizer and teacher folders, data files (relative to data.data_dir as the loader reads them), a resume
     checkpoint. Found by walking every string in the config, so a command's new keys are covered without
     being listed here."""
-    from llmkit.config.schema import to_dict
-
     data_dir = getattr(getattr(cfg, "data", None), "data_dir", None)
     found: list[tuple[str, Path]] = []
     if config_path:
@@ -371,10 +372,17 @@ def release_claims(failed: bool = False) -> None:
         holder = _lock_holder(path)
         if holder and holder.get("pid") == os.getpid():
             (path / LOCK).unlink(missing_ok=True)
-        if failed and fresh and path.is_dir() and not any((path / name).exists() for name in TRAINING_OUTPUTS):
+        if failed and fresh and path.is_dir() and not holds_training_output(path):
             marker = read_marker(path)
             if marker and marker.get("pid") == os.getpid():
                 shutil.rmtree(path, ignore_errors=True)
+
+
+def holds_training_output(path: Path) -> bool:
+    """Whether a run directory holds training output, at its top or in a member's folder (a prompt seed's
+    seed-N/, whose checkpoints an interrupted run leaves for `train.resume: auto`)."""
+    folders = [path, *(p for p in path.iterdir() if p.is_dir() and not p.is_symlink())]
+    return any((folder / name).exists() for folder in folders for name in TRAINING_OUTPUTS)
 
 
 @contextlib.contextmanager
@@ -405,8 +413,6 @@ class RunDirectory:
     @property
     def model_dir(self) -> Path:
         """model/ of a full run; adapter/ of an adapter run (loaded as its base model plus the adapter)."""
-        from llmkit.models.adapters import ADAPTER_DIR, find_adapter_dir
-
         return self.path / ADAPTER_DIR if find_adapter_dir(self.path) else self.path / "model"
 
 
@@ -420,9 +426,6 @@ def find_run_directory(name: str | None, key: str = "model.name_or_path") -> Run
             return None
     except OSError:  # a name the file system cannot take (too long): not a run directory
         return None
-    from llmkit.config.loader import read_yaml
-    from llmkit.models.adapters import find_adapter_dir
-
     if not (path / "model" / "config.json").is_file() and find_adapter_dir(path) is None:
         raise UserError(f"{key}: {path} is an llmkit run directory without a model (no "
                         "model/config.json nor adapter/): the run did not finish. Resume it with train.resume=auto, "
@@ -459,10 +462,6 @@ def _flatten(data: Any, prefix: str = "") -> dict:
 def check_resume_config(run_dir: Path, cfg: Any) -> None:
     """Resuming must continue the same experiment: refuse changed model/tokenizer/task/data settings (listing
     them); changed training settings (e.g. a longer max_steps) are allowed and reported."""
-    from llmkit.config.loader import read_yaml
-    from llmkit.config.schema import to_dict
-    from llmkit.config.secrets import redact_config
-
     saved_path = run_dir / "config.yaml"
     if not cfg.train.resume or not saved_path.is_file():
         return

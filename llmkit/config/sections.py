@@ -53,7 +53,8 @@ class FromConfigSpec:
                 issues.append(ConfigIssue(name, f"must be >= 1, got {value}."))
         if self.num_heads >= 1 and self.hidden_size % self.num_heads:
             issues.append(ConfigIssue("hidden_size", f"{self.hidden_size} is not divisible by "
-                                                     f"num_heads={self.num_heads}."))
+                                                     f"num_heads={self.num_heads}; choose a num_heads that divides "
+                                                     "it (each head gets hidden_size / num_heads dimensions)."))
         if not issues:
             issues += self._check_memory()
         return issues
@@ -268,6 +269,15 @@ class DataConfig:
     text_pair_column: str | None = opt("Column holding the second text of a pair (NLI, paraphrase).",
                                         default=None)
     label_column: str = opt("Column holding the label.", default="label")
+    score_column: str = opt("Column holding a sentence pair's gold similarity score, a number per row (e.g. 0 to "
+                            "5 in the STS Benchmark): scored pairs for sentence-embedding training and for eval.task "
+                            "sts.", default="score")
+    score_range: list[float] | None = opt("[low, high]: the range the gold scores lie in (e.g. [0, 5]); a row whose "
+                                          "score lies outside it is refused, naming the row. Default: not checked.",
+                                          default=None)
+    negative_column: str | None = opt("Sentence embeddings: column holding a hard negative for each (anchor, "
+                                      "positive) pair, scored against the anchor beside the batch's other "
+                                      "positives.", default=None)
     tokens_column: str = opt("Token classification: column holding each sentence's words (a list).",
                              default="tokens")
     tags_column: str = opt("Token classification: column holding one tag per word (a list; BIO/IOB2 tags "
@@ -319,10 +329,23 @@ class DataConfig:
             if value is not None and value < 1:
                 issues.append(ConfigIssue(key, f"must be >= 1, got {value}."))
         if self.data_dir is not None and not Path(self.data_dir).expanduser().is_dir():
-            issues.append(ConfigIssue("data_dir", f"directory not found: {self.data_dir} (from {os.getcwd()})."))
+            issues.append(ConfigIssue("data_dir", f"directory not found: {self.data_dir} (from {os.getcwd()}). "
+                                                  "Check the path, or remove data.data_dir to read the data paths "
+                                                  "from the current directory."))
         if self.label_separator == "":  # str.split("") raises
             issues.append(ConfigIssue("label_separator", "is empty; give the text between labels, e.g. ','."))
+        if self.score_range is not None:
+            issues.extend(self._score_range_issues())
         return issues + self._label_name_issues() + self._column_issues()
+
+    def _score_range_issues(self) -> list[ConfigIssue]:
+        if len(self.score_range) != 2:
+            return [ConfigIssue("score_range", f"{self.score_range} is not [low, high]; give two numbers, e.g. "
+                                               "[0, 5].")]
+        low, high = self.score_range
+        if not low < high:
+            return [ConfigIssue("score_range", f"{self.score_range}: low must be below high, e.g. [0, 5].")]
+        return []
 
     def _label_name_issues(self) -> list[ConfigIssue]:
         """Class names are compared without surrounding spaces (as the data's labels are): " pos" is "pos"."""

@@ -183,10 +183,13 @@ class LabelReading:
             if self.outside and integers:
                 readings = ", ".join(f"{v} -> {label_names[v]}" if 0 <= v <= last else f"{v} -> none"
                                      for v in integers[:4])
-                named = ", ".join(sorted(map(str, matched))[:4])
-                self.index_note = (f" Integers are read as positions in that list (0 to {last}) only when no "
-                                   f"label is a class name; here other labels ({named}) are class names (as "
-                                   f"positions: {readings}).")
+                if matched:
+                    why = f"here other labels ({', '.join(sorted(map(str, matched))[:4])}) are class names"
+                else:
+                    texts = sorted(str(v) for v in values if not isinstance(v, int))[:4]
+                    why = f"here other labels ({', '.join(texts)}) are not integers"
+                self.index_note = (f" Integers are read as positions in that list (0 to {last}) only when every "
+                                   f"label is one and none is a class name; {why} (as positions: {readings}).")
 
     def __call__(self, value: Any) -> int:
         value = normalise_label(value)

@@ -289,7 +289,8 @@ def _load_from_disk(key: str, path: str, cfg: Any):
     try:
         loaded = datasets.load_from_disk(path, keep_in_memory=True)
     except FileNotFoundError as e:
-        raise UserError(f"{option}: {path} is not a datasets save_to_disk directory ({first_line(e)})") from None
+        raise UserError(f"{option}: {path} is not a datasets save_to_disk directory ({first_line(e)}). Give a data "
+                        "file (csv, tsv, json, jsonl, parquet, txt, conll) or a folder save_to_disk wrote.") from None
     if isinstance(loaded, datasets.DatasetDict):
         # a file setting outside data (distill.unlabeled) reads the training split
         setting = {"validation_file": "eval_split", "test_file": "test_split"}.get(key, "train_split")

@@ -1,4 +1,4 @@
-"""Markdown tables and the confusion-matrix PNG, for reports."""
+"""Markdown tables, the confusion-matrix PNG and the similarity scatter plot, for reports."""
 
 from __future__ import annotations
 
@@ -37,6 +37,28 @@ def plot_confusion_matrix(matrix: list[list[int]], labels: list[str], path: Path
         for j, count in enumerate(row):
             ax.text(j, i, str(count), ha="center", va="center", color="white" if count > peak / 2 else "black")
     fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_similarity(gold: list[float], similarity: list[float], path: Path, title: str,
+                    figures: dict[str, float | None]) -> None:
+    """STS: each pair's cosine similarity (y) against its gold score (x) as a PNG, the correlations in the title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
+    alpha = 0.6 if len(gold) <= 200 else 0.3
+    ax.scatter(gold, similarity, s=8, alpha=alpha, color="tab:blue", edgecolors="none")
+    ax.set_xlabel("gold score")
+    ax.set_ylabel("cosine similarity")
+    ax.ticklabel_format(axis="y", useOffset=False)
+    shown = ", ".join(f"{k} {v:.4f}" if v is not None else f"{k} n/a" for k, v in figures.items())
+    ax.set_title(f"similarity vs gold score ({title})\n{shown}", fontsize=10)
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.errors import UserError, first_line
+from llmkit.models.embedding import is_sentence_model, load_sentence_model, save_sentence_model
 from llmkit.models.integrity import (
     check_model_dir,
     explain_load_error,
@@ -36,9 +37,10 @@ ADAPTER_DIR = "adapter"
 BOTTLENECK = "bottleneck"
 BOTTLENECK_OPTIONS = ("placement", "reduction_factor", "activation")
 # masked-lm: `llmkit prompt` on a masked LM; PEFT's FEATURE_EXTRACTION wrapper passes the MLM head's logits through
-# (with task_type None, soft prompts would be silently skipped).
+# (with task_type None, soft prompts would be silently skipped). sentence-embedding: the adapter wraps the transformer
+# inside the sentence-transformers model, whose token vectors the pooling reads.
 TASK_TYPES = {"sequence-classification": "SEQ_CLS", "token-classification": "TOKEN_CLS", "causal-lm": "CAUSAL_LM",
-              "masked-lm": "FEATURE_EXTRACTION"}
+              "masked-lm": "FEATURE_EXTRACTION", "sentence-embedding": "FEATURE_EXTRACTION"}
 # PEFT config fields llmkit sets itself (from the task and the model), never from the adapter section.
 INTERNAL_OPTIONS = {"task_type", "peft_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision",
                     "inference_mode"}
@@ -238,8 +240,9 @@ def load_adapter_model(adapter_dir: Path, auto_class_name: str | None = None, ad
     from safetensors only unless `allow_pickle`."""
     import transformers
 
-
     meta = read_metadata(adapter_dir)
+    if meta["task"] == "sentence-embedding":
+        return load_sentence_adapter(adapter_dir, allow_pickle=allow_pickle, allow_key=allow_key)
     auto_cls = getattr(transformers, auto_class_name or AUTO_CLASSES[meta["task"]])
     path = base_model_path(meta)
     task_config = dict(meta["task_config"])
@@ -262,21 +265,41 @@ def load_adapter_model(adapter_dir: Path, auto_class_name: str | None = None, ad
                         f"{adapter_dir}: {why.removeprefix('model.name_or_path: ')}") from None
     if meta.get("pad_token_id") is not None:
         base.config.pad_token_id = meta["pad_token_id"]
+    return apply_saved_adapter(base, adapter_dir, meta, adapter_name).eval()
+
+
+def apply_saved_adapter(base: Any, adapter_dir: Path, meta: dict, adapter_name: str | None = None) -> Any:
+    """`base` with the adapter saved in `adapter_dir` on it (PEFT's wrapper, or llmkit's bottleneck hooks)."""
     try:
         if meta["method"] == BOTTLENECK:
             from llmkit.models.bottleneck import load_bottleneck
 
-            model = load_bottleneck(base, adapter_dir)
-        else:
-            from peft import PeftModel
+            return load_bottleneck(base, adapter_dir)
+        from peft import PeftModel
 
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)
-                model = PeftModel.from_pretrained(base, str(peft_files(adapter_dir, meta["name"])),
-                                                  adapter_name=adapter_name or meta["name"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return PeftModel.from_pretrained(base, str(peft_files(adapter_dir, meta["name"])),
+                                             adapter_name=adapter_name or meta["name"])
     except load_errors() as e:
         why = adapter_weights_problem(adapter_dir) or f"cannot load the adapter in {adapter_dir}: {first_line(e)}"
         raise UserError(f"model.name_or_path: {why}") from None
+
+
+def load_sentence_adapter(adapter_dir: Path, *, pooling: str | None = None, max_length: int | None = None,
+                          allow_pickle: bool = False, allow_key: str = "model.allow_pickle",
+                          pooling_key: str = "pooling") -> Any:
+    """A sentence-embedding adapter run as a SentenceTransformer: its base model (with the pooling it trained with,
+    unless `pooling` names another) and the adapter on the transformer inside, in eval mode."""
+    meta = read_metadata(adapter_dir)
+    settings = meta.get("sentence") or {}
+    if meta["method"] != BOTTLENECK:
+        weights_kwargs("model.name_or_path", peft_files(adapter_dir, meta["name"]), allow_pickle, allow_key,
+                       safe_names=ADAPTER_SAFE)
+    model = load_sentence_model(base_model_path(meta), pooling=pooling or settings.get("pooling"),
+                                max_length=max_length or settings.get("max_seq_length"), allow_pickle=allow_pickle,
+                                key="model.name_or_path", label=meta["base_model"], pooling_key=pooling_key)
+    model[0].model = apply_saved_adapter(model[0].model, adapter_dir, meta)
     return model.eval()
 
 
@@ -297,7 +320,7 @@ def peft_files(adapter_dir: Path, name: str) -> Path:
 
 AUTO_CLASSES = {"sequence-classification": "AutoModelForSequenceClassification",
                 "token-classification": "AutoModelForTokenClassification", "causal-lm": "AutoModelForCausalLM",
-                "masked-lm": "AutoModelForMaskedLM"}
+                "masked-lm": "AutoModelForMaskedLM", "sentence-embedding": "AutoModel"}
 
 
 def describe(model: Any, spec: Any) -> str:
@@ -360,14 +383,19 @@ def merge_adapter(reference: str, output: Path, prepare_output: Callable[[Path],
         raise UserError(f"--output: {output} already exists and is not empty; nothing was changed. Choose another "
                         "directory.")
     model = load_adapter_model(adapter_dir)
+    sentence = meta["task"] == "sentence-embedding"  # merged into the transformer inside; saved with its pooling
     try:
-        merged = model.merge_and_unload()
+        merged = (model[0].model if sentence else model).merge_and_unload()
     except (AttributeError, ValueError, NotImplementedError) as e:
         raise UserError(f"adapter merge: PEFT cannot merge {meta['method']} adapters: {first_line(e)}") from None
     if prepare_output is None:
         output.mkdir(parents=True, exist_ok=True)
     else:
         output = prepare_output(output)
+    if sentence:
+        model[0].model = merged
+        save_sentence_model(model, output)
+        return meta
     merged.save_pretrained(str(output))
     AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(output))
     return meta
@@ -386,6 +414,8 @@ def load_reference(reference: str, adapters: list[str] | tuple[str, ...] = (),
     from transformers import AutoConfig, AutoTokenizer
 
     adapter_dir = find_adapter_dir(reference)
+    if adapter_dir is not None and read_metadata(adapter_dir)["task"] == "sentence-embedding":
+        return _sentence_run(adapter_dir, adapters, allow_pickle)
     if adapter_dir is not None:
         model = load_adapter_model(adapter_dir, allow_pickle=allow_pickle, allow_key="allow_pickle")
         tokenizer_dir = str(adapter_dir)
@@ -393,6 +423,8 @@ def load_reference(reference: str, adapters: list[str] | tuple[str, ...] = (),
         path = Path(reference).expanduser()
         if (path / "config.yaml").is_file() and (path / "model" / "config.json").is_file():
             path = path / "model"  # a full llmkit run directory
+            if is_sentence_model(path):  # a sentence-embedding run: the SentenceTransformer it saved
+                return _sentence_run(path, adapters, allow_pickle)
         try:
             source = resolve_model_path(str(path) if path.exists() else reference)
         except ModelNotFound as e:
@@ -413,6 +445,18 @@ def load_reference(reference: str, adapters: list[str] | tuple[str, ...] = (),
     if problem:
         raise UserError(f"reference: {problem}")
     return model, AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+def _sentence_run(model_dir: Path, adapters: list[str] | tuple[str, ...], allow_pickle: bool) -> tuple[Any, Any]:
+    """A sentence-embedding run (its model/ or its adapter/) as a SentenceTransformer and its tokenizer."""
+    if adapters:
+        raise UserError(f"adapters: {model_dir.parent} is a sentence-embedding run (a SentenceTransformer); "
+                        "several adapters share a base only for the transformers tasks. Load each run on its own.")
+    if (model_dir / METADATA).is_file():
+        model = load_sentence_adapter(model_dir, allow_pickle=allow_pickle, allow_key="allow_pickle")
+    else:
+        model = load_sentence_model(str(model_dir), allow_pickle=allow_pickle, key="reference")
+    return model, model.tokenizer
 
 
 def auto_class_for(architectures: list[str]) -> str:

@@ -304,7 +304,8 @@ def freeze(model: Any, embeddings: bool, first_layers: int) -> None:
         if blocks is None:
             raise UserError("model.freeze_layers: cannot find the transformer blocks of this model; leave it at 0.")
         if first_layers > len(blocks):
-            raise UserError(f"model.freeze_layers: {first_layers} is more than the model's {len(blocks)} layers.")
+            raise UserError(f"model.freeze_layers: {first_layers} is more than the model's {len(blocks)} layers; "
+                            f"set it to {len(blocks)} or fewer.")
         for block in blocks[:first_layers]:
             block.requires_grad_(False)
 

@@ -155,7 +155,9 @@ class DistillSection:
                     issues.append(ConfigIssue(key, "only applies with distill.unlabeled (a file of extra texts)."))
             return issues
         if not Path(self.unlabeled).expanduser().exists():
-            issues.append(ConfigIssue("unlabeled", f"file not found: {self.unlabeled} (from {Path.cwd()})."))
+            issues.append(ConfigIssue("unlabeled", f"file not found: {self.unlabeled} (from {Path.cwd()}). Check the "
+                                                   "path, or remove distill.unlabeled to train on the labelled data "
+                                                   "only."))
         confidence = self.unlabeled_min_confidence
         if confidence is not None and not 0 <= confidence <= 1:
             issues.append(ConfigIssue("unlabeled_min_confidence", f"must be between 0 and 1, got {confidence}."))

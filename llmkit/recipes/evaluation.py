@@ -1,8 +1,9 @@
 """`llmkit eval`: evaluate a model, a model directory or an llmkit run directory.
 
 Classification (accuracy, macro and per-class precision/recall/F1, confusion
-matrix) and perplexity (sliding window for causal LMs, fixed-seed masking for
-masked LMs). Reads top to bottom: model source -> task -> data -> metrics ->
+matrix), perplexity (sliding window for causal LMs, fixed-seed masking for
+masked LMs), generation, and sentence embeddings (STS correlations, retrieval
+recall@k / MRR). Reads top to bottom: model source -> task -> data -> metrics ->
 eval.json + report.
 
 Modules that load torch or transformers are imported inside the functions that use them (docs/CONTRIBUTING.md).
@@ -23,20 +24,40 @@ from llmkit.config.loader import save_config
 from llmkit.config.schema import to_dict
 from llmkit.config.sections import DataConfig, ModelConfig, TokenizerConfig, opt
 from llmkit.data.classification import prepare_classification_data
-from llmkit.data.loading import load_file_split, load_raw_splits, require_columns
+from llmkit.data.loading import load_file_split, load_raw_splits, note, require_columns
+from llmkit.data.similarity import check_pair_columns, gold_scores, pair_texts, retrieval_pairs
 from llmkit.data.token_classification import prepare_token_classification_data
 from llmkit.errors import ConfigIssue, UserError
+from llmkit.metrics import embedding as similarity
 from llmkit.metrics.classification import ClassificationMetrics, classification_report
-from llmkit.metrics.tables import markdown_table, plot_confusion_matrix
+from llmkit.metrics.tables import markdown_table, plot_confusion_matrix, plot_similarity
 from llmkit.metrics.token_classification import TokenClassificationMetrics
-from llmkit.models.adapters import find_adapter_dir, read_metadata
-from llmkit.models.loading import check_sequence_length, load_model, load_tokenizer, model_kind, model_label
+from llmkit.models.adapters import find_adapter_dir, load_sentence_adapter, read_metadata
+from llmkit.models.embedding import (
+    encode,
+    is_sentence_run,
+    load_sentence_model,
+    local_sentence_dir,
+    pooling_in,
+    pooling_of,
+)
+from llmkit.models.loading import (
+    check_sequence_length,
+    load_model,
+    load_tokenizer,
+    model_kind,
+    model_label,
+    model_source,
+    source_key,
+)
+from llmkit.models.resolve import ModelNotFound, resolve_model_path
 from llmkit.smoke import NEW_TOKENS, Shrink, SmokeSpec, cap, honoured
 from llmkit.training import rundir
 from llmkit.training.report import write_report
 
 COMMAND = "eval"
 CLASSIFICATION_KINDS = ("sequence-classification", "token-classification")  # models evaluated by their head
+EMBEDDING_TASKS = ("sts", "retrieval")  # any model's sentence embeddings (sentence-transformers)
 
 
 @dataclass
@@ -115,11 +136,20 @@ class GenerationSpec:
 class EvalSection:
     """What to evaluate and how."""
 
-    task: Literal["auto", "sequence-classification", "token-classification", "perplexity", "generation"] = opt(
-        "What to evaluate, named as finetune's task.type where it is one. auto: from the model's head "
-        "(sequence-classification head -> sequence-classification, token-classification head -> "
+    task: Literal["auto", "sequence-classification", "token-classification", "perplexity", "generation", "sts",
+                  "retrieval"] = opt(
+        "What to evaluate, named as finetune's task.type where it is one. auto: from the model (a "
+        "sentence-embedding run or a sentence-transformers directory -> sts; else from its head: "
+        "sequence-classification head -> sequence-classification, token-classification head -> "
         "token-classification, language-model head -> perplexity). perplexity: of a causal or masked LM on the "
-        "text. generation: a causal LM generates for each prompt, scored by exact match.", default="auto")
+        "text. generation: a causal LM generates for each prompt, scored by exact match. sts: Spearman and "
+        "Pearson correlation of the cosine similarity of each pair's embeddings (data.text_column, "
+        "data.text_pair_column) with its gold score (data.score_column). retrieval: each query "
+        "(data.text_column) ranks all the positives of the file (data.text_pair_column): recall@1/5/10 and MRR "
+        "of its own.", default="auto")
+    pooling: Literal["mean", "cls", "last-token"] | None = opt(
+        "sts / retrieval: how token vectors become one sentence embedding: mean, cls or last-token; null: the "
+        "model's own (a sentence-transformers directory's pooling), else mean.", default=None)
     batch_size: int = opt("Examples (or windows) per forward pass; batches are sorted by length.", default=32)
     precision: Literal["fp32", "bf16"] = opt("fp32 gives exact figures; bf16 autocast is faster on CPUs with "
                                              "AVX512-BF16/AMX and on GPUs.", default="fp32")
@@ -132,9 +162,13 @@ class EvalSection:
                       default=False)
 
     def validate(self) -> list[ConfigIssue]:
+        issues = []
         if self.batch_size < 1:
-            return [ConfigIssue("batch_size", f"must be >= 1, got {self.batch_size}.")]
-        return []
+            issues.append(ConfigIssue("batch_size", f"must be >= 1, got {self.batch_size}."))
+        if self.pooling is not None and self.task not in ("auto", *EMBEDDING_TASKS):
+            issues.append(ConfigIssue("pooling", f"only applies to sentence embeddings (eval.task sts or "
+                                                 f"retrieval), not {self.task}; remove eval.pooling."))
+        return issues
 
 
 @dataclass
@@ -155,6 +189,11 @@ class EvalConfig:
         if self.data.validation_file is None and self.data.test_file is None and self.data.dataset_name is None:
             issues.append(ConfigIssue("data.validation_file", "nothing to evaluate: set data.validation_file (or "
                                                               "data.test_file), or pass --data PATH."))
+        if self.eval.task in EMBEDDING_TASKS and not self.data.text_pair_column:
+            first = "the first sentence" if self.eval.task == "sts" else "the query"
+            issues.append(ConfigIssue("data.text_pair_column", f"eval.task {self.eval.task} reads pairs: set it to "
+                                                               f"the column of the second text (data.text_column "
+                                                               f"holds {first})."))
         return issues
 
 
@@ -199,12 +238,46 @@ FORMS = {"compare": compare}
 
 
 def smoke_adjust(cfg: EvalConfig, shrink: Shrink) -> None:
-    """Smoke mode: generation stops after a few tokens; a perplexity text is cut to its first lines."""
+    """Smoke mode: generation stops after a few tokens; a perplexity text is cut to its first lines; a
+    sentence-embedding model's tiny copy is evaluated as the real model is (task, pooling)."""
     tokens = cap(cfg.eval.generation, "max_new_tokens", NEW_TOKENS)
+    embedding = cfg.eval.task in ("auto", *EMBEDDING_TASKS) and keep_sentence_settings(cfg, shrink)
     if cfg.eval.task == "generation":
         shrink.note(f"at most {tokens} new tokens per prompt")
-    elif cfg.eval.task in ("perplexity", "auto"):
+    elif cfg.eval.task in ("perplexity", "auto") and not embedding:
         shrink.note("a perplexity text file: its first lines")
+
+
+def keep_sentence_settings(cfg: EvalConfig, shrink: Shrink) -> bool:
+    """The tiny copy of a sentence-transformers model is a plain transformers directory (no modules.json), so
+    eval.task auto is set to sts and eval.pooling (when null) to the real model's pooling: the smoke run scores as
+    the real one. The modules after the pooling (MiniLM's Normalize) are not copied; cosine similarity does not
+    change with them. True when the real model is a sentence-transformers directory."""
+    source = sentence_source(shrink.original.model)
+    if source is None:
+        return False
+    if cfg.eval.task == "auto":
+        cfg.eval.task = "sts"
+        shrink.note("eval.task auto is sts (a sentence-embedding model)")
+    pooling = pooling_of(source)
+    if cfg.eval.pooling is None and pooling in ("mean", "cls", "last-token"):
+        cfg.eval.pooling = pooling
+        shrink.note(f"the tiny copy pools as the real model: eval.pooling {pooling}")
+    return True
+
+
+def sentence_source(model_cfg: ModelConfig) -> str | None:
+    """The sentence-transformers directory a model reference names (a run directory's model/, a directory,
+    pkg:MODULE, a hub id in the local cache), or None."""
+    name = model_cfg.name_or_path
+    if not name or model_cfg.gguf_file:
+        return None
+    try:
+        run_dir = rundir.find_run_directory(name)
+        path = str(run_dir.model_dir) if run_dir else resolve_model_path(name)
+    except (UserError, ModelNotFound):  # reported where the model is loaded
+        return None
+    return local_sentence_dir(path)
 
 
 SMOKE = SmokeSpec(adjust=smoke_adjust)
@@ -218,9 +291,11 @@ def run(cfg: EvalConfig, *, config_path: str | None = None, overwrite: bool | st
     run_dir = rundir.find_run_directory(cfg.model.name_or_path)
     model_cfg = dataclasses.replace(cfg.model, name_or_path=str(run_dir.model_dir)) if run_dir else cfg.model
     tokenizer = load_tokenizer(model_cfg, cfg.tokenizer)
-    task, kind = detect_task(cfg, model_cfg)
+    task, kind = detect_task(cfg, model_cfg, run_dir)
     start = time.perf_counter()
-    if task == "sequence-classification":
+    if task in EMBEDDING_TASKS:
+        metrics, sections, extra = evaluate_embeddings(cfg, model_cfg, tokenizer, task, dry_run)
+    elif task == "sequence-classification":
         metrics, sections, extra = evaluate_classification(cfg, model_cfg, tokenizer, run_dir, dry_run)
     elif task == "token-classification":
         metrics, sections, extra = evaluate_token_classification(cfg, model_cfg, tokenizer, dry_run)
@@ -236,14 +311,27 @@ def run(cfg: EvalConfig, *, config_path: str | None = None, overwrite: bool | st
     return write_outputs(cfg, config_path, overwrite, task, metrics, sections, extra, run_dir)
 
 
-def detect_task(cfg: EvalConfig, model_cfg: ModelConfig) -> tuple[str, str]:
-    """(task, model kind) from eval.task and the model's head; the kind is a task.type name:
-    sequence-classification, token-classification, causal-lm or masked-lm."""
+def detect_task(cfg: EvalConfig, model_cfg: ModelConfig, run_dir: rundir.RunDirectory | None = None
+                ) -> tuple[str, str]:
+    """(task, model kind) from eval.task and the model; the kind is a task.type name: sequence-classification,
+    token-classification, causal-lm or masked-lm (an adapter run: its task.type). auto picks sts for a
+    sentence-embedding run (its config.yaml) or a sentence-transformers directory; sts and retrieval take any
+    model's encoder."""
     kind = model_kind(model_cfg)
     task = cfg.eval.task
     if task == "auto":
-        task = kind if kind in CLASSIFICATION_KINDS else "perplexity"
+        embedding = (kind == "sentence-embedding" or (run_dir is not None and is_sentence_run(run_dir.config))
+                     or sentence_source(model_cfg) is not None)
+        task = "sts" if embedding else kind if kind in CLASSIFICATION_KINDS else "perplexity"
     name = model_cfg.name_or_path
+    if task in EMBEDDING_TASKS:
+        return task, kind
+    if cfg.eval.pooling is not None:
+        raise UserError(f"eval.pooling: only applies to sentence embeddings (eval.task sts or retrieval); {name} is "
+                        f"evaluated for {task} (eval.task {cfg.eval.task}). Remove eval.pooling, or set eval.task=sts.")
+    if kind == "sentence-embedding":
+        raise UserError(f"eval.task: {name} is a sentence-embedding model; {task} needs a language model or a "
+                        "classifier. Use eval.task=sts or eval.task=retrieval (or auto).")
     if task in CLASSIFICATION_KINDS and kind != task:
         raise UserError(f"eval.task: {task} needs a model with a {task} head; {name} is a {kind} model. Use "
                         f"eval.task={kind if kind in CLASSIFICATION_KINDS else 'perplexity'} (or auto).")
@@ -474,6 +562,102 @@ def _render(tokenizer: Any, prompts: list[str], spec: GenerationSpec) -> list[st
         raise UserError(f"eval.generation.use_chat_template: {e}") from None
 
 
+# ---------------------------------------------------------------- sentence embeddings
+
+
+def evaluate_embeddings(cfg: EvalConfig, model_cfg: ModelConfig, tokenizer: Any, task: str, dry_run: bool = False):
+    """sts: Spearman and Pearson correlation of each pair's cosine similarity with its gold score; retrieval:
+    recall@1/5/10 and MRR of each query's own positive among all the positives of its split; on every split."""
+    splits = {k: v for k, v in load_raw_splits(cfg.data, seed=0).items() if k != "train"}
+    check_pair_columns(splits, cfg.data, task)
+    prepared = {split: gold_scores(ds, cfg.data, split) if task == "sts" else retrieval_pairs(ds, cfg.data, split)
+                for split, ds in splits.items()}
+    model = sentence_model(cfg, model_cfg, tokenizer)
+    settings = {"similarity": "cosine", "pooling": pooling_in(model), "max_length": model.max_seq_length,
+                "modules": [type(m).__name__ for m in model]}
+    print(f"embeddings: {model_label(model_cfg)} as {' -> '.join(settings['modules'])}, pooling "
+          f"{settings['pooling']}, sentences cut at {settings['max_length']} tokens")
+    if dry_run:
+        return {"examples": {split: f"{len(ds)} pairs" for split, ds in splits.items()}}, [], {}
+    metrics, rows, extra = {}, [], {"embedding_settings": settings, "similarity_plots": {}}
+    for split, ds in splits.items():
+        prefix = "eval" if split == "validation" else split
+        if task == "sts":
+            first, second = pair_texts(ds, cfg.data)
+            sims = similarity.paired_cosine(_embed(model, first, cfg), _embed(model, second, cfg))
+            figures = similarity.sts_correlations(sims, prepared[split])
+            if any(v != v for v in figures.values()):
+                note(f"every pair of the {split} data is equally similar to the model: no correlation (null)")
+            figures = {k: similarity.finite(v) for k, v in figures.items()}
+            extra["similarity_plots"][split] = (prepared[split], sims.tolist(), figures)
+            rows.append([split, len(ds), *figures.values()])
+        else:
+            queries, candidates, gold = prepared[split]
+            ranks = similarity.rank_positives(_embed(model, queries, cfg), _embed(model, candidates, cfg), gold)
+            figures = {**similarity.retrieval_metrics(ranks), "candidates": len(candidates)}
+            rows.append([split, len(ds), *figures.values()])
+        metrics.update({f"{prefix}_{k}": v for k, v in figures.items()})
+        metrics[f"{prefix}_examples"] = len(ds)
+    return metrics, embedding_sections(task, rows, extra["similarity_plots"]), extra
+
+
+def _embed(model: Any, texts: list[str], cfg: EvalConfig) -> Any:
+    return encode(model, texts, batch_size=cfg.eval.batch_size, precision=cfg.eval.precision)
+
+
+def sentence_model(cfg: EvalConfig, model_cfg: ModelConfig, tokenizer: Any) -> Any:
+    """The model as a SentenceTransformer: a sentence-transformers directory with its own modules, any other
+    model's encoder with mean pooling (eval.pooling overrides either); a tokenizer.name_or_path replaces its
+    tokenizer; a sentence-embedding adapter run is its base model with the adapter on its transformer."""
+    key = source_key(model_cfg)
+    if model_cfg.from_config is not None:
+        raise UserError(f"model.from_config: eval.task {cfg.eval.task} scores a trained model's embeddings; a model "
+                        "built from a config is random. Set model.name_or_path.")
+    adapter_dir = find_adapter_dir(model_cfg.name_or_path)
+    if adapter_dir is not None:
+        return with_tokenizer(cfg, tokenizer, sentence_adapter(cfg, model_cfg, adapter_dir))
+    if model_cfg.revision and not model_cfg.gguf_file:
+        raise UserError(f"model.revision: eval.task {cfg.eval.task} loads the model with sentence-transformers, "
+                        "which llmkit does not pass a revision to; download that revision to a directory and give "
+                        "its path.")
+    model = load_sentence_model(model_source(model_cfg), pooling=cfg.eval.pooling, max_length=cfg.data.max_length,
+                                trust_remote_code=model_cfg.trust_remote_code, allow_pickle=model_cfg.allow_pickle,
+                                key=key, label=model_label(model_cfg), pooling_key="eval.pooling")
+    return with_tokenizer(cfg, tokenizer, model)
+
+
+def sentence_adapter(cfg: EvalConfig, model_cfg: ModelConfig, adapter_dir: Path) -> Any:
+    """An adapter run of any PEFT method trained for sentence embeddings (other tasks' adapters do not wrap an
+    encoder that a pooling can read: merge those first)."""
+    task = read_metadata(adapter_dir)["task"]
+    if task != "sentence-embedding":
+        raise UserError(f"model.name_or_path: {model_cfg.name_or_path} is a {task} adapter run; eval.task "
+                        f"{cfg.eval.task} reads sentence embeddings from a full model or a sentence-embedding run. "
+                        "Merge the adapter first (llmkit adapter merge RUN) and evaluate the merged model.")
+    return load_sentence_adapter(adapter_dir, pooling=cfg.eval.pooling, max_length=cfg.data.max_length,
+                                 allow_pickle=model_cfg.allow_pickle, pooling_key="eval.pooling")
+
+
+def with_tokenizer(cfg: EvalConfig, tokenizer: Any, model: Any) -> Any:
+    """A tokenizer.name_or_path or tokenizer.padding_side replaces the model's tokenizer with llmkit's."""
+    if cfg.tokenizer.name_or_path or cfg.tokenizer.padding_side:
+        limit = model.max_seq_length  # read from the tokenizer: kept across the swap
+        model[0].processor = tokenizer  # llmkit's tokenizer (padding side, pad token) instead of the model's
+        model.max_seq_length = limit
+    return model
+
+
+def embedding_sections(task: str, rows: list[list], plots: dict) -> list[tuple[str, str]]:
+    """report.md: one table of every split's figures; for sts the scatter plot of each split."""
+    if task == "sts":
+        sections = [("STS (cosine similarity vs gold score)",
+                     markdown_table(["split", "pairs", "spearman", "pearson"], rows))]
+        return sections + [(f"Similarity vs gold score ({split})", f"![similarity vs gold score ({split})]"
+                                                                   f"(similarity_{split}.png)") for split in plots]
+    header = ["split", "queries", *(f"recall@{k}" for k in similarity.RETRIEVAL_KS), "MRR", "candidates"]
+    return [("Retrieval (each query against all the positives)", markdown_table(header, rows))]
+
+
 # ---------------------------------------------------------------- outputs
 
 
@@ -493,6 +677,8 @@ def write_outputs(cfg: EvalConfig, config_path: str | None, overwrite: bool | st
     for split, matrix in (extra.get("confusion_matrices") or {}).items():
         if matrix is not None:
             plot_confusion_matrix(matrix, extra["labels"], out / f"confusion_matrix_{split}.png", split)
+    for split, (gold, sims, figures) in (extra.pop("similarity_plots", None) or {}).items():
+        plot_similarity(gold, sims, out / f"similarity_{split}.png", split, figures)
     samples = extra.pop("samples", None)
     if samples is not None:
         with (out / "samples.jsonl").open("w") as fh:
@@ -521,7 +707,10 @@ def print_table(metrics: dict) -> None:
 # ---------------------------------------------------------------- compare
 
 HEADLINE = ("eval_accuracy", "eval_f1", "test_accuracy", "test_f1", "eval_loss", "eval_perplexity",
-            "eval_bits_per_byte", "eval_exact_match", "train_runtime", "trainable_params")
+            "eval_bits_per_byte", "eval_exact_match", "eval_spearman", "eval_pearson", "test_spearman",
+            "test_pearson", "eval_recall_at_1", "eval_recall_at_5", "eval_recall_at_10", "eval_mrr",
+            "test_recall_at_1", "test_recall_at_5", "test_recall_at_10", "test_mrr", "train_runtime",
+            "trainable_params")
 
 
 def compare_runs(paths: list[str]) -> str:

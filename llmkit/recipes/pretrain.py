@@ -35,14 +35,21 @@ COMMAND = "pretrain"
 ENCODER_FAMILIES = ("bert",)
 SIZE_KEYS = [f.name for f in dataclasses.fields(FromConfigSpec) if f.name != "family"]
 MLM_ONLY = {"mlm_probability": 0.15, "mask_replace_prob": 0.8, "random_replace_prob": 0.1, "whole_word_mask": False}
+CONTRASTIVE_ONLY = {"temperature": 0.05, "pooling": "cls"}
+BLOCKS_ONLY = {"block_size": 256, "max_tokens": None}  # the packed-block objectives' settings
 
 
 @dataclass
 class PretrainSection:
     """What to pretrain for and how the text becomes training blocks."""
 
-    objective: Literal["clm", "mlm"] = opt("clm: next-token prediction (GPT-style decoders); mlm: masked-token "
-                                           "prediction (BERT-style encoders).", default="clm")
+    objective: Literal["clm", "mlm", "contrastive"] = opt(
+        "clm: next-token prediction (GPT-style decoders); mlm: masked-token prediction (BERT-style encoders); "
+        "contrastive: unsupervised SimCSE, sentence embeddings from the text alone: each sentence (a line of a txt "
+        "file, or a row's data.text_column) passes twice through the encoder with dropout on, the two views are "
+        "each other's positive and the batch's other sentences the negatives. Needs model.name_or_path (a "
+        "pretrained model, or an llmkit run such as an mlm pretraining); the model is saved in the "
+        "sentence-transformers format.", default="clm")
     block_size: int = opt("Tokens per training block; the text is concatenated and cut into blocks of this "
                           "length (no padding).", default=256)
     documents: Literal["line", "paragraph", "file"] = opt(
@@ -56,6 +63,11 @@ class PretrainSection:
                                 "split per token.", default=False)
     max_tokens: int | None = opt("Token budget: train for this many tokens (sets train.max_steps from the batch "
                                  "size and block_size).", default=None)
+    temperature: float = opt("contrastive: the softmax temperature of the cosine similarities (SimCSE: 0.05).",
+                             default=0.05)
+    pooling: Literal["cls", "mean", "last-token"] = opt(
+        "contrastive: cls (the [CLS] vector, with an MLP over it in training only, as SimCSE), mean (of the token "
+        "vectors), or last-token (decoders).", default="cls")
     sweep: list[dict[str, Any]] = opt(
         "Model sizes to train on the same data and token budget, each a dict of model.from_config fields "
         "(num_layers, hidden_size, num_heads, intermediate_size, ...) overriding model.from_config, optionally with "
@@ -68,6 +80,18 @@ class PretrainSection:
         if self.objective != "mlm":
             issues += [ConfigIssue(k, f"only applies to objective: mlm, not {self.objective}.")
                        for k, default in MLM_ONLY.items() if getattr(self, k) != default]
+        if self.objective != "contrastive":
+            issues += [ConfigIssue(k, f"only applies to objective: contrastive, not {self.objective}.")
+                       for k, default in CONTRASTIVE_ONLY.items() if getattr(self, k) != default]
+        else:
+            issues += [ConfigIssue(k, "only applies to the packed-block objectives clm and mlm; contrastive reads "
+                                      "one sentence per row (data.max_length cuts it).")
+                       for k, default in BLOCKS_ONLY.items() if getattr(self, k) != default]
+            if self.sweep:
+                issues.append(ConfigIssue("sweep", "a size sweep trains new models (model.from_config); contrastive "
+                                                   "pretraining starts from a trained encoder."))
+            if self.temperature <= 0:
+                issues.append(ConfigIssue("temperature", f"must be > 0, got {self.temperature} (SimCSE: 0.05)."))
         for key in ("mlm_probability", "mask_replace_prob", "random_replace_prob"):
             if not 0 <= getattr(self, key) <= 1:
                 issues.append(ConfigIssue(key, f"must be between 0 and 1, got {getattr(self, key)}."))
@@ -114,7 +138,11 @@ class PretrainConfig:
         issues = self.data.require_training_data()
         spec = self.model.from_config
         objective = self.pretrain.objective
-        if spec is not None:
+        if objective == "contrastive" and spec is not None:
+            issues.append(ConfigIssue("model.from_config", "contrastive pretraining learns sentence embeddings from "
+                                      "a trained encoder (random weights give nothing to contrast); set "
+                                      "model.name_or_path, e.g. an llmkit mlm pretraining run."))
+        elif spec is not None:
             encoder = spec.family in ENCODER_FAMILIES
             if objective == "mlm" and not encoder:
                 issues.append(ConfigIssue("pretrain.objective", f"mlm needs an encoder (family bert), but "
@@ -143,6 +171,10 @@ class PretrainConfig:
         if self.pretrain.max_tokens is not None and self.train.passthrough.get("max_steps", -1) > 0:
             issues.append(ConfigIssue("pretrain.max_tokens", "give either pretrain.max_tokens or train.max_steps, "
                                       "not both."))
+        if objective == "contrastive" and (self.data.validation_file or self.data.validation_split):
+            issues.append(ConfigIssue("data.validation_file", "contrastive pretraining has no validation loss worth "
+                                      "reading (without dropout both views of a sentence are the same); remove it "
+                                      "and score the run with llmkit eval RUN --data PAIRS eval.task=sts."))
         return issues
 
 
@@ -220,6 +252,8 @@ def run(cfg: PretrainConfig, *, config_path: str | None = None, overwrite: bool 
 
     p = cfg.pretrain
     run = RunLifecycle(cfg, COMMAND, config_path=config_path, overwrite=overwrite)
+    if p.objective == "contrastive":
+        return pretrain_contrastive(cfg, run, dry_run)
     state = run.state
     if cfg.model.from_config is None:
         check_objective(cfg.model, p.objective)
@@ -245,6 +279,65 @@ def run(cfg: PretrainConfig, *, config_path: str | None = None, overwrite: bool 
     if not p.sweep:
         return plan.train(cfg, run_dir, sweep_member=False, model=model)
     return run_sweep(plan, sizes, run_dir, state)
+
+
+def pretrain_contrastive(cfg: PretrainConfig, run: Any, dry_run: bool) -> dict:
+    """Unsupervised SimCSE (pretrain.objective: contrastive): every sentence twice through the encoder with dropout
+    on, the two views each other's positive, the batch's other sentences the negatives; the model saved in the
+    sentence-transformers format with the pooling it trained with (the MLP over [CLS] is for training only)."""
+    from llmkit.data.pairs import prepare_pair_data
+    from llmkit.models.embedding import build_sentence_model, require_sentence_transformers, save_sentence_model
+    from llmkit.training.contrastive import (
+        ContrastiveTrainer,
+        PairCollator,
+        SentenceEncoder,
+        check_batch_for_negatives,
+        make_loss,
+        negatives_line,
+    )
+
+    require_sentence_transformers("pretrain.objective")
+    p = cfg.pretrain
+    source = encoder_source(cfg.model)
+    tokenizer = load_tokenizer(dataclasses.replace(cfg.model, name_or_path=source, gguf_file=None), cfg.tokenizer)
+    with run.state.main_process_first():  # the main process tokenizes and caches; the others read its cache
+        data = prepare_pair_data(cfg.data, tokenizer, cfg.train.seed, scored=False, with_pairs=False)
+    run.print(f"data: {len(data.splits['train'])} sentences / {data.stats['train']['tokens']} tokens; "
+              f"{'from cache' if data.from_cache else 'prepared'} in {data.seconds:.1f} s")
+    model = SentenceEncoder(build_sentence_model(source, p.pooling, cfg.data.max_length, cfg.model.trust_remote_code),
+                            mlp_head=p.pooling == "cls")
+    trainable, total = count_parameters(model)
+    run.print(f"model: {model_label(cfg.model)} with {p.pooling} pooling"
+              f"{' and an MLP over it in training' if p.pooling == 'cls' else ''}, {total / 1e6:.2f} M parameters")
+    args = run.arguments(remove_unused_columns=False, eval_strategy="no", load_best_model_at_end=False)
+    check_batch_for_negatives(args.per_device_train_batch_size, args.world_size)
+    run.print(negatives_line(args.per_device_train_batch_size, args.world_size, gathered=args.world_size > 1))
+    steps = run.plan(args, len(data.splits["train"]))
+    if dry_run:
+        return {"dry_run": True, "train_steps": steps, "total_params": total, "data": data.stats}
+    run.claim()
+
+    def save(trainer: Any, directory: Path) -> None:
+        save_sentence_model(trainer.accelerator.unwrap_model(trainer.model).sentence, directory)
+
+    result = run.train(args=args, model=model, tokenizer=tokenizer, train_dataset=data.splits["train"],
+                       eval_dataset=None, data_collator=PairCollator(tokenizer, ["anchor"], views=2),
+                       trainer_cls=ContrastiveTrainer, save=save, saved_as="model",
+                       pair_loss=make_loss("in-batch-negatives", model.sentence, p.temperature,
+                                           gather=args.world_size > 1))
+    metrics = result.metrics
+    metrics.update(trainable_params=trainable, total_params=total, objective="contrastive", pooling=p.pooling,
+                   temperature=p.temperature, final_train_loss=final_train_loss(result.trainer))
+    return result.finish(metrics, [], summary={
+        "model": model_label(cfg.model), "objective": "contrastive (unsupervised SimCSE)", "pooling": p.pooling,
+        "data": f"{len(data.splits['train'])} sentences",
+    }, headline=["train_loss", "train_tokens_per_second"])
+
+
+def encoder_source(model_cfg: ModelConfig) -> str:
+    """The model directory to start from: an llmkit run's model/ (an mlm pretraining), or the model itself."""
+    run = rundir.find_run_directory(model_cfg.name_or_path)
+    return str(run.model_dir) if run is not None else model_source(model_cfg)
 
 
 class Plan:

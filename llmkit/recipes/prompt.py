@@ -591,6 +591,9 @@ def train_seed(setup: Setup, sample: Sample, seed_dir: Path) -> dict:
     setup.state.print(f"\nseed {seed}: training on {len(picked)} examples ({k or 'all'} per class); "
                       f"{trainable / 1e6:.3f} M of {total / 1e6:.2f} M parameters trainable")
     args = training_arguments(setup, seed_dir, seed)
+    if cfg.train.resume and setup.adapter is not None and cfg.adapter.method == "p_tuning":
+        setup.state.print("warning: train.resume with adapter.method p_tuning: PEFT checkpoints hold the computed "
+                          "prompt embeddings, not the p-tuning encoder, so the resumed run is not exact.")
     result = setup.run.train(
         run_dir=seed_dir, args=args, model=model, tokenizer=setup.tokenizer,
         train_dataset=sample.train_rows, eval_dataset=sample.eval_rows["validation"], trainer_cls=PromptTrainer,

@@ -8,18 +8,22 @@ from typing import Literal
 from llmkit.config.sections import DataConfig, ModelConfig, TokenizerConfig, TrainConfig, opt
 from llmkit.errors import ConfigIssue
 
-TASK_TYPES = ("sequence-classification", "token-classification", "causal-lm")
+TASK_TYPES = ("sequence-classification", "token-classification", "causal-lm", "sentence-embedding")
+EMBEDDING_LOSSES = ("auto", "in-batch-negatives", "cosent", "cosine")
+POOLINGS = ("mean", "cls", "last-token")
 
 
 @dataclass
 class TaskConfig:
     """What to fine-tune the model for."""
 
-    type: Literal["sequence-classification", "token-classification", "causal-lm"] = opt(
+    type: Literal["sequence-classification", "token-classification", "causal-lm", "sentence-embedding"] = opt(
         "sequence-classification: one label (or several) per text; token-classification: one tag per word "
         "(data.tokens_column / data.tags_column, or a .conll file); causal-lm: instruction tuning (SFT) on "
-        "alpaca / chat messages / prompt-response data, or continued pretraining on raw text.",
-        default="sequence-classification")
+        "alpaca / chat messages / prompt-response data, or continued pretraining on raw text; "
+        "sentence-embedding: a sentence encoder from scored pairs (data.score_column) or (anchor, positive"
+        "[, negative]) pairs (data.text_pair_column, data.negative_column), saved in the sentence-transformers "
+        "format.", default="sequence-classification")
     multi_label: bool = opt("Each example may carry several labels (a list, or a string split on "
                             "data.label_separator); trained with a sigmoid per class.", default=False)
     threshold: float = opt("Multi-label only: a class is predicted when its probability exceeds this.",
@@ -31,6 +35,16 @@ class TaskConfig:
     sample_max_new_tokens: int = opt("causal-lm: new tokens per sample generation.", default=64)
     too_long: Literal["truncate", "error"] = opt("causal-lm: examples longer than data.max_length are truncated "
                                                  "(and counted), or refused with an error.", default="truncate")
+    loss: Literal["auto", "in-batch-negatives", "cosent", "cosine"] = opt(
+        "sentence-embedding: auto picks cosent for scored pairs (the data has data.score_column), else "
+        "in-batch-negatives (each anchor against every other positive, and negative, of the batch: the supervised "
+        "SimCSE / multiple-negatives ranking loss); cosine: regression of the cosine similarity on the score.",
+        default="auto")
+    pooling: Literal["mean", "cls", "last-token"] | None = opt(
+        "sentence-embedding: how token vectors become the sentence vector; default: the model's own (a "
+        "sentence-transformers model), else mean.", default=None)
+    temperature: float = opt("sentence-embedding, in-batch-negatives: the softmax temperature of the cosine "
+                             "similarities (SimCSE: 0.05).", default=0.05)
 
     def validate(self) -> list[ConfigIssue]:
         issues = []
@@ -43,6 +57,12 @@ class TaskConfig:
                     issues.append(ConfigIssue(key, f"only applies to task.type: causal-lm, not {self.type}."))
         if self.type != "sequence-classification" and self.multi_label:
             issues.append(ConfigIssue("multi_label", "only applies to task.type: sequence-classification."))
+        if self.type != "sentence-embedding":
+            for key, default in (("loss", "auto"), ("pooling", None), ("temperature", 0.05)):
+                if getattr(self, key) != default:
+                    issues.append(ConfigIssue(key, f"only applies to task.type: sentence-embedding, not {self.type}."))
+        elif self.temperature <= 0:
+            issues.append(ConfigIssue("temperature", f"must be > 0, got {self.temperature} (SimCSE: 0.05)."))
         return issues
 
 

@@ -19,7 +19,6 @@ from llmkit.models.loading import (
     check_sequence_length,
     count_parameters,
     freeze,
-    load_model,
     load_tokenizer,
     model_label,
     model_source,
@@ -28,7 +27,8 @@ from llmkit.smoke import NEW_TOKENS, Shrink, SmokeSpec, cap
 from llmkit.tasks.strategies import task_for
 from llmkit.training.arguments import check_best_metric
 
-HEADLINE = ("eval_accuracy", "eval_f1", "test_accuracy", "test_f1", "eval_loss", "eval_perplexity")
+HEADLINE = ("eval_accuracy", "eval_f1", "test_accuracy", "test_f1", "eval_spearman", "eval_pearson", "test_spearman",
+            "eval_loss", "eval_perplexity")
 
 
 def shorter_samples(cfg: Any, shrink: Shrink) -> None:
@@ -63,6 +63,9 @@ def fine_tune(cfg: Any, command: str, *, config_path: str | None = None, overwri
         overrides.update(eval_strategy="no", load_best_model_at_end=False)
     args = run.arguments(**overrides)
     steps = run.plan(args, len(data.splits["train"]))
+    note = task.plan_note(args)
+    if note:
+        run.print(note)
     metrics_fn = task.metrics(data.label_names)
     check_best_metric(cfg.train, task.metric_names(metrics_fn))
     trainable, total = count_parameters(model)
@@ -74,24 +77,26 @@ def fine_tune(cfg: Any, command: str, *, config_path: str | None = None, overwri
     if args.process_index == 0 and not cfg.train.resume:
         task.before_training(model, tokenizer)
     result = run.train(
-        args=args, model=model, tokenizer=tokenizer, save=adapter_saver(cfg, tokenizer) if adapter_of(cfg) else None,
+        args=args, model=model, tokenizer=tokenizer,
+        save=adapter_saver(cfg, task, tokenizer) if adapter_of(cfg) else task.saver(tokenizer),
+        saved_as="adapter" if adapter_of(cfg) else "model",
         train_dataset=data.splits["train"], eval_dataset=data.splits.get("validation"),
         data_collator=task.collator(tokenizer, run.pad_multiple(args)), compute_metrics=metrics_fn,
         preprocess_logits_for_metrics=metrics_fn.preprocess_logits_for_metrics if metrics_fn else None,
-        **({"trainer_cls": task.trainer_cls} if task.trainer_cls else {}))
+        **({"trainer_cls": task.trainer_cls} if task.trainer_cls else {}), **task.trainer_kwargs(model, args))
     metrics = result.metrics
     metrics.update(trainable_params=trainable, total_params=total, trainable_percent=round(100 * trainable / total, 4))
     sections = evaluate_splits(task, result.trainer, data, metrics_fn, metrics, run_dir)
     if result.trainer.is_world_process_zero():
         task.after_training(result.trainer, tokenizer, run_dir)
-    return result.finish(metrics, sections, summary=summary(cfg, model, data),
+    return result.finish(metrics, sections, summary=summary(cfg, task.adapted(model), data),
                          headline=[k for k in HEADLINE if k in metrics][:4])
 
 
 def build_model(cfg: Any, task: Any, tokenizer: Any, data: Any, command: str) -> tuple[Any, str]:
     """The model with the task's head (and the adapter, or the freeze settings); a line describing it."""
     refuse_adapter_model(cfg.model, command)
-    model, missing = load_model(task.auto_class, cfg.model, tokenizer, **task.model_kwargs(data.label_names))
+    model, missing = task.load(tokenizer, data.label_names)
     check_sequence_length(model, data.stats)
     base_name = type(model).__name__
     new_head = f"; newly initialised: {', '.join(sorted(missing))}" if missing else ""
@@ -99,10 +104,10 @@ def build_model(cfg: Any, task: Any, tokenizer: Any, data: Any, command: str) ->
     if adapter is None:
         freeze(model, cfg.model.freeze_embeddings, cfg.model.freeze_layers)
     else:
-        from llmkit.models.adapters import attach_adapter, describe
+        from llmkit.models.adapters import describe
 
-        model = attach_adapter(model, adapter, cfg.task.type, missing)
-        new_head += f"\nadapter: {describe(model, adapter)}"
+        model = task.attach(model, adapter, missing)
+        new_head += f"\nadapter: {describe(task.adapted(model), adapter)}"
     trainable, total = count_parameters(model)
     return model, (f"model: {base_name}, {total / 1e6:.2f} M parameters, {trainable / 1e6:.2f} M trainable "
                    f"({100 * trainable / total:.2f} %){new_head}")
@@ -148,12 +153,13 @@ def refuse_adapter_model(model_cfg: Any, command: str) -> None:
                         "point model.name_or_path at DIR.")
 
 
-def adapter_saver(cfg: Any, tokenizer: Any):
+def adapter_saver(cfg: Any, task: Any, tokenizer: Any):
     """Saves the trained adapter (with its head) and what loading it needs into the run's adapter/ folder."""
     def save(trainer: Any, directory: Path) -> None:
-        meta = adapter_metadata(trainer.model, cfg.adapter, cfg.task.type, cfg.model.name_or_path,
+        adapted = task.adapted(trainer.model)
+        meta = adapter_metadata(adapted, cfg.adapter, cfg.task.type, cfg.model.name_or_path,
                                 model_source(cfg.model), cfg.model.revision)
-        save_adapter(trainer.model, tokenizer, directory, meta)
+        save_adapter(adapted, tokenizer, directory, {**meta, **task.adapter_settings(trainer.model)})
 
     return save
 

@@ -22,7 +22,8 @@ from llmkit.data.sft import (
 from llmkit.data.token_classification import prepare_token_classification_data
 from llmkit.errors import UserError
 from llmkit.metrics.classification import ClassificationMetrics, classification_report
-from llmkit.metrics.tables import markdown_table
+from llmkit.metrics.embedding import paired_cosine
+from llmkit.metrics.tables import markdown_table, plot_similarity
 from llmkit.metrics.token_classification import TokenClassificationMetrics
 
 
@@ -58,6 +59,38 @@ class SequenceClassificationTask:
     def metric_names(self, metrics_fn) -> list[str]:
         """What an evaluation during training reports beside the loss (for train.metric_for_best_model)."""
         return metrics_fn.names() if metrics_fn is not None else []
+
+    def load(self, tokenizer, labels: list[str]):
+        """The model to train, with this task's head; (model, the weights newly initialised)."""
+        from llmkit.models.loading import load_model
+
+        return load_model(self.auto_class, self.cfg.model, tokenizer, **self.model_kwargs(labels))
+
+    def trainer_kwargs(self, model, args) -> dict:
+        """What this task's Trainer class takes beside the usual arguments."""
+        return {}
+
+    def plan_note(self, args) -> str | None:
+        """A line of this task's own beside the plan (checked before anything is written), or None."""
+        return None
+
+    def saver(self, tokenizer):
+        """How the trained model is saved into the run's model/ (None: the Trainer's save_pretrained)."""
+        return None
+
+    def attach(self, model, adapter, missing: set[str]):
+        """The model with the config's adapter on it (`llmkit adapter`)."""
+        from llmkit.models.adapters import attach_adapter
+
+        return attach_adapter(model, adapter, self.cfg.task.type, missing)
+
+    def adapted(self, model):
+        """The part of the model the adapter wraps: what is described and saved in adapter/."""
+        return model
+
+    def adapter_settings(self, model) -> dict:
+        """What loading the saved adapter needs beside the base model and the head (llmkit_adapter.json)."""
+        return {}
 
     def before_training(self, model, tokenizer) -> None:
         """Task-specific work on the untrained model (nothing for classification)."""
@@ -227,8 +260,128 @@ class CausalLMTask(SequenceClassificationTask):
         return []
 
 
+class SentenceEmbeddingTask(SequenceClassificationTask):
+    """A sentence encoder (the model's transformer and a pooling, sentence-transformers' format) trained on
+    scored pairs (CoSENT / cosine regression) or on (anchor, positive[, negative]) pairs with in-batch negatives;
+    scored validation pairs give Spearman and Pearson during training."""
+
+    unit = "pairs"
+    training_overrides = {"remove_unused_columns": False}
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.data = None
+
+    def prepare(self, tokenizer, seed: int):
+        from llmkit.data.pairs import prepare_pair_data
+        from llmkit.models.embedding import require_sentence_transformers
+
+        require_sentence_transformers("task.type")
+        self.data = prepare_pair_data(self.cfg.data, tokenizer, seed)
+        return self.data
+
+    @property
+    def loss(self) -> str:
+        chosen = self.cfg.task.loss
+        if chosen == "auto":
+            return "cosent" if self.data is not None and self.data.scored else "in-batch-negatives"
+        return chosen
+
+    def describe(self, data) -> str:
+        kind = "scored pairs" if data.scored else " / ".join(data.roles) + " rows"
+        return f"{kind}; loss {self.loss}"
+
+    def load(self, tokenizer, labels: list[str]):
+        from llmkit.models.embedding import build_sentence_model, pooling_of
+        from llmkit.models.loading import model_source
+        from llmkit.training.contrastive import SentenceEncoder
+
+        if self.loss in ("cosent", "cosine") and not self.data.scored:
+            raise UserError(f"task.loss: {self.loss} learns from scored pairs, but the training data has no "
+                            f"{self.cfg.data.score_column!r} column (data.score_column); use task.loss: "
+                            "in-batch-negatives, or point data.score_column at the scores.")
+        source = model_source(self.cfg.model)
+        pooling = self.cfg.task.pooling or pooling_of(source) or "mean"
+        model = build_sentence_model(source, pooling, self.cfg.data.max_length, self.cfg.model.trust_remote_code)
+        return SentenceEncoder(model), set()
+
+    def model_kwargs(self, labels: list[str]) -> dict:
+        return {}
+
+    @property
+    def trainer_cls(self):
+        from llmkit.training.contrastive import ContrastiveTrainer
+
+        return ContrastiveTrainer
+
+    def plan_note(self, args) -> str | None:
+        """How many negatives each anchor meets (in-batch negatives only)."""
+        from llmkit.training.contrastive import check_batch_for_negatives, negatives_line
+
+        if self.loss != "in-batch-negatives":
+            return None
+        check_batch_for_negatives(args.per_device_train_batch_size, args.world_size)
+        return negatives_line(args.per_device_train_batch_size, args.world_size, gathered=args.world_size > 1,
+                              candidates_per_row=len(self.data.roles) - 1)
+
+    def trainer_kwargs(self, model, args) -> dict:
+        from llmkit.training.contrastive import make_loss
+
+        gather = args.world_size > 1
+        return {"pair_loss": make_loss(self.loss, model.sentence, self.cfg.task.temperature, gather)}
+
+    def collator(self, tokenizer, pad_to_multiple_of: int | None):
+        from llmkit.training.contrastive import PairCollator
+
+        return PairCollator(tokenizer, list(self.data.roles))
+
+    def metrics(self, labels: list[str]):
+        from llmkit.training.contrastive import SimilarityMetrics
+
+        return SimilarityMetrics() if self.data is not None and self.data.scored else None
+
+    def attach(self, model, adapter, missing: set[str]):
+        """The adapter wraps the transformer inside the sentence model; the pooling has no weights."""
+        from llmkit.models.adapters import attach_adapter
+
+        model.sentence[0].model = attach_adapter(model.encoder, adapter, self.cfg.task.type, missing)
+        return model
+
+    def adapted(self, model):
+        return model.encoder
+
+    def adapter_settings(self, model) -> dict:
+        from llmkit.models.embedding import pooling_in
+
+        return {"sentence": {"pooling": pooling_in(model.sentence), "max_seq_length": model.sentence.max_seq_length}}
+
+    def saver(self, tokenizer):
+        from llmkit.models.embedding import save_sentence_model
+
+        def save(trainer, directory: Path) -> None:
+            save_sentence_model(trainer.accelerator.unwrap_model(trainer.model).sentence, directory)
+
+        return save
+
+    def report(self, split: str, metrics_fn, output, prefix: str, metrics: dict, out_dir: Path | None):
+        """Scored pairs: the split's correlations as a table and `similarity_<split>.png`, each pair's cosine
+        similarity against its gold score (the plot `llmkit eval` draws)."""
+        if metrics_fn is None:
+            return []
+        pairs = output.predictions
+        sims = paired_cosine(pairs[:, : pairs.shape[1] // 2], pairs[:, pairs.shape[1] // 2:])
+        figures = {k: metrics.get(f"{prefix}_{k}") for k in ("spearman", "pearson")}
+        if out_dir is not None:
+            plot_similarity(output.label_ids.tolist(), sims.tolist(), out_dir / f"similarity_{split}.png", split,
+                            figures)
+        table = markdown_table(["split", "pairs", "spearman", "pearson"], [[split, len(sims), *figures.values()]])
+        return [(f"STS, {split} (cosine similarity vs gold score)", table),
+                (f"Similarity vs gold score ({split})",
+                 f"![similarity vs gold score ({split})](similarity_{split}.png)")]
+
+
 TASKS = {"sequence-classification": SequenceClassificationTask, "token-classification": TokenClassificationTask,
-         "causal-lm": CausalLMTask}
+         "causal-lm": CausalLMTask, "sentence-embedding": SentenceEmbeddingTask}
 
 
 def task_for(cfg):

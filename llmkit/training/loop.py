@@ -73,9 +73,11 @@ class TrainingRun:
 def train_and_save(*, cfg: Any, command: str, run_dir: Path, args: Any, model: Any, tokenizer: Any,
                    train_dataset: Any, eval_dataset: Any, data_collator: Any, precision: str,
                    trainer_cls: type = MeanLossTrainer, save: Callable[[Any, Path], None] | None = None,
+                   saved_as: str | None = None,
                    resume_dir: Path | None = None, **trainer_kwargs: Any) -> TrainingRun:
     """Train with HF Trainer inside a run directory; save the final model (or, given `save`, an adapter into
-    `adapter/` with it); return train metrics. `resume_dir`: the run directory the command's resume hint names
+    `adapter/` with it, or whatever `save` writes into the folder `saved_as` names); return train metrics.
+    `resume_dir`: the run directory the command's resume hint names
     when `run_dir` is a member's folder inside it (a prompt seed, a sweep size); default `run_dir`."""
     main = args.process_index == 0
     rundir.check_resume_config(run_dir, cfg)
@@ -135,7 +137,7 @@ def train_and_save(*, cfg: Any, command: str, run_dir: Path, args: Any, model: A
                                           f"{run_dir / rundir.CHECKPOINTS}. Continue with: {resume_hint}")
         interrupted.exit_code = EXIT_TERMINATED if interrupt.signal_name == "SIGTERM" else EXIT_INTERRUPTED
         raise interrupted
-    saved_as = "model" if save is None else "adapter"
+    saved_as = saved_as or ("model" if save is None else "adapter")
     try:
         if save is None:
             trainer.save_model(str(run_dir / saved_as))

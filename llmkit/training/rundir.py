@@ -400,7 +400,7 @@ def claims_released() -> Iterator[None]:
 
 # Data settings an eval of a run directory inherits from the run's config unless the eval config sets them.
 INHERITED_DATA_KEYS = ("text_column", "text_pair_column", "label_column", "label_separator", "max_length", "format",
-                       "column_names", "tokens_column", "tags_column")
+                       "column_names", "tokens_column", "tags_column", "score_column", "score_range")
 
 
 @dataclass

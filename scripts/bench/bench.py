@@ -31,7 +31,8 @@ BENCHMARKS = {"startup": ("data_benchmarks", "bench_startup"),
               "training_loop": ("training_benchmarks", "bench_training_loop"),
               "precision": ("training_benchmarks", "bench_precision"),
               "memory": ("training_benchmarks", "bench_memory"),
-              "settings": ("training_benchmarks", "bench_settings")}
+              "settings": ("training_benchmarks", "bench_settings"),
+              "contrastive": ("embedding_benchmarks", "bench_contrastive")}
 
 
 def benchmark(name: str):

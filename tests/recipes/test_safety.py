@@ -84,7 +84,113 @@ def test_trust_remote_code_is_off_by_default_and_warns_once_when_on(tmp_path, ti
     assert "code from the model repository" in result.output
 
 
+@pytest.fixture
+def custom_code_model(tmp_path, tokenizer_dir, monkeypatch) -> tuple[Path, Path]:
+    """A tiny BERT classifier folder whose config.json names its own code (auto_map) in the folder, as a hub
+    repository with custom code does; importing either module writes a sentinel file. Returns (folder, sentinel).
+    transformers' module cache (where trusted code is copied and imported from) is a folder of the test's."""
+    import transformers.dynamic_module_utils as dynamic
+
+    model, tokenizer = _tiny_bert(tokenizer_dir)
+    folder, sentinel = tmp_path / "custom-model", tmp_path / "custom-code-ran"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    ran = f"from pathlib import Path\nPath({str(sentinel)!r}).write_text(__name__)\n"
+    (folder / "configuration_sentinel.py").write_text(
+        ran + "from transformers import BertConfig\n\n\nclass SentinelConfig(BertConfig):\n"
+        "    model_type = 'sentinel-bert'\n")
+    (folder / "modeling_sentinel.py").write_text(
+        ran + "from transformers import BertForSequenceClassification\n\nfrom .configuration_sentinel import "
+        "SentinelConfig\n\n\nclass SentinelForSequenceClassification(BertForSequenceClassification):\n"
+        "    config_class = SentinelConfig\n")
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="sentinel-bert", architectures=["SentinelForSequenceClassification"], auto_map={
+        "AutoConfig": "configuration_sentinel.SentinelConfig",
+        "AutoModelForSequenceClassification": "modeling_sentinel.SentinelForSequenceClassification"})
+    (folder / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path / "hf-modules"))
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the module cache joins sys.path only for this test
+    for name in [m for m in sys.modules if m.startswith("transformers_modules")]:
+        monkeypatch.delitem(sys.modules, name)
+    return folder, sentinel
+
+
+def test_a_models_own_code_never_runs_unless_trust_remote_code_is_on(tmp_path, tiny_config, sentiment_data,
+                                                                      custom_code_model):
+    folder, sentinel = custom_code_model
+    cfg = write_yaml(tmp_path / "cfg.yaml", _finetune_on(tiny_config, folder))
+    fix = "ships its own Python code"
+    for command, args, key in (("finetune", (cfg, "--dry-run"), "model.trust_remote_code"),
+                               ("eval", (folder, "--data", sentiment_data / "dev.csv", "-o", tmp_path / "ev"),
+                                "model.trust_remote_code")):
+        result = invoke(command, *args)
+        assert result.exit_code == 2, result.output
+        assert f"error: model.name_or_path: {str(folder)!r} {fix}" in result.output, result.output
+        assert "none of it was run. Fix:" in result.output and f"set {key}=true" in result.output
+        assert "Traceback" not in result.output
+        assert not sentinel.exists(), sentinel.read_text()
+    distill = {key: value for key, value in tiny_config.items() if key not in ("model", "tokenizer")}
+    distill["distill"] = {"teacher": str(folder), "student": {"from_teacher": {"keep_layers": [0]}}}
+    result = invoke("distill", write_yaml(tmp_path / "distill.yaml", distill), "--dry-run")
+    assert result.exit_code == 2, result.output
+    assert fix in result.output and "set distill.teacher_trust_remote_code=true" in result.output
+    assert not sentinel.exists() and not (tmp_path / "run").exists() and not (tmp_path / "ev").exists()
+    # The same folder with the setting on: its code is imported (so the checks above can fail).
+    result = invoke("finetune", cfg, "--dry-run", "model.trust_remote_code=true")
+    assert result.exit_code == 0, result.output
+    assert "model: SentinelForSequenceClassification" in result.output
+    assert sentinel.read_text().endswith(("configuration_sentinel", "modeling_sentinel"))
+
+
 # ---------------------------------------------------------------- pickle weights
+
+
+class WritesASentinel:
+    """Unpickling this object calls Path.write_text on a sentinel path: what a hostile pickle does."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return Path.write_text, (Path(self.path), "unpickled")
+
+
+@pytest.fixture
+def hostile_pickle_dir(tmp_path, tokenizer_dir) -> tuple[Path, Path]:
+    """A tiny BERT classifier whose only weights are a pytorch_model.bin that also holds a WritesASentinel."""
+    model, tokenizer = _tiny_bert(tokenizer_dir)
+    folder, sentinel = tmp_path / "hostile", tmp_path / "unpickled"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    torch.save({**model.state_dict(), "payload": WritesASentinel(sentinel)}, folder / "pytorch_model.bin")
+    return folder, sentinel
+
+
+def test_a_hostile_pickle_is_never_unpickled_unless_allow_pickle_is_on(tmp_path, tiny_config, hostile_pickle_dir,
+                                                                       monkeypatch):
+    folder, sentinel = hostile_pickle_dir
+    opened = []
+    real_load = torch.load
+
+    def spying_load(f, *args, **kwargs):
+        opened.append(Path(f).name if isinstance(f, (str, Path)) else repr(f))
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spying_load)
+    cfg = write_yaml(tmp_path / "cfg.yaml", _finetune_on(tiny_config, folder))
+    result = invoke("finetune", cfg, "--dry-run")
+    assert result.exit_code == 2, result.output
+    assert f"{folder / 'pytorch_model.bin'} is a pickle file" in result.output
+    assert "model.allow_pickle=true" in result.output and "Traceback" not in result.output
+    assert "pytorch_model.bin" not in opened and not sentinel.exists()
+    # Allowed, the file is unpickled (so the check above can fail); transformers' weights_only unpickler still
+    # refuses the payload's callable, so even then nothing runs, and llmkit says why in one message.
+    result = invoke("finetune", cfg, "--dry-run", "model.allow_pickle=true")
+    assert "pytorch_model.bin" in opened
+    assert result.exit_code == 2, result.output
+    assert "weights-only unpickler refused an object (getattr)" in result.output, result.output
+    assert "Traceback" not in result.output and not sentinel.exists()
 
 
 def test_pickle_weights_are_refused_naming_the_file_and_the_setting(tmp_path, tiny_config, pickle_model_dir):

@@ -5,13 +5,16 @@ Dropout is off in these models so that the two runs can be compared step by step
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -54,8 +57,9 @@ def saved_weights(run: Path) -> dict:
     return out
 
 
-def compare(one: Path, two: Path, weight_atol: float = 1e-5) -> None:
-    """The 2-process run really ran as one data-parallel job and matches the 1-process run."""
+def compare(one: Path, two: Path, weight_atol: float = 1e-5, noisy: tuple[str, ...] = ()) -> None:
+    """The 2-process run really ran as one data-parallel job and matches the 1-process run (weights whose names
+    hold a `noisy` part within 1e-3)."""
     env, metrics = json.loads((two / "env.json").read_text()), json.loads((two / "metrics.json").read_text())
     assert env["world_size"] == 2 and metrics["world_size"] == 2
     assert metrics["replicas_identical"] is True  # both ranks ended with the same weights
@@ -66,7 +70,8 @@ def compare(one: Path, two: Path, weight_atol: float = 1e-5) -> None:
     a, b = saved_weights(one), saved_weights(two)
     assert sorted(a) == sorted(b)
     for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=weight_atol, msg=name)
+        atol = 1e-3 if any(part in name for part in noisy) else weight_atol
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=atol, msg=name)
 
 
 def run_both(tmp_path: Path, command: str, config: dict, batch: int, launcher: str = "torchrun",
@@ -111,6 +116,84 @@ def test_finetune_accelerate_launch_really_distributes(tmp_path, finetune_config
     finetune_config["train"]["max_steps"] = 4
     one, two = run_both(tmp_path, "finetune", finetune_config, batch=4, launcher="accelerate")
     compare(one, two)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (torchrun's agent starts the workers as its children)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def worker_of_rank(launcher_pid: int, rank: int) -> int:
+    for pid in descendants(launcher_pid):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ and b"LOCAL_RANK=" + str(rank).encode() in environ:
+            return pid
+    raise AssertionError(f"no worker of rank {rank} under process {launcher_pid}")
+
+
+STOP_TIMEOUT = 120  # the stop takes seconds; ranks that do not agree would wait for each other forever
+
+
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step_and_resume_ends_like_one_run(tmp_path,
+                                                                                               finetune_config):
+    """SIGINT delivered to rank 1 only of a 2-process torchrun run: both ranks stop after the same step and save
+    one checkpoint together (each rank's RNG state in it); `train.resume: auto` under torchrun then ends with the
+    losses and weights of an uninterrupted run (one process, the same global batch)."""
+    finetune_config["train"].update(max_steps=40, per_device_train_batch_size=4)
+    cfg = write_yaml(tmp_path / "finetune.yaml", {**finetune_config, "output_dir": str(tmp_path / "two")})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "llmkit", "finetune", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        log = tmp_path / "two/log_history.jsonl"
+        deadline = time.time() + 300
+        while not (log.exists() and log.read_text().count("\n") >= 2) and time.time() < deadline:
+            time.sleep(0.05)
+        os.kill(worker_of_rank(proc.pid, 1), signal.SIGINT)  # rank 1 alone: not the rank that prints
+        out, err = proc.communicate(timeout=STOP_TIMEOUT)
+    finally:
+        if proc.poll() is None:  # ranks that do not agree wait for each other forever: end the whole launch
+            for pid in [*descendants(proc.pid), proc.pid]:  # the workers first: they would outlive torchrun
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode != 0, out + err
+    stopped = re.findall(r"Interrupted by (SIG\w+) at step (\d+)", out + err)
+    assert len(stopped) == 2, out[-3000:] + err[-5000:]  # each rank says it stopped, at the same step
+    assert {name for name, _ in stopped} == {"SIGINT", "SIGTERM"} and len({step for _, step in stopped}) == 1
+    step = int(stopped[0][1])
+    assert 0 < step < 40
+    checkpoints = sorted((tmp_path / "two/checkpoints").iterdir())
+    assert [c.name for c in checkpoints] == [f"checkpoint-{step}"]
+    assert {"rng_state_0.pth", "rng_state_1.pth", "optimizer.pt"} <= {p.name for p in checkpoints[0].iterdir()}
+    assert "Traceback" not in out
+    resumed = launch("torchrun", "finetune", cfg, "train.resume=auto")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-5000:]
+    assert f"resuming from {checkpoints[0]}" in resumed.stdout
+    single = invoke("finetune", cfg, "train.per_device_train_batch_size=8", "--output-dir", tmp_path / "one")
+    assert single.exit_code == 0, single.output
+    # Over 40 steps one difference shows: the attention key biases, whose true gradient is zero (a softmax does
+    # not change when one score is added to every key), get rounding-noise gradients that differ between one
+    # batch of 8 and two all-reduced batches of 4, and AdamW scales them to steps of ~1e-5 (9e-5 here after 40);
+    # every other weight agrees within 2e-6, every loss within 1e-4.
+    compare(tmp_path / "one", tmp_path / "two", noisy=("attention.self.key.bias",))
 
 
 @pytest.fixture

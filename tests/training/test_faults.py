@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import signal
 import subprocess
@@ -82,6 +83,55 @@ def test_nan_skip_gives_up_when_every_step_is_bad(monkeypatch, tmp_path, short_r
     result = invoke("finetune", write_yaml(tmp_path / "cfg.yaml", short_run))
     assert result.exit_code == 2, result.output
     assert "at step 10 (10 bad steps in a row)" in result.output
+
+
+def inject_bad_gradient(monkeypatch, steps: set[int], value: float) -> None:
+    """Give one gradient entry the value `value` (inf or NaN) after the backward pass of the given optimizer steps
+    (1-based), while the loss stays finite: an overflow in the backward pass alone."""
+    original = MeanLossTrainer.training_step
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = original(self, model, inputs, num_items_in_batch)
+        if self.state.global_step + 1 in steps:
+            assert torch.isfinite(loss).all()
+            grad = next(p.grad for p in model.parameters() if p.grad is not None)
+            grad.view(-1)[0] = value
+        return loss
+
+    monkeypatch.setattr(MeanLossTrainer, "training_step", training_step)
+
+
+@pytest.mark.parametrize("value, clipping", [(float("inf"), "1.0"), (float("nan"), "0")], ids=["inf", "nan-unclipped"])
+def test_a_non_finite_gradient_norm_with_a_finite_loss_stops_the_run(monkeypatch, tmp_path, short_run, value,
+                                                                    clipping):
+    """The loss of step 3 is finite, its gradient norm is not (with gradient clipping on, and off): the update is
+    not applied and the run stops, naming the step; no model is saved."""
+    inject_bad_gradient(monkeypatch, {3}, value)
+    result = invoke("finetune", write_yaml(tmp_path / "cfg.yaml", short_run), f"train.max_grad_norm={clipping}")
+    assert result.exit_code == 2, result.output
+    assert f"became {value} at step 3; that update was not applied" in result.output
+    records = [json.loads(line) for line in (tmp_path / "run/log_history.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]
+    assert all(math.isfinite(r["loss"]) for r in records if "loss" in r)  # the loss never was the problem
+    assert not (tmp_path / "run/model").exists()
+
+
+def test_a_non_finite_gradient_norm_is_skipped_like_a_nan_loss(monkeypatch, tmp_path, short_run):
+    """on_nan: skip drops the update of the step whose gradient norm is infinite: the weights of a clean 2-step
+    run (constant LR, same data order), exactly."""
+    clean = dict(short_run, output_dir=str(tmp_path / "clean"))
+    clean["train"] = dict(short_run["train"], max_steps=2)
+    assert invoke("finetune", write_yaml(tmp_path / "clean.yaml", clean)).exit_code == 0
+    inject_bad_gradient(monkeypatch, {3}, float("inf"))
+    skipped = dict(short_run, output_dir=str(tmp_path / "skip"))
+    skipped["train"] = dict(short_run["train"], max_steps=3, on_nan="skip")
+    result = invoke("finetune", write_yaml(tmp_path / "skip.yaml", skipped))
+    assert result.exit_code == 0, result.output
+    assert "dropped the update of 1 step(s) with a non-finite loss or gradient: 3" in result.output
+    assert json.loads((tmp_path / "skip/metrics.json").read_text())["skipped_steps"] == [3]
+    a, b = weights(tmp_path / "clean/model/model.safetensors"), weights(tmp_path / "skip/model/model.safetensors")
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=0, msg=name)
 
 
 def test_on_nan_is_checked(tmp_path, short_run):
@@ -184,6 +234,34 @@ def test_checkpoints_are_renamed_into_place_whole(tmp_path, tiny_config):
     assert sorted(p.name for p in ckpts.iterdir()) == ["checkpoint-2", "checkpoint-4"]
     state = json.loads((ckpts / "checkpoint-4/trainer_state.json").read_text())
     assert Path(state["best_model_checkpoint"]).parent == ckpts
+
+
+def test_a_second_signal_aborts_at_once_without_saving(monkeypatch, tmp_path, short_run):
+    """Two real SIGINTs during step 2 (Ctrl-C pressed twice): the first asks for a checkpoint after the step, the
+    second aborts there: exit code 130, one message, no checkpoint, no model, no traceback."""
+    from llmkit.training.callbacks import InterruptCallback
+
+    class TwoSigints(InterruptCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                os.kill(os.getpid(), signal.SIGINT)  # each handler runs before the next bytecode
+                os.kill(os.getpid(), signal.SIGINT)
+            return super().on_step_end(args, state, control, **kwargs)
+
+    monkeypatch.setattr(loop, "InterruptCallback", TwoSigints)
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        result = invoke("finetune", write_yaml(tmp_path / "cfg.yaml", short_run), "train.max_steps=6")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert result.exit_code == loop.EXIT_INTERRUPTED, result.output
+    assert "SIGINT: saving a checkpoint after this step (Ctrl-C again to abort without saving)." in result.output
+    assert result.output.rstrip().endswith("error: interrupted.") and "Traceback" not in result.output
+    assert "Interrupted by SIGINT" not in result.output  # nothing was saved to resume from
+    run = tmp_path / "run"
+    assert not (run / "model").exists() and not any((run / "checkpoints").glob("checkpoint-*"))
+    steps = [json.loads(line)["step"] for line in (run / "log_history.jsonl").read_text().splitlines()]
+    assert max(steps) <= 2
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, loop.EXIT_INTERRUPTED),

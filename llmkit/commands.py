@@ -89,6 +89,10 @@ for _command in (
     Command("distill", "llmkit.recipes.distill", "DistillConfig", "distill",
             "Distil a teacher (model or run directory) into a smaller student: soft labels, hidden states, extra "
             "texts.", "YAML config (see configs/distill/ or `llmkit init distill`)"),
+    Command("compress", "llmkit.recipes.compress", "CompressConfig", "compress",
+            "Compress a trained model (structured or magnitude pruning, low-rank SVD, recovery by fine-tuning or "
+            "distillation, int8 quantization) and measure quality, size and CPU speed against the "
+            "original.", "YAML config (see configs/compress/)"),
     Command("eval", "llmkit.recipes.evaluation", "EvalConfig", "eval",
             "Evaluate a model or run directory (classification metrics, perplexity, generation); `eval compare "
             "RUN...` tabulates runs.",

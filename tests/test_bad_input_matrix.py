@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import sentiment_rows, write_yaml
+from tests.conftest import CHATML, build_chat_tokenizer, sentiment_rows, write_yaml
 from tests.recipes.helpers import invoke, tiny_bert_config
 
 Edit = Callable[[dict, Path], "dict | bytes | Path"]
@@ -122,7 +122,7 @@ LONG_TEXT = [{"text": " ".join(["great film"] * 60), "label": "positive"}, *ROWS
 
 def _every_command() -> list[Case]:
     cases = []
-    for c in ("pretrain", "finetune", "adapter", "prompt", "distill", "eval"):
+    for c in ("pretrain", "finetune", "adapter", "prompt", "distill", "eval", "compress"):
         cases += [
             Case(f"{c}-yaml-syntax", c, raw("model:\n  name_or_path: [unclosed\ndata: {}\n"),
                  ("not valid YAML", "line 3", "fix the syntax")),
@@ -343,6 +343,74 @@ FINETUNE = [
     *_train_cases("finetune"),
 ]
 
+PAIRS = [{"prompt": f"say word {i}", "chosen": "great and wonderful", "rejected": "awful"} for i in range(8)]
+
+
+def preference(changes: dict | None = None, rows: list[dict] | None = None) -> Edit:
+    """The finetune base turned into a working task.type: preference config (a 2-layer Llama from a config, a chat
+    tokenizer, prompt / chosen / rejected pairs), then `changes` set on it."""
+    def edit(cfg: dict, tmp: Path) -> dict:
+        tokenizer = tmp / "chat-tokenizer"
+        if not tokenizer.exists():
+            build_chat_tokenizer(CHATML).save_pretrained(tokenizer)
+        (tmp / "pairs.jsonl").write_text(jsonl_text(rows or PAIRS))
+        cfg.update(model={"from_config": {"family": "llama", "num_layers": 2, "hidden_size": 32, "num_heads": 2,
+                                          "intermediate_size": 64, "max_position_embeddings": 64}},
+                   tokenizer={"name_or_path": str(tokenizer)}, task={"type": "preference"},
+                   data={"train_file": str(tmp / "pairs.jsonl"), "max_length": 32})
+        return put(changes or {})(cfg, tmp)
+
+    return edit
+
+
+PREFERENCE = [
+    Case("finetune-preference-missing-rejected", "finetune",
+         preference(rows=[{"prompt": "p", "chosen": "c", "answer": "a"}] * 4),
+         ("data: preference pairs need the columns prompt, chosen and rejected", "lacks rejected",
+          "its columns: prompt, chosen, answer", "data.column_map"), late=True),
+    Case("finetune-preference-kto-data-for-dpo", "finetune",
+         preference(rows=[{"prompt": "p", "completion": "c", "label": True}] * 4),
+         ("unpaired rows (prompt, completion, label: KTO data)",
+          "preference.method dpo, ipo, simpo and orpo learn from pairs", "preference.method: kto is not available yet"),
+         late=True),
+    Case("finetune-preference-option-of-another-method", "finetune",
+         preference({"preference": {"method": "ipo", "label_smoothing": 0.1}}),
+         ("preference.label_smoothing", "only applies to method: dpo (conservative DPO) or simpo, not ipo")),
+    Case("finetune-preference-gamma-with-dpo", "finetune", preference({"preference.gamma": 0.5}),
+         ("preference.gamma", "only applies to method: simpo, not dpo")),
+    Case("finetune-preference-precompute-without-reference", "finetune",
+         preference({"preference": {"method": "simpo", "precompute_ref": True}}),
+         ("preference.precompute_ref", "simpo is reference-free: there is no reference to precompute")),
+    Case("finetune-preference-beta-zero", "finetune", preference({"preference.beta": 0}),
+         ("preference.beta", "must be a finite number > 0, got 0", "default for dpo: 0.1")),
+    Case("finetune-preference-method-not-available", "finetune", preference({"preference.method": "kto"}),
+         ("preference.method", "KTO", "not available in this version of llmkit",
+          "use method: dpo, ipo, simpo or orpo")),
+    Case("finetune-preference-method-unknown", "finetune", preference({"preference.method": "dpoo"}),
+         ("preference.method", "'dpoo'", "'dpo'")),
+    Case("finetune-preference-section-on-another-task", "finetune", put({"preference.beta": 0.2}),
+         ("preference", "only applies to task.type: preference, not sequence-classification")),
+    Case("finetune-preference-section-on-a-reward-model", "finetune",
+         preference({"task.type": "reward-model", "preference.method": "ipo"}),
+         ("preference", "only applies to task.type: preference, not reward-model")),
+    Case("finetune-preference-too-long-error", "finetune",
+         preference({"task.too_long": "error"}, rows=[{"prompt": "hello " * 40, "chosen": "c", "rejected": "r"}]),
+         ("data.max_length", "1 pair(s) are longer than 32 tokens and task.too_long is error"), late=True),
+    Case("finetune-preference-no-usable-pair", "finetune",
+         preference(rows=[{"prompt": "p", "chosen": "same", "rejected": "same"}, {"prompt": "p", "chosen": " ",
+                                                                                   "rejected": "x"}]),
+         ("none of the 2 training pairs is usable", "1 identical", "1 with an empty answer"), late=True),
+    Case("distill-preference-task", "distill", put({"task.type": "preference"}),
+         ("task.type", "llmkit distill supports sequence-classification and causal-lm, not preference",
+          "llmkit finetune or adapter")),
+    Case("adapter-preference-bottleneck", "adapter",
+         put({"task.type": "preference", "adapter": {"method": "bottleneck"}}),
+         ("adapter.method", "bottleneck adapters cannot be switched off", "use a PEFT method such as lora")),
+    Case("adapter-preference-prompt-tuning", "adapter",
+         put({"task.type": "preference", "adapter": {"method": "prompt_tuning", "num_virtual_tokens": 4}}),
+         ("adapter.method", "prompt_tuning does not support task.type preference")),
+]
+
 PRETRAIN = [
     Case("pretrain-block-size-zero", "pretrain", put({"pretrain.block_size": 0}),
          ("pretrain.block_size", "must be >= 2, got 0")),
@@ -549,7 +617,41 @@ def _unfinished_run(path: Path) -> str:
     return str(path)
 
 
-CASES = [*_every_command(), *PRETRAIN, *FINETUNE, *ADAPTER, *PROMPT, *DISTILL, *EVAL]
+def steps(*items: dict) -> Edit:
+    return put({"compress.steps": list(items)})
+
+
+COMPRESS = [
+    Case("compress-ffn-fraction-out-of-range", "compress", steps({"prune": {"ffn_fraction": 1.5}}),
+         ("compress.steps[0].prune.ffn_fraction", "strictly between 0 and 1", "1.5")),
+    Case("compress-magnitude-zero", "compress", steps({"prune": {"magnitude": 0}}),
+         ("compress.steps[0].prune.magnitude", "strictly between 0 and 1", "got 0")),
+    Case("compress-step-twice", "compress", steps({"prune": {"ffn_fraction": 0.5}}, {"prune": {"magnitude": 0.5}}),
+         ("compress.steps", "prune is listed 2 times", "list each step once")),
+    Case("compress-quantize-not-last", "compress", steps({"quantize": {}}, {"prune": {"ffn_fraction": 0.5}}),
+         ("compress.steps", "quantize must be the last step")),
+    Case("compress-gpu-method-on-cpu", "compress", steps({"quantize": {"method": "int4-weight-only"}}),
+         ("compress.steps[0].quantize.method", "need a CUDA GPU", "int8-dynamic or int8-weight-only")),
+    Case("compress-method-unknown", "compress", steps({"quantize": {"method": "int3"}}),
+         ("compress.steps[0].quantize.method", "unknown method 'int3'", "int8-dynamic")),
+    Case("compress-two-kinds-in-one-step", "compress", steps({"prune": {"ffn_fraction": 0.5}, "quantize": {}}),
+         ("compress.steps[0]", "exactly one of prune")),
+    Case("compress-steps-required", "compress", drop("compress.steps"),
+         ("compress.steps: required key is missing",)),
+    Case("compress-train-key", "compress", put({"train.learning_rate": 1e-3}),
+         ("train.learning_rate", "only a recover step trains", "add one or remove them")),
+    Case("compress-no-validation-file", "compress", drop("data.validation_file"),
+         ("data.validation_file", "every step is measured on this data")),
+    Case("compress-heads-of-bert", "compress", steps({"prune": {"heads": 1}}),
+         ("compress.steps[0].prune.heads", "cannot be saved in its format", "Head pruning works for Llama-family"),
+         late=True),
+    Case("compress-drop-every-layer", "compress", steps({"prune": {"drop_layers": [0, 1]}}),
+         ("compress.steps[0].prune.drop_layers", "drops all 2 layers", "keep at least one"), late=True),
+    Case("compress-drop-layer-out-of-range", "compress", steps({"prune": {"drop_layers": [4]}}),
+         ("compress.steps[0].prune.drop_layers", "[4] out of range", "the model has 2 layers (0-1)"), late=True),
+]
+
+CASES = [*_every_command(), *PRETRAIN, *FINETUNE, *PREFERENCE, *ADAPTER, *PROMPT, *DISTILL, *EVAL, *COMPRESS]
 LATE = [case for case in CASES if case.late]
 MODELS: dict[str, str] = {}  # filled by the `models` fixture: "cls" (BERT classifier), "mlm" (BERT masked LM)
 
@@ -614,6 +716,11 @@ def base_configs(tmp_path, tiny_config, models, sentiment_data) -> dict[str, dic
             "model": {"name_or_path": models["cls"]}, "data": {"validation_file": data["validation_file"],
                                                                "max_length": 32},
             "eval": {"batch_size": 16}, "output_dir": str(tmp_path / "run"),
+        },
+        "compress": {
+            "model": {"name_or_path": models["cls"]}, "data": dict(data),
+            "compress": {"steps": [{"prune": {"ffn_fraction": 0.5}}, {"quantize": {}}], "timing_rounds": 1},
+            "output_dir": str(tmp_path / "run"),
         },
     }
 
@@ -723,7 +830,7 @@ def test_no_traceback_reaches_the_terminal(tmp_path, base_configs, case_id):
 
 def test_matrix_covers_every_command():
     commands = {case.command for case in CASES}
-    assert commands == {"pretrain", "finetune", "adapter", "prompt", "distill", "eval"}
+    assert commands == {"pretrain", "finetune", "adapter", "prompt", "distill", "eval", "compress"}
     assert len({case.id for case in CASES}) == len(CASES)
 
 

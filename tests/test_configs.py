@@ -24,9 +24,13 @@ def stand_ins(path: Path, tmp_path: Path) -> list[str]:
     another shipped config writes (runs/...), absent in a fresh clone; validate the rest against a stand-in."""
     import yaml
 
-    teacher = (yaml.safe_load(path.read_text()).get("distill") or {}).get("teacher")
+    config = yaml.safe_load(path.read_text())
+    teacher = (config.get("distill") or {}).get("teacher")
     if teacher and teacher.startswith("runs/") and not (ROOT / teacher).exists():
         return [f"distill.teacher={tmp_path}"]
+    model = (config.get("model") or {}).get("name_or_path") if "compress" in config else None
+    if model and model.startswith("runs/") and not (ROOT / model).exists():
+        return [f"model.name_or_path={tmp_path}"]  # a compress config's input: a run another config writes
     return []
 
 

@@ -73,7 +73,7 @@ from tests.conftest import sentiment_rows, write_csv
 from tests.recipes.helpers import invoke, tiny_bert_config
 
 SEED = 20240917
-COMMANDS = ("pretrain", "finetune", "adapter", "prompt", "distill", "eval")
+COMMANDS = ("pretrain", "finetune", "adapter", "prompt", "distill", "eval", "compress")
 MARKERS = (".llmkit-run", ".llmkit-lock")  # llmkit's run marker and lock, tolerated inside an existing output dir
 HANG_SECONDS = 60
 
@@ -102,7 +102,8 @@ class Layout:
 
     def model_dir(self, command: str) -> Path | None:
         return {"finetune": self.models / "tokenizer", "adapter": self.models / "mlm", "prompt": self.models / "mlm",
-                "distill": self.models / "cls", "eval": self.models / "cls"}.get(command)
+                "distill": self.models / "cls", "eval": self.models / "cls",
+                "compress": self.models / "cls"}.get(command)
 
 
 PLACEHOLDER = Layout(Path("/SCRATCH"))  # for enumerating the leaf keys at collection time
@@ -158,6 +159,12 @@ def base_config(command: str, L: Layout) -> dict:
             "model": {"name_or_path": str(L.models / "cls")},
             "data": {"validation_file": str(L.data / "dev.csv"), "max_length": 32},
             "eval": {"batch_size": 16}, "output_dir": str(L.out),
+        }
+    if command == "compress":
+        return {
+            "model": {"name_or_path": str(L.models / "cls")}, "data": dict(data),
+            "compress": {"steps": [{"prune": {"ffn_fraction": 0.5}}, {"quantize": {}}], "timing_rounds": 1},
+            "output_dir": str(L.out),
         }
     raise ValueError(command)
 
@@ -230,6 +237,7 @@ KINDS: dict[str, set[str]] = {
     "label-names": {"list", "mapping", "bool", "str-abc", "zero"},
     "layers": {"list", "mapping", "bool", "str-abc", "zero", "null", "long-str"},  # [1, 2]: a 2-layer teacher
     "output-dir": {"list", "mapping", "bool", "long-str"},
+    "steps": {"list", "mapping", "bool", "str-abc", "zero", "null", "long-str"},  # [1, 2]: not steps
 }
 
 TRAIN_KINDS = {"train.max_steps": "max-steps", "train.per_device_train_batch_size": "int-pos",
@@ -261,6 +269,9 @@ LEAF_KINDS: dict[str, dict[str, str]] = {
                 "output_dir": "output-dir"},
     "eval": {"model.name_or_path": "model-dir", "data.validation_file": "data-file-req", "data.max_length": "int-pos",
              "eval.batch_size": "int-pos", "output_dir": "output-dir"},
+    "compress": {"model.name_or_path": "model-dir", "data.train_file": "data-file", "data.validation_file":
+                 "data-file-req", "data.max_length": "int-pos", "compress.steps": "steps",
+                 "compress.timing_rounds": "int-pos", "output_dir": "output-dir"},
 }
 
 # Keys and sections whose deletion leaves a config that cannot run (declared required, or needed by the command).
@@ -271,11 +282,13 @@ REQUIRED = {
     "prompt": ["model", "data", "prompt", "prompt.template", "prompt.verbalizer", "model.name_or_path"],
     "distill": ["distill", "data", "distill.teacher", "data.train_file"],
     "eval": ["model", "data", "model.name_or_path", "data.validation_file"],
+    "compress": ["model", "data", "compress", "model.name_or_path", "data.validation_file", "compress.steps"],
 }
 
 # Each command's own sections (checked against the config classes by test_generator_assumptions).
 OWN_SECTIONS = {"pretrain": {"pretrain"}, "finetune": {"task"}, "adapter": {"task", "adapter"},
-                "prompt": {"prompt", "adapter"}, "distill": {"distill", "task"}, "eval": {"eval"}}
+                "prompt": {"prompt", "adapter"}, "distill": {"distill", "task"}, "eval": {"eval"},
+                "compress": {"compress"}}
 FOREIGN_SECTIONS = {
     "task": lambda L: {"type": "sequence-classification"},
     "pretrain": lambda L: {"objective": "clm", "block_size": 32},
@@ -284,6 +297,7 @@ FOREIGN_SECTIONS = {
                                                                              "positive": ["great"]}},
     "distill": lambda L: {"teacher": str(L.models / "cls"), "student": {"from_teacher": {"keep_layers": [0]}}},
     "eval": lambda L: {"batch_size": 16},
+    "compress": lambda L: {"steps": [{"quantize": {}}]},
 }
 
 # A second, conflicting but valid value for a duplicated leaf key (the YAML text then holds the key twice).

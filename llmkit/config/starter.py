@@ -56,6 +56,13 @@ STARTER_VALUES = {
         "model": {"name_or_path": "runs/quickstart"},
         "data": {"validation_file": "dev.csv"},
     },
+    "compress": {
+        "model": {"name_or_path": "runs/quickstart"},
+        "data": {"train_file": "train.csv", "validation_file": "dev.csv"},
+        "compress": {"steps": [{"prune": {"ffn_fraction": 0.5}}, {"recover": {"method": "distill"}},
+                               {"quantize": {"method": "torch-int8-dynamic"}}]},
+        "train": {"num_train_epochs": 1.0, "learning_rate": 5.0e-5, "per_device_train_batch_size": 32, "seed": 42},
+    },
 }
 
 
@@ -81,7 +88,8 @@ def _section_lines(cls: type, values: dict, indent: str) -> list[str]:
             default = None
         value = values.get(f.name, default)
         lines += _comment(help_of(f), indent)
-        candidates = (hints[f.name], *typing.get_args(hints[f.name]))
+        hint = hints[f.name]  # a section, or an optional one; a list of sections (compress.steps) is one value
+        candidates = (hint,) if typing.get_origin(hint) is list else (hint, *typing.get_args(hint))
         nested = next((t for t in candidates if dataclasses.is_dataclass(t)), None)
         if nested is not None and value is None:
             lines.append(f"{indent}{f.name}: null")

@@ -212,7 +212,7 @@ def _truncate(ids: list[int], labels: list[int], max_length: int) -> dict:
 
 
 def encode_conversation(tokenizer: Any, messages: list[dict], max_length: int,
-                        chat_template: str | None = None) -> dict:
+                        chat_template: str | None = None, last_turn_only: bool = False) -> dict:
     """input_ids and labels (-100 except on assistant tokens) of one conversation, cut to max_length.
 
     The text is tokenized once; a token carries loss when its characters overlap an assistant span, so a
@@ -220,11 +220,14 @@ def encode_conversation(tokenizer: Any, messages: list[dict], max_length: int,
 
     Trailing non-assistant turns carry no loss and are left out. The sequence ends with EOS (appended when
     the rendered text does not end with it), and EOS is labelled. `truncated` tells if the end was cut off.
+    `last_turn_only`: only the last assistant turn carries loss (a preference pair's completion).
     """
     eos_id = _eos_id(tokenizer)
     last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
     messages = messages[:last + 1]
     text, spans = assistant_spans(tokenizer, messages, chat_template)
+    if last_turn_only:
+        spans = spans[-1:]
     ids, offsets = _tokenize_with_offsets(tokenizer, text)
     labels = []
     k = 0

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.errors import UserError, first_line
+from llmkit.models import low_rank
 from llmkit.models.embedding import is_sentence_model, load_sentence_model, save_sentence_model
 from llmkit.models.integrity import (
     check_model_dir,
@@ -40,7 +41,8 @@ BOTTLENECK_OPTIONS = ("placement", "reduction_factor", "activation")
 # (with task_type None, soft prompts would be silently skipped). sentence-embedding: the adapter wraps the transformer
 # inside the sentence-transformers model, whose token vectors the pooling reads.
 TASK_TYPES = {"sequence-classification": "SEQ_CLS", "token-classification": "TOKEN_CLS", "causal-lm": "CAUSAL_LM",
-              "masked-lm": "FEATURE_EXTRACTION", "sentence-embedding": "FEATURE_EXTRACTION"}
+              "masked-lm": "FEATURE_EXTRACTION", "sentence-embedding": "FEATURE_EXTRACTION", "preference": "CAUSAL_LM",
+              "reward-model": "SEQ_CLS"}
 # PEFT config fields llmkit sets itself (from the task and the model), never from the adapter section.
 INTERNAL_OPTIONS = {"task_type", "peft_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision",
                     "inference_mode"}
@@ -87,6 +89,9 @@ def task_refusal(method: str, task: str) -> str | None:
     """Why `method` cannot train `task` (None when it can)."""
     if method in UNSUPPORTED:
         return f"llmkit does not train {method} adapters: {UNSUPPORTED[method]}."
+    if task == "preference" and method == BOTTLENECK:
+        return ("bottleneck adapters cannot be switched off to give the reference model that preference tuning "
+                "compares with; use a PEFT method such as lora.")
     allowed = METHOD_TASKS.get(method)
     if allowed and task not in allowed:
         fits = [m for m in method_names() if m not in UNSUPPORTED and task in METHOD_TASKS.get(m, (task,))]
@@ -320,7 +325,8 @@ def peft_files(adapter_dir: Path, name: str) -> Path:
 
 AUTO_CLASSES = {"sequence-classification": "AutoModelForSequenceClassification",
                 "token-classification": "AutoModelForTokenClassification", "causal-lm": "AutoModelForCausalLM",
-                "masked-lm": "AutoModelForMaskedLM", "sentence-embedding": "AutoModel"}
+                "masked-lm": "AutoModelForMaskedLM", "sentence-embedding": "AutoModel",
+                "preference": "AutoModelForCausalLM", "reward-model": "AutoModelForSequenceClassification"}
 
 
 def describe(model: Any, spec: Any) -> str:
@@ -435,7 +441,7 @@ def load_reference(reference: str, adapters: list[str] | tuple[str, ...] = (),
             with quiet_transformers():
                 config = AutoConfig.from_pretrained(source)
                 auto = auto_class_for(config.architectures or [])
-                model = getattr(transformers, auto).from_pretrained(source, **safety).eval()
+                model = low_rank.from_pretrained(getattr(transformers, auto), source, **safety).eval()
         except load_errors() as e:
             raise UserError(explain_load_error(e, "reference", reference, source, "allow_pickle")) from None
         tokenizer_dir = source

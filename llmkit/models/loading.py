@@ -6,6 +6,7 @@ import weakref
 from typing import Any
 
 from llmkit.errors import UserError, first_line
+from llmkit.models import low_rank
 from llmkit.models.adapters import auto_class_for, find_adapter_dir, load_adapter_model, read_metadata
 from llmkit.models.integrity import (
     check_model_dir,
@@ -176,7 +177,7 @@ def load_model(auto_class_name: str, model_cfg: Any, tokenizer: Any, **task_kwar
     common.update(weights_kwargs(key, path, allow_pickle, allow_key))  # safetensors only, unless allowed
     try:
         with quiet_transformers():
-            model, info = auto_cls.from_pretrained(path, revision=revision, output_loading_info=True,
+            model, info = low_rank.from_pretrained(auto_cls, path, revision=revision, output_loading_info=True,
                                                    trust_remote_code=model_cfg.trust_remote_code, **common,
                                                    **task_kwargs)
     except load_errors() as e:
@@ -341,7 +342,8 @@ def model_kind(model_cfg: Any) -> str:
         return "masked-lm" if model_cfg.from_config.family == "bert" else "causal-lm"
     adapter_dir = find_adapter_dir(model_cfg.name_or_path)
     if adapter_dir is not None:
-        return read_metadata(adapter_dir)["task"]
+        task = read_metadata(adapter_dir)["task"]
+        return "causal-lm" if task == "preference" else task  # a preference-tuned adapter adapts a causal LM
     try:
         with quiet_transformers():
             config = AutoConfig.from_pretrained(model_source(model_cfg), trust_remote_code=model_cfg.trust_remote_code)

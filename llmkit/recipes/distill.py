@@ -213,6 +213,9 @@ class DistillConfig:
             issues.append(ConfigIssue("task.type", "llmkit distill supports sequence-classification and causal-lm; "
                                                    "distil a token classifier by training the student with llmkit "
                                                    "finetune on teacher-tagged data."))
+        if self.task.type in ("preference", "reward-model"):
+            issues.append(ConfigIssue("task.type", f"llmkit distill supports sequence-classification and causal-lm, "
+                                                   f"not {self.task.type}; train it with llmkit finetune or adapter."))
         if self.task.multi_label:
             issues.append(ConfigIssue("task.multi_label", "distillation uses softmax distributions over the classes; "
                                                           "multi-label (sigmoid) classifiers are not supported."))

@@ -24,7 +24,8 @@ from llmkit.config.loader import save_config
 from llmkit.config.schema import to_dict
 from llmkit.config.sections import DataConfig, ModelConfig, TokenizerConfig, opt
 from llmkit.data.classification import prepare_classification_data
-from llmkit.data.loading import load_file_split, load_raw_splits, note, require_columns
+from llmkit.data.eval_text import read_eval_text
+from llmkit.data.loading import load_raw_splits, note, require_columns
 from llmkit.data.similarity import check_pair_columns, gold_scores, pair_texts, retrieval_pairs
 from llmkit.data.token_classification import prepare_token_classification_data
 from llmkit.errors import ConfigIssue, UserError
@@ -319,6 +320,10 @@ def detect_task(cfg: EvalConfig, model_cfg: ModelConfig, run_dir: rundir.RunDire
     model's encoder."""
     kind = model_kind(model_cfg)
     task = cfg.eval.task
+    if kind == "reward-model":
+        raise UserError(f"eval.task: {model_cfg.name_or_path} is a reward model; llmkit eval does not score reward "
+                        "models yet. Its pairwise accuracy on the validation pairs is in its run's metrics.json "
+                        "(eval_accuracy); give the pairs as data.validation_file of a finetune / adapter run.")
     if task == "auto":
         embedding = (kind == "sentence-embedding" or (run_dir is not None and is_sentence_run(run_dir.config))
                      or sentence_source(model_cfg) is not None)
@@ -430,25 +435,6 @@ def evaluate_token_classification(cfg: EvalConfig, model_cfg: ModelConfig, token
 
 
 # ---------------------------------------------------------------- perplexity
-
-
-def read_eval_text(cfg: DataConfig) -> tuple[str, str]:
-    """The text to score and where it came from: a whole text file, or the text column joined by blank lines;
-    with data.max_eval_samples, only the first that many lines (text files) or rows."""
-    key = "validation_file" if cfg.validation_file is not None else "test_file"
-    files = getattr(cfg, key)
-    files = [files] if isinstance(files, str) else list(files)
-    limit = cfg.max_eval_samples
-    if all(Path(f).suffix.lower() == ".txt" for f in files) and cfg.format in ("auto", "text"):
-        text = "".join(Path(f).read_text(encoding="utf-8") for f in files)
-        if limit is not None:
-            text = "".join(text.splitlines(keepends=True)[:limit])
-        return text, ", ".join(files)
-    ds = load_file_split(key, files, cfg)
-    require_columns({"validation": ds}, cfg, ["text_column"])
-    if limit is not None and limit < len(ds):
-        ds = ds.select(range(limit))
-    return "\n\n".join(str(t) for t in ds[cfg.text_column] if t is not None), ", ".join(files)
 
 
 def evaluate_perplexity(cfg: EvalConfig, model_cfg: ModelConfig, tokenizer: Any, kind: str, dry_run: bool = False):

@@ -27,13 +27,14 @@ from llmkit.smoke import NEW_TOKENS, Shrink, SmokeSpec, cap
 from llmkit.tasks.strategies import task_for
 from llmkit.training.arguments import check_best_metric
 
-HEADLINE = ("eval_accuracy", "eval_f1", "test_accuracy", "test_f1", "eval_spearman", "eval_pearson", "test_spearman",
+HEADLINE = ("eval_rewards/accuracies", "eval_rewards/margins",
+            "eval_accuracy", "eval_f1", "test_accuracy", "test_f1", "eval_spearman", "eval_pearson", "test_spearman",
             "eval_loss", "eval_perplexity")
 
 
 def shorter_samples(cfg: Any, shrink: Shrink) -> None:
     """Smoke mode: the sample generations after SFT stop after a few tokens."""
-    if cfg.task.type == "causal-lm":
+    if cfg.task.type in ("causal-lm", "preference"):
         cap(cfg.task, "sample_max_new_tokens", NEW_TOKENS)
 
 

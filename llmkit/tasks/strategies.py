@@ -380,8 +380,158 @@ class SentenceEmbeddingTask(SequenceClassificationTask):
                  f"![similarity vs gold score ({split})](similarity_{split}.png)")]
 
 
+class PreferenceTask(CausalLMTask):
+    """Preference tuning of a causal LM (DPO, IPO) on (prompt, chosen, rejected) pairs rendered and masked like SFT
+    data; the reference is the base with the adapter disabled (llmkit adapter) or a frozen copy of the model."""
+
+    unit = "pairs"
+    training_overrides = {"remove_unused_columns": False}
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.with_adapter = False
+        self.model_bytes = 0
+        self.data = None
+
+    @property
+    def trainer_cls(self):
+        from llmkit.training.preference import PreferenceTrainer
+
+        return PreferenceTrainer
+
+    def prepare(self, tokenizer, seed: int):
+        from llmkit.data.preference import prepare_preference_data
+        from llmkit.training.preference import require_trl
+
+        require_trl("task.type")
+        data = self.data = prepare_preference_data(self.cfg.data, tokenizer, seed)
+        if use_plain_template(tokenizer, data.sft_format):
+            tokenizer.chat_template = PLAIN_TEMPLATE  # saved with the model, used for the sample generations
+        return data
+
+    def load(self, tokenizer, labels: list[str]):
+        model, missing = super().load(tokenizer, labels)
+        self.model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        return model, missing
+
+    def attach(self, model, adapter, missing: set[str]):
+        self.with_adapter = True
+        return super().attach(model, adapter, missing)
+
+    def describe(self, data) -> str:
+        stats = data.stats.values()
+        truncated = sum(s["truncated"] for s in stats)
+        if truncated and self.cfg.task.too_long == "error":
+            raise UserError(f"data.max_length: {truncated} pair(s) are longer than {self.cfg.data.max_length} "
+                            "tokens and task.too_long is error. Raise data.max_length, shorten the data, or set "
+                            "task.too_long=truncate (the start of the prompt goes first).")
+        identical, empty = (sum(s[k] for s in stats) for k in ("dropped_identical", "dropped_empty"))
+        pref = self.cfg.preference
+        return (f"{data.format} pairs; {truncated} truncated to data.max_length (prompt first), dropped: {identical} "
+                f"with identical answers, {empty} with an empty answer; method {pref.method}, beta {pref.beta_value}")
+
+    def plan_note(self, args) -> str | None:
+        from llmkit.training.preference import REFERENCE_FREE
+
+        if self.cfg.preference.method in REFERENCE_FREE:
+            return f"reference: none ({self.cfg.preference.method} is reference-free)"
+        if self.cfg.preference.precompute_ref:
+            by = "the base model (the adapter disabled)" if self.with_adapter else "the untrained model"
+            return f"reference: log-probs precomputed once before training by {by}; no copy kept"
+        if self.with_adapter:
+            return "reference: the base model with the adapter disabled (no second copy in memory)"
+        return f"reference: a frozen copy of the model (+{self.model_bytes / 2**20:.0f} MiB)"
+
+    def trainer_kwargs(self, model, args) -> dict:
+        from llmkit.training.preference import REFERENCE_FREE, frozen_copy
+
+        pref = self.cfg.preference
+        copy = not self.with_adapter and pref.method not in REFERENCE_FREE and not pref.precompute_ref
+        return {"method": pref.method, "beta": pref.beta_value, "label_smoothing": pref.label_smoothing,
+                "gamma": pref.gamma_value, "ref_model": frozen_copy(model) if copy else None,
+                "precompute": dict(self.data.splits) if pref.precompute_ref else None}
+
+    def collator(self, tokenizer, pad_to_multiple_of: int | None):
+        from llmkit.training.preference import preference_collator
+
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        return preference_collator(pad, pad_to_multiple_of)
+
+    def metrics(self, labels: list[str]):
+        from llmkit.training.preference import PreferenceMetrics
+
+        return PreferenceMetrics()
+
+    def sample_conversations(self) -> tuple[list[list[dict]], list[str | None]]:
+        """task.sample_prompts, else the prompts of the first 3 validation pairs (their chosen answer as the
+        reference)."""
+        from llmkit.data.preference import detect_preference_format, to_pair
+
+        if self.cfg.task.sample_prompts:
+            return super().sample_conversations()
+        raw = load_raw_splits(self.cfg.data, self.cfg.train.seed)
+        name = "validation" if "validation" in raw else "train"
+        fmt = detect_preference_format(raw[name], name)
+        prompts, references = [], []
+        for i, row in enumerate(raw[name].select(range(min(3, len(raw[name]))))):
+            prompt, chosen, _ = to_pair(row, fmt, i)
+            prompts.append(prompt)
+            references.append(next((m["content"] for m in chosen if m["role"] == "assistant"), None))
+        return prompts, references
+
+    def report(self, split: str, metrics_fn, output, prefix: str, metrics: dict, out_dir: Path | None):
+        from llmkit.training.preference import METRICS
+
+        row = [split, len(output.predictions)] + [metrics.get(f"{prefix}_{k}") for k in METRICS]
+        return [(f"Preference figures ({split})", markdown_table(["split", "pairs", *METRICS], [row]))]
+
+
+class RewardModelTask(PreferenceTask):
+    """A reward model: a one-output sequence-classification head scoring a whole conversation (prompt and answer),
+    trained on preference pairs with the Bradley-Terry loss, -log sigmoid(score(chosen) - score(rejected))."""
+
+    auto_class = "AutoModelForSequenceClassification"
+
+    def model_kwargs(self, labels: list[str]) -> dict:
+        return {"num_labels": 1}
+
+    @property
+    def trainer_cls(self):
+        from llmkit.training.preference import RewardTrainer
+
+        return RewardTrainer
+
+    def describe(self, data) -> str:
+        return super().describe(data).split("; method ")[0]  # the preference: section does not apply
+
+    def plan_note(self, args) -> str | None:
+        return None
+
+    def trainer_kwargs(self, model, args) -> dict:
+        return {}
+
+    def metrics(self, labels: list[str]):
+        from llmkit.training.preference import RewardMetrics
+
+        return RewardMetrics()
+
+    def before_training(self, model, tokenizer) -> None:
+        """A reward model generates nothing: no samples."""
+
+    def after_training(self, trainer, tokenizer, run_dir: Path) -> None:
+        """No samples.jsonl either."""
+
+    def report(self, split: str, metrics_fn, output, prefix: str, metrics: dict, out_dir: Path | None):
+        from llmkit.training.preference import REWARD_METRICS
+
+        row = [split, len(output.predictions)] + [metrics.get(f"{prefix}_{k}") for k in REWARD_METRICS]
+        return [(f"Reward model ({split}, accuracy: the share of pairs scored chosen > rejected)",
+                 markdown_table(["split", "pairs", *REWARD_METRICS], [row]))]
+
+
 TASKS = {"sequence-classification": SequenceClassificationTask, "token-classification": TokenClassificationTask,
-         "causal-lm": CausalLMTask, "sentence-embedding": SentenceEmbeddingTask}
+         "causal-lm": CausalLMTask, "sentence-embedding": SentenceEmbeddingTask, "preference": PreferenceTask,
+         "reward-model": RewardModelTask}
 
 
 def task_for(cfg):

@@ -48,6 +48,21 @@ def chat_tokenizer(chat_tokenizer_dir):
     return AutoTokenizer.from_pretrained(chat_tokenizer_dir)
 
 
+def use_lora_on_a_saved_base(tmp_path, pref_config, chat_tokenizer) -> None:
+    """Point the config at a 2-layer Llama saved with the chat tokenizer and train LoRA on it (llmkit adapter)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    base = tmp_path / "base"
+    config = LlamaConfig(vocab_size=len(chat_tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=128,
+                         eos_token_id=chat_tokenizer.eos_token_id, pad_token_id=chat_tokenizer.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(base)
+    chat_tokenizer.save_pretrained(base)
+    pref_config["model"] = {"name_or_path": str(base)}
+    del pref_config["tokenizer"]
+    pref_config["adapter"] = {"method": "lora", "r": 4, "lora_alpha": 8, "target_modules": "all-linear"}
+
+
 def history(run) -> list[dict]:
     return [json.loads(line) for line in (run / "log_history.jsonl").read_text().splitlines()]
 
@@ -84,17 +99,7 @@ def test_first_step_matches_the_reference(tmp_path, pref_config):
 
 
 def test_lora_reference_is_the_base_with_the_adapter_disabled(tmp_path, pref_config, chat_tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    base = tmp_path / "base"
-    config = LlamaConfig(vocab_size=len(chat_tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=128,
-                         eos_token_id=chat_tokenizer.eos_token_id, pad_token_id=chat_tokenizer.pad_token_id)
-    LlamaForCausalLM(config).save_pretrained(base)
-    chat_tokenizer.save_pretrained(base)
-    pref_config["model"] = {"name_or_path": str(base)}
-    del pref_config["tokenizer"]
-    pref_config["adapter"] = {"method": "lora", "r": 4, "lora_alpha": 8, "target_modules": "all-linear"}
+    use_lora_on_a_saved_base(tmp_path, pref_config, chat_tokenizer)
     pref_config["train"]["learning_rate"] = 2e-2
     result = invoke("adapter", write_yaml(tmp_path / "pref.yaml", pref_config))
     assert result.exit_code == 0, result.output
@@ -224,16 +229,7 @@ def test_reward_model_learns_pairwise_accuracy(tmp_path, pref_config, chat_token
     pref_config["train"].update(learning_rate=1e-2 if with_adapter else 3e-3)
     command = "finetune"
     if with_adapter:
-        from transformers import LlamaConfig, LlamaForCausalLM
-
-        base = tmp_path / "base"
-        LlamaForCausalLM(LlamaConfig(vocab_size=len(chat_tokenizer), hidden_size=32, num_hidden_layers=2,
-                                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
-                                     pad_token_id=chat_tokenizer.pad_token_id)).save_pretrained(base)
-        chat_tokenizer.save_pretrained(base)
-        pref_config["model"] = {"name_or_path": str(base)}
-        del pref_config["tokenizer"]
-        pref_config["adapter"] = {"method": "lora", "r": 4, "lora_alpha": 8, "target_modules": "all-linear"}
+        use_lora_on_a_saved_base(tmp_path, pref_config, chat_tokenizer)
         command = "adapter"
     result = invoke(command, write_yaml(tmp_path / "rm.yaml", pref_config))
     assert result.exit_code == 0, result.output
@@ -263,16 +259,7 @@ def test_preference_tuning_resumes_mid_epoch_exactly(monkeypatch, tmp_path, pref
     pref_config["data"].pop("validation_file")
     command, saved = "finetune", "model/model.safetensors"
     if with_adapter:
-        from transformers import LlamaConfig, LlamaForCausalLM
-
-        base = tmp_path / "base"
-        LlamaForCausalLM(LlamaConfig(vocab_size=len(chat_tokenizer), hidden_size=32, num_hidden_layers=2,
-                                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
-                                     pad_token_id=chat_tokenizer.pad_token_id)).save_pretrained(base)
-        chat_tokenizer.save_pretrained(base)
-        pref_config["model"] = {"name_or_path": str(base)}
-        del pref_config["tokenizer"]
-        pref_config["adapter"] = {"method": "lora", "r": 4, "lora_alpha": 8, "target_modules": "all-linear"}
+        use_lora_on_a_saved_base(tmp_path, pref_config, chat_tokenizer)
         command, saved = "adapter", "adapter/adapter_model.safetensors"
     full, parts = run_interrupted_and_resumed(monkeypatch, tmp_path, command, pref_config, steps=6, half=3)
     assert_same_weights(weights(full / saved), weights(parts / saved))
@@ -313,16 +300,7 @@ def test_precomputed_reference_trains_like_the_live_one(tmp_path, pref_config, c
     pref_config["train"].update(num_train_epochs=1)
     command = "finetune"
     if with_adapter:
-        from transformers import LlamaConfig, LlamaForCausalLM
-
-        base = tmp_path / "base"
-        LlamaForCausalLM(LlamaConfig(vocab_size=len(chat_tokenizer), hidden_size=32, num_hidden_layers=2,
-                                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
-                                     pad_token_id=chat_tokenizer.pad_token_id)).save_pretrained(base)
-        chat_tokenizer.save_pretrained(base)
-        pref_config["model"] = {"name_or_path": str(base)}
-        del pref_config["tokenizer"]
-        pref_config["adapter"] = {"method": "lora", "r": 4, "lora_alpha": 8, "target_modules": "all-linear"}
+        use_lora_on_a_saved_base(tmp_path, pref_config, chat_tokenizer)
         command = "adapter"
     figures = []
     for precompute in (False, True):

@@ -7,4 +7,6 @@ bash "$here/setup.sh" dev
 source "$here/_python.sh"
 cd "$root"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
-exec "$PY" -m pytest -q "$@"
+# One worker per core (pytest-xdist): most tests are single-threaded Python (config checks, generated bad
+# inputs); tests/conftest.py splits torch's threads between the workers.
+exec "$PY" -m pytest -q -n auto --dist loadgroup "$@"

@@ -20,6 +20,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
+# Under pytest-xdist (scripts/test.sh runs one worker per core) each worker gets its share of the cores for
+# torch's intra-op threads, so workers do not oversubscribe the machine; subprocesses inherit the setting.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
+
 POSITIVE = ["great", "wonderful", "superb", "lovely", "brilliant", "excellent", "charming", "delightful"]
 NEGATIVE = ["awful", "terrible", "boring", "dreadful", "poor", "dull", "clumsy", "tedious"]
 NEUTRAL = ["the", "film", "story", "acting", "was", "really", "quite", "plot", "music", "and", "a", "it", "felt"]

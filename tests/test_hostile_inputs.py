@@ -72,6 +72,10 @@ import yaml
 from tests.conftest import sentiment_rows, write_csv
 from tests.recipes.helpers import invoke, tiny_bert_config
 
+# One pytest-xdist worker runs this file (scripts/test.sh: --dist loadgroup): the --dry-run test of a case
+# compares with the real run of the same case, kept in RESULTS of this process.
+pytestmark = pytest.mark.xdist_group("hostile-inputs")
+
 SEED = 20240917
 COMMANDS = ("pretrain", "finetune", "adapter", "prompt", "distill", "eval", "compress")
 MARKERS = (".llmkit-run", ".llmkit-lock")  # llmkit's run marker and lock, tolerated inside an existing output dir

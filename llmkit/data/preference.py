@@ -8,7 +8,9 @@ Three row layouts are accepted (detected from the columns and the first row):
   (or text: one user message), or without a prompt column: the prompt is then the turns both sides share, up to
   the last assistant turn;
 - ``dialogue``: no prompt column, ``chosen`` / ``rejected`` as "Human: ... Assistant: ..." text (Anthropic HH
-  style), read as messages and split like conversational rows without a prompt.
+  style), read as messages and split like conversational rows without a prompt;
+- ``unpaired`` (KTO): ``prompt``, ``completion`` (text or messages) and a true / false ``label`` (desirable or
+  not) -> prompt_ids, completion_ids, label; only preference.method kto learns from these, and kto only from these.
 
 Each side is rendered and masked by SFT's code (data/sft.py ``encode_conversation``: the tokenizer's chat template,
 or llmkit's plain template for text rows when the tokenizer has none), with only the last assistant turn labelled.
@@ -30,7 +32,7 @@ from llmkit.data.loading import SPLIT_KEYS, load_raw_splits
 from llmkit.data.sft import IGNORE_INDEX, PLAIN_TEMPLATE, choose_template, encode_conversation, to_messages
 from llmkit.errors import UserError
 
-FORMATS = ("strings", "conversational", "dialogue")
+FORMATS = ("strings", "conversational", "dialogue", "unpaired")
 KEPT, IDENTICAL, EMPTY = "kept", "identical", "empty"
 TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):[ \t]?")
 ROLE_OF = {"Human": "user", "Assistant": "assistant"}
@@ -45,14 +47,22 @@ class PreferenceData(PreparedData):
     sft_format: str = "prompt_response"  # the SFT layout whose template rule applies (plain template or not)
 
 
-def detect_preference_format(ds: Any, split: str) -> str:
-    """The layout of a split's rows (see the module docstring); missing columns are refused by name."""
+def detect_preference_format(ds: Any, split: str, unpaired: bool = False) -> str:
+    """The layout of a split's rows (see the module docstring); missing columns are refused by name, and the
+    layout must be the method's: unpaired rows for kto (`unpaired`), pairs for every other method."""
     cols = set(ds.column_names)
     if {"completion", "label"} <= cols and not {"chosen", "rejected"} & cols:
-        raise UserError(f"data: the {split} data has unpaired rows (prompt, completion, label: KTO data); "
-                        "preference.method dpo, ipo, simpo and orpo learn from pairs, a chosen and a rejected "
-                        "answer to each prompt (columns prompt, chosen, rejected). preference.method: kto is not "
-                        "available yet.")
+        if not unpaired:
+            raise UserError(f"data: the {split} data has unpaired rows (prompt, completion, label: KTO data); "
+                            "preference.method dpo, ipo, simpo and orpo learn from pairs, a chosen and a rejected "
+                            "answer to each prompt (columns prompt, chosen, rejected). Set preference.method: kto "
+                            "for these rows, or give pairs.")
+        return "unpaired"
+    if unpaired:
+        raise UserError(f"data: preference.method kto learns from unpaired rows (columns prompt, completion and a "
+                        f"true / false label); the {split} data has the columns {', '.join(ds.column_names)}. Use "
+                        "preference.method dpo (or ipo, simpo, orpo) for chosen / rejected pairs, or give KTO rows "
+                        "(each pair makes two: its chosen answer labelled true, its rejected answer false).")
     missing = [c for c in ("chosen", "rejected") if c not in cols]
     if missing:
         raise UserError(f"data: preference pairs need the columns prompt, chosen and rejected; the {split} data "
@@ -165,36 +175,80 @@ def pair_encoder(tokenizer: Any, fmt: str, template: str | None, max_length: int
     return encode
 
 
+def read_label(value: Any, index: int) -> bool:
+    """A KTO row's label: true (desirable) or false; 1 / 0 and the strings true / false are read as such."""
+    if isinstance(value, bool) or value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise UserError(f"data: row {index}: label must be true (a desirable completion) or false, got {value!r}.")
+
+
+def unpaired_encoder(tokenizer: Any, template: str | None, max_length: int):
+    """The `datasets.map` function of unpaired (KTO) rows: prompt + completion rendered and masked like SFT (the
+    prompt is what precedes the completion's labels), truncated prompt first; empty completions marked."""
+    def encode(row: dict, index: int) -> dict:
+        prompt = _as_turns(row.get("prompt"), "user") if row.get("prompt") is not None else []
+        completion = _as_turns(row.get("completion"), "assistant")
+        label = read_label(row.get("label"), index)
+        if _is_empty(completion):
+            return {"prompt_ids": [], "completion_ids": [], "label": label, "status": EMPTY, "truncated": False}
+        whole = to_messages({"messages": prompt + completion}, "messages", index)  # SFT's checks of the turns
+        side = encode_conversation(tokenizer, whole, NO_LIMIT, template, last_turn_only=True)
+        cut = _first_label(side["labels"])
+        ids, done, _, truncated = truncate_pair(side["input_ids"][:cut], side["input_ids"][cut:], [], max_length)
+        return {"prompt_ids": ids, "completion_ids": done, "label": label, "status": KEPT, "truncated": truncated}
+
+    return encode
+
+
 def _split_stats(ds: Any, extra: dict) -> dict:
+    if "completion_ids" in ds.column_names:  # unpaired rows
+        p, c = ds["prompt_ids"], ds["completion_ids"]
+        desirable = sum(ds["label"])
+        return {"examples": len(ds), "tokens": int(sum(len(a) + len(b) for a, b in zip(p, c))),
+                "max_tokens": int(max((len(a) + len(b) for a, b in zip(p, c)), default=0)),
+                "desirable": int(desirable), "undesirable": len(ds) - int(desirable), **extra}
     p, c, r = ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"]
     tokens = sum(2 * len(a) + len(b) + len(d) for a, b, d in zip(p, c, r))
     longest = max((len(a) + max(len(b), len(d)) for a, b, d in zip(p, c, r)), default=0)
     return {"examples": len(ds), "tokens": int(tokens), "max_tokens": int(longest), **extra}
 
 
-def _check_one_layout(raw: dict) -> str:
+def _check_one_layout(raw: dict, unpaired: bool) -> str:
     first = "train" if "train" in raw else next(iter(raw))
-    fmt = detect_preference_format(raw[first], first)
+    fmt = detect_preference_format(raw[first], first, unpaired)
     for name, ds in raw.items():
-        other = detect_preference_format(ds, name)
+        other = detect_preference_format(ds, name, unpaired)
         if other != fmt:
             raise UserError(f"data.{SPLIT_KEYS[name]}: the {name} data is laid out as {other} pairs but the {first} "
                             f"data as {fmt}; use one layout.")
     return fmt
 
 
-def prepare_preference_data(cfg: Any, tokenizer: Any, seed: int) -> PreferenceData:
-    """Load, render and tokenize preference pairs (or take them from the cache); drop identical and empty pairs,
-    truncate long ones (each counted per split)."""
+def _sft_format(raw: dict, fmt: str) -> str:
+    """The SFT layout whose template rule applies: message rows keep the tokenizer's template rule, text rows may
+    take llmkit's plain template."""
+    if fmt == "unpaired":
+        first = next(iter(raw.values()))
+        return "messages" if len(first) and isinstance(first[0]["completion"], (list, tuple)) else "prompt_response"
+    return "messages" if fmt == "conversational" else "prompt_response"
+
+
+def prepare_preference_data(cfg: Any, tokenizer: Any, seed: int, unpaired: bool = False) -> PreferenceData:
+    """Load, render and tokenize preference pairs (or, `unpaired`, KTO's labelled completions), or take them from
+    the cache; drop identical and empty pairs, truncate long ones (each counted per split)."""
     start = time.perf_counter()
 
     def build():
         import datasets
 
         raw = load_raw_splits(cfg, seed)
-        fmt = _check_one_layout(raw)
-        sft_format = "messages" if fmt == "conversational" else "prompt_response"
-        encode = pair_encoder(tokenizer, fmt, choose_template(tokenizer, sft_format), cfg.max_length)
+        fmt = _check_one_layout(raw, unpaired)
+        sft_format = _sft_format(raw, fmt)
+        template = choose_template(tokenizer, sft_format)
+        encode = unpaired_encoder(tokenizer, template, cfg.max_length) if unpaired else \
+            pair_encoder(tokenizer, fmt, template, cfg.max_length)
         splits, stats = {}, {}
         for name, ds in raw.items():
             mapped = ds.map(encode, with_indices=True, remove_columns=ds.column_names,
@@ -213,7 +267,7 @@ def prepare_preference_data(cfg: Any, tokenizer: Any, seed: int) -> PreferenceDa
                                               "sft_format": sft_format}
 
     parts = {
-        "kind": "preference", "seed": seed,
+        "kind": "preference", "seed": seed, "unpaired": unpaired,
         "files": {key: files_digest(getattr(cfg, key)) for key in SPLIT_KEYS.values()},
         "hub": [cfg.dataset_name, cfg.dataset_config, cfg.train_split, cfg.eval_split, cfg.test_split],
         "tokenizer": tokenizer_digest(tokenizer), "plain_template": PLAIN_TEMPLATE,

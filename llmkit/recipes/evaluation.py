@@ -134,11 +134,37 @@ class GenerationSpec:
 
 
 @dataclass
+class PreferenceEvalSpec:
+    """eval.task preference: the reference of the implicit reward, beta, and the sample generations."""
+
+    reference: str | None = opt(
+        "The reference model of the implicit reward (a model directory, hub id or run directory). Default: an "
+        "adapter run's base model (the adapter disabled); a full preference run's model as its config names it "
+        "(model.name_or_path); none for any other model (then only the log-probability row), and none for a "
+        "simpo / orpo run (its reward is beta x the mean per-token log-prob, as in training).", default=None)
+    beta: float | None = opt("The beta of the implicit reward, beta x (log-prob - reference log-prob). Default: the "
+                             "run's preference.beta (its method's default), else 0.1.", default=None)
+    samples: int = opt("Generate for the prompts of the first this many pairs of the first split, by the model and "
+                       "by its reference (samples.jsonl); 0: none.", default=3)
+    max_new_tokens: int = opt("New tokens per sample generation (greedy).", default=64)
+
+    def validate(self) -> list[ConfigIssue]:
+        issues = []
+        if self.beta is not None and not 0 < self.beta < float("inf"):
+            issues.append(ConfigIssue("beta", f"must be a finite number > 0, got {self.beta}."))
+        if self.samples < 0:
+            issues.append(ConfigIssue("samples", f"must be >= 0, got {self.samples}."))
+        if self.max_new_tokens < 1:
+            issues.append(ConfigIssue("max_new_tokens", f"must be >= 1, got {self.max_new_tokens}."))
+        return issues
+
+
+@dataclass
 class EvalSection:
     """What to evaluate and how."""
 
     task: Literal["auto", "sequence-classification", "token-classification", "perplexity", "generation", "sts",
-                  "retrieval"] = opt(
+                  "retrieval", "preference"] = opt(
         "What to evaluate, named as finetune's task.type where it is one. auto: from the model (a "
         "sentence-embedding run or a sentence-transformers directory -> sts; else from its head: "
         "sequence-classification head -> sequence-classification, token-classification head -> "
@@ -147,7 +173,10 @@ class EvalSection:
         "Pearson correlation of the cosine similarity of each pair's embeddings (data.text_column, "
         "data.text_pair_column) with its gold score (data.score_column). retrieval: each query "
         "(data.text_column) ranks all the positives of the file (data.text_pair_column): recall@1/5/10 and MRR "
-        "of its own.", default="auto")
+        "of its own. preference: on (prompt, chosen, rejected) pairs (read like finetune's preference data): any "
+        "causal LM's log-probability preference accuracy (chosen's mean per-token log-prob higher), a policy's "
+        "implicit-reward accuracy and margin against its reference (eval.preference), a reward model's pairwise "
+        "accuracy (auto picks it for a reward-model run).", default="auto")
     pooling: Literal["mean", "cls", "last-token"] | None = opt(
         "sts / retrieval: how token vectors become one sentence embedding: mean, cls or last-token; null: the "
         "model's own (a sentence-transformers directory's pooling), else mean.", default=None)
@@ -158,6 +187,7 @@ class EvalSection:
                                   "run's task.threshold, else 0.5).", default=None)
     perplexity: PerplexitySpec = opt("Perplexity settings.", default_factory=PerplexitySpec)
     generation: GenerationSpec = opt("Generation settings.", default_factory=GenerationSpec)
+    preference: PreferenceEvalSpec = opt("eval.task preference settings.", default_factory=PreferenceEvalSpec)
     smoke: bool = opt("Smoke mode (as --smoke): a tiny random copy of the model (same family and tokenizer), the "
                       "first 32 rows (or lines), 8 generated tokens, output in smoke/ (see docs/smoke.md).",
                       default=False)
@@ -169,6 +199,9 @@ class EvalSection:
         if self.pooling is not None and self.task not in ("auto", *EMBEDDING_TASKS):
             issues.append(ConfigIssue("pooling", f"only applies to sentence embeddings (eval.task sts or "
                                                  f"retrieval), not {self.task}; remove eval.pooling."))
+        if self.preference != PreferenceEvalSpec() and self.task not in ("auto", "preference"):
+            issues.append(ConfigIssue("preference", f"only applies to eval.task preference, not {self.task}; remove "
+                                                    "eval.preference (or set eval.task=preference)."))
         return issues
 
 
@@ -302,6 +335,8 @@ def run(cfg: EvalConfig, *, config_path: str | None = None, overwrite: bool | st
         metrics, sections, extra = evaluate_token_classification(cfg, model_cfg, tokenizer, dry_run)
     elif task == "generation":
         metrics, sections, extra = evaluate_generation(cfg, model_cfg, tokenizer, kind, dry_run)
+    elif task == "preference":
+        metrics, sections, extra = evaluate_preference(cfg, model_cfg, tokenizer, run_dir, kind, dry_run)
     else:
         metrics, sections, extra = evaluate_perplexity(cfg, model_cfg, tokenizer, kind, dry_run)
     if dry_run:
@@ -320,15 +355,20 @@ def detect_task(cfg: EvalConfig, model_cfg: ModelConfig, run_dir: rundir.RunDire
     model's encoder."""
     kind = model_kind(model_cfg)
     task = cfg.eval.task
-    if kind == "reward-model":
-        raise UserError(f"eval.task: {model_cfg.name_or_path} is a reward model; llmkit eval does not score reward "
-                        "models yet. Its pairwise accuracy on the validation pairs is in its run's metrics.json "
-                        "(eval_accuracy); give the pairs as data.validation_file of a finetune / adapter run.")
+    name = model_cfg.name_or_path
+    if kind == "reward-model" or (run_dir is not None and (run_dir.config.get("task") or {}).get("type")
+                                  == "reward-model"):
+        if task not in ("auto", "preference"):
+            raise UserError(f"eval.task: {name} is a reward model, evaluated on preference pairs (its pairwise "
+                            f"accuracy), not by {task}. Use eval.task=preference (or auto).")
+        return "preference", "reward-model"
+    if task == "preference" and kind != "causal-lm":
+        raise UserError(f"eval.task: preference scores the pairs with a causal LM (or a reward model); {name} is a "
+                        f"{kind} model. Use eval.task={kind if kind in CLASSIFICATION_KINDS else 'perplexity'}.")
     if task == "auto":
         embedding = (kind == "sentence-embedding" or (run_dir is not None and is_sentence_run(run_dir.config))
                      or sentence_source(model_cfg) is not None)
         task = "sts" if embedding else kind if kind in CLASSIFICATION_KINDS else "perplexity"
-    name = model_cfg.name_or_path
     if task in EMBEDDING_TASKS:
         return task, kind
     if cfg.eval.pooling is not None:
@@ -548,6 +588,179 @@ def _render(tokenizer: Any, prompts: list[str], spec: GenerationSpec) -> list[st
         raise UserError(f"eval.generation.use_chat_template: {e}") from None
 
 
+# ---------------------------------------------------------------- preference pairs
+
+
+@dataclass
+class PreferencePlan:
+    """What eval.task preference scores: a reward model's pairs, or a causal LM's log-probs and, when it has one,
+    its implicit reward against `reference` ("adapter-off", a ModelConfig, or None) with `beta`."""
+
+    reward_model: bool
+    method: str = "dpo"
+    beta: float = 0.1
+    reference: Any = None
+    describe: str = "none (only the log-probability row)"
+
+
+def preference_plan(cfg: EvalConfig, model_cfg: ModelConfig, run_dir: rundir.RunDirectory | None, kind: str
+                    ) -> PreferencePlan:
+    """The reference and beta of a policy (see PreferenceEvalSpec.reference), or a reward model's plan."""
+    from llmkit.tasks.config import BETA_DEFAULTS
+    from llmkit.training.preference import REFERENCE_FREE
+
+    if kind == "reward-model":
+        return PreferencePlan(reward_model=True, describe="none (a reward model scores each conversation)")
+    saved = run_dir.config if run_dir else {}
+    pref = saved.get("preference") or {}
+    method = pref.get("method") or "dpo"
+    spec = cfg.eval.preference
+    beta = spec.beta or pref.get("beta") or BETA_DEFAULTS.get(method, 0.1)
+    plan = PreferencePlan(reward_model=False, method=method, beta=beta)
+    if spec.reference is not None:
+        ref_run = rundir.find_run_directory(spec.reference, key="eval.preference.reference")
+        path = str(ref_run.model_dir) if ref_run else spec.reference
+        plan.reference, plan.describe = ModelConfig(name_or_path=path), f"{spec.reference} (eval.preference.reference)"
+    elif method in REFERENCE_FREE and saved:
+        plan.describe = f"none ({method} is reference-free: reward = beta x the mean per-token log-prob)"
+        plan.reference = "reference-free"
+    elif find_adapter_dir(model_cfg.name_or_path) is not None:
+        plan.reference, plan.describe = "adapter-off", "the base model (the adapter disabled)"
+    elif (saved.get("task") or {}).get("type") == "preference":
+        plan.reference, plan.describe = saved_base(saved, run_dir), "the run's base model (its model section)"
+    return plan
+
+
+def saved_base(saved: dict, run_dir: rundir.RunDirectory) -> ModelConfig:
+    """The model a full preference run started from, as its config.yaml names it."""
+    from llmkit.config.schema import build
+
+    section = saved.get("model") or {}
+    if section.get("from_config") is not None or not section.get("name_or_path"):
+        raise UserError(f"eval.preference.reference: the run {run_dir.path} trained a model built from a config "
+                        "(random weights that eval cannot rebuild), so its reference is unknown. Set "
+                        "eval.preference.reference to the untrained model's directory.")
+    model, _ = build(ModelConfig, section, "model")
+    return model
+
+
+def evaluate_preference(cfg: EvalConfig, model_cfg: ModelConfig, tokenizer: Any,
+                        run_dir: rundir.RunDirectory | None, kind: str, dry_run: bool = False):
+    """Every split's pairs: a reward model's pairwise accuracy; a causal LM's log-probability preference accuracy
+    (the baseline row) and, with a reference, its implicit-reward accuracy and margin."""
+    from llmkit.data.preference import prepare_preference_data
+    from llmkit.training.preference import preference_collator, require_trl
+
+    require_trl("eval.task")
+    data = prepare_preference_data(cfg.data, tokenizer, seed=0)
+    splits = {k: v for k, v in data.splits.items() if k != "train"}
+    dropped = {k: {d: data.stats[k][d] for d in ("dropped_identical", "dropped_empty", "truncated")} for k in splits}
+    plan = preference_plan(cfg, model_cfg, run_dir, kind)
+    what = "reward model" if plan.reward_model else f"beta {plan.beta} (method {plan.method})"
+    print(f"preference: {model_label(model_cfg)}, {what}; reference: {plan.describe}")
+    model, reference = load_preference_models(model_cfg, tokenizer, plan)
+    if dry_run:
+        return {"examples": {split: f"{len(ds)} pairs" for split, ds in splits.items()}}, [], {}
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    collate = preference_collator(pad, None)
+    metrics, rows = {}, []
+    for split, ds in splits.items():
+        prefix = "eval" if split == "validation" else split
+        figures, split_rows = score_preference_split(model, reference, plan, ds, collate, cfg.eval)
+        metrics.update({f"{prefix}_{k}": v for k, v in figures.items()})
+        metrics.update({f"{prefix}_pairs": len(ds), **{f"{prefix}_{k}": v for k, v in dropped[split].items()}})
+        rows += [[split, *row] for row in split_rows]
+    header = ["split", "measure", "pairs", "accuracy", "margin", "chosen", "rejected"]
+    sections = [("Preference pairs (accuracy: the share of pairs ranked chosen > rejected)",
+                 markdown_table(header, rows))]
+    extra = {"preference": {"method": plan.method, "beta": plan.beta, "reference": plan.describe,
+                            "reward_model": plan.reward_model}}
+    if not plan.reward_model and cfg.eval.preference.samples and splits:
+        extra["samples"] = preference_samples(model, reference, tokenizer, next(iter(splits.items())), cfg.eval)
+    return metrics, sections, extra
+
+
+def load_preference_models(model_cfg: ModelConfig, tokenizer: Any, plan: PreferencePlan) -> tuple[Any, Any]:
+    """The model (a sequence-classification head for a reward model) and the reference to score against."""
+    if plan.reward_model:
+        model, _ = load_model("AutoModelForSequenceClassification", model_cfg, tokenizer)
+        if model.config.num_labels != 1:
+            raise UserError(f"model.name_or_path: {model_cfg.name_or_path} has {model.config.num_labels} outputs; "
+                            "a reward model has one score per conversation.")
+        return model, None
+    model, _ = load_model("AutoModelForCausalLM", model_cfg, tokenizer)
+    reference = plan.reference
+    if reference == "adapter-off" and not hasattr(model, "disable_adapter"):
+        raise UserError(f"model.name_or_path: the adapter of {model_cfg.name_or_path} cannot be switched off; set "
+                        "eval.preference.reference to its base model.")
+    if isinstance(reference, ModelConfig):
+        reference, _ = load_model("AutoModelForCausalLM", reference, tokenizer)
+        reference.eval()
+    return model, reference
+
+
+def score_preference_split(model: Any, reference: Any, plan: PreferencePlan, ds: Any, collate: Any,
+                           spec: EvalSection) -> tuple[dict, list[list]]:
+    """One split's figures (as training names them: logps/*, rewards/*; a reward model's accuracy, margin,
+    score/*) and its table rows: the model's log-probs (the baseline row), the reference's, the reward."""
+    import torch
+
+    from llmkit.training.preference import (
+        log_prob_figures,
+        pair_rows,
+        reward_figures,
+        score_conversations,
+        score_pairs,
+    )
+
+    if plan.reward_model:
+        f = reward_figures(score_conversations(model, ds, collate, spec.batch_size, spec.precision))
+        return ({"accuracy": f["accuracy"], "margin": f["margin"], "score/chosen": f["chosen"],
+                 "score/rejected": f["rejected"]}, [["reward model score", len(ds), *f.values()]])
+    live = reference if reference != "reference-free" else None
+    scored = score_pairs(model, live, ds, collate, spec.batch_size, spec.precision)
+    own = log_prob_figures(scored["logps"], scored["lengths"])
+    figures = {"logps/accuracies": own["accuracy"], "logps/margins": own["margin"], "logps/chosen": own["chosen"],
+               "logps/rejected": own["rejected"]}
+    rows = [["log-prob, the model alone (mean per token)", len(ds), *own.values()]]
+    if "ref" in scored:
+        base = log_prob_figures(scored["ref"], scored["lengths"])
+        figures.update({"reference_logps/accuracies": base["accuracy"], "reference_logps/margins": base["margin"]})
+        rows.append(["log-prob, the reference alone (mean per token)", len(ds), *base.values()])
+    if reference is not None:
+        flat = lambda t: torch.cat([t[:, 0], t[:, 1]])  # noqa: E731 - chosen rows, then rejected rows
+        ref = flat(scored["ref"]) if "ref" in scored else torch.zeros(2 * len(ds))
+        rewards = pair_rows(plan.method, plan.beta, flat(scored["logps"]), ref, flat(scored["lengths"]))[:, :2]
+        r = reward_figures(rewards)
+        figures.update({"rewards/accuracies": r["accuracy"], "rewards/margins": r["margin"],
+                        "rewards/chosen": r["chosen"], "rewards/rejected": r["rejected"]})
+        rows.append([f"implicit reward (beta {plan.beta})", len(ds), *r.values()])
+    return figures, rows
+
+
+def preference_samples(model: Any, reference: Any, tokenizer: Any, split: tuple[str, Any], spec: EvalSection
+                       ) -> list[dict]:
+    """Greedy generations for the first pairs' prompts (rendered as in training), by the model and its
+    reference (the adapter disabled, or the reference model), beside the chosen answer."""
+    from llmkit.metrics.generation import GenerationSettings, generate
+
+    name, ds = split
+    rows = ds.select(range(min(spec.preference.samples, len(ds))))
+    prompts = [tokenizer.decode(ids) for ids in rows["prompt_ids"]]
+    settings = GenerationSettings(max_new_tokens=spec.preference.max_new_tokens, use_chat_template=False,
+                                  batch_size=spec.batch_size)
+    outputs = generate(model, tokenizer, prompts, settings)
+    before = [None] * len(prompts)
+    if reference == "adapter-off":
+        with model.disable_adapter():
+            before = generate(model, tokenizer, prompts, settings)
+    elif reference not in (None, "reference-free"):
+        before = generate(reference, tokenizer, prompts, settings)
+    chosen = [tokenizer.decode(ids, skip_special_tokens=True) for ids in rows["chosen_ids"]]
+    return [{"split": name, "prompt": p, "output": o, "output_reference": b, "chosen": c}
+            for p, o, b, c in zip(prompts, outputs, before, chosen)]
+
+
 # ---------------------------------------------------------------- sentence embeddings
 
 
@@ -692,7 +905,9 @@ def print_table(metrics: dict) -> None:
 
 # ---------------------------------------------------------------- compare
 
-HEADLINE = ("eval_accuracy", "eval_f1", "test_accuracy", "test_f1", "eval_loss", "eval_perplexity",
+HEADLINE = ("eval_accuracy", "eval_f1", "test_accuracy", "test_f1", "eval_logps/accuracies",
+            "eval_reference_logps/accuracies", "eval_rewards/accuracies", "eval_rewards/margins", "eval_loss",
+            "eval_perplexity",
             "eval_bits_per_byte", "eval_exact_match", "eval_spearman", "eval_pearson", "test_spearman",
             "test_pearson", "eval_recall_at_1", "eval_recall_at_5", "eval_recall_at_10", "eval_mrr",
             "test_recall_at_1", "test_recall_at_5", "test_recall_at_10", "test_mrr", "train_runtime",

@@ -75,9 +75,9 @@ class TaskConfig:
 
 
 PREFERENCE_METHODS = ("dpo", "ipo", "simpo", "orpo", "kto")
-BETA_DEFAULTS = {"dpo": 0.1, "ipo": 0.1, "simpo": 2.0, "orpo": 0.1}
+BETA_DEFAULTS = {"dpo": 0.1, "ipo": 0.1, "simpo": 2.0, "orpo": 0.1, "kto": 0.1}
 SIMPO_GAMMA = 1.0  # gamma / beta = 0.5 with the default beta 2.0, as the SimPO paper recommends
-NOT_YET = {"kto": "KTO (unpaired prompt, completion, label rows)"}
+KTO_WEIGHTS = ("desirable_weight", "undesirable_weight")
 
 
 @dataclass
@@ -89,17 +89,29 @@ class PreferenceConfig:
         "ipo: the IPO squared loss (Azar et al. 2023) on the same ratios, averaged per completion token; simpo "
         "(Meng et al. 2024) and orpo (Hong et al. 2024, with an SFT term on the chosen answer) need no reference. "
         "The reference is the base model with the adapter disabled (llmkit adapter), else a frozen copy of the "
-        "model. kto is not available yet (refused).", default="dpo")
+        "model. kto (Ethayarajh et al. 2024) learns from unpaired rows (prompt, completion, a true / false label) "
+        "against the same reference, with a KL estimate from the batch's mismatched (prompt, completion) rows.",
+        default="dpo")
     beta: float | None = opt("dpo: the inverse temperature of the implicit reward; ipo: the regularisation tau "
                              "(target margin 1 / (2 beta)); simpo: the reward scale; orpo: the weight lambda of the "
-                             "odds-ratio term. Default: dpo 0.1, ipo 0.1, simpo 2.0, orpo 0.1.", default=None)
+                             "odds-ratio term; kto: the scale of the log-ratio in its sigmoid. Default: dpo 0.1, ipo "
+                             "0.1, simpo 2.0, orpo 0.1, kto 0.1.", default=None)
     label_smoothing: float = opt("dpo and simpo: the assumed probability that a pair's preference is flipped "
                                  "(conservative DPO, in [0, 0.5)); 0 is the plain loss.", default=0.0)
     gamma: float | None = opt("simpo only: the target reward margin (default 1.0: gamma / beta = 0.5 with the "
                               "default beta).", default=None)
+    desirable_weight: float | None = opt("kto only: the weight of the desirable (label true) rows' losses (default "
+                                         "1.0); with unbalanced data, keep desirable_weight x desirable rows / "
+                                         "(undesirable_weight x undesirable rows) in [1, 4/3] (the KTO paper).",
+                                         default=None)
+    undesirable_weight: float | None = opt("kto only: the weight of the undesirable (label false) rows' losses "
+                                           "(default 1.0).", default=None)
     precompute_ref: bool = opt("dpo, ipo: compute the reference's log-probs of every pair once, before training "
                                "(the untrained model, its adapter disabled), instead of at every step; full "
-                               "fine-tuning then keeps no frozen copy of the model in memory.", default=False)
+                               "fine-tuning then keeps no frozen copy of the model in memory. Stored on disk like "
+                               "the tokenized data (data.cache, data.cache_dir) under a key of the reference's "
+                               "weights, the pairs' token ids, precision and batch size: a second run reuses them.",
+                               default=False)
 
     @property
     def beta_value(self) -> float:
@@ -109,11 +121,18 @@ class PreferenceConfig:
     def gamma_value(self) -> float:
         return self.gamma if self.gamma is not None else SIMPO_GAMMA if self.method == "simpo" else 0.0
 
+    def weight(self, key: str) -> float:
+        value = getattr(self, key)
+        return 1.0 if value is None else value
+
     def validate(self) -> list[ConfigIssue]:
-        if self.method in NOT_YET:
-            return [ConfigIssue("method", f"{NOT_YET[self.method]} is not available in this version of llmkit; "
-                                          "use method: dpo, ipo, simpo or orpo.")]
         issues = []
+        for key in KTO_WEIGHTS:
+            value = getattr(self, key)
+            if value is not None and self.method != "kto":
+                issues.append(ConfigIssue(key, f"only applies to method: kto, not {self.method}; remove this key."))
+            elif value is not None and not 0 < value < float("inf"):
+                issues.append(ConfigIssue(key, f"must be a finite number > 0, got {value} (default 1.0)."))
         if self.beta is not None and not 0 < self.beta < float("inf"):
             issues.append(ConfigIssue("beta", f"must be a finite number > 0, got {self.beta} (default for "
                                               f"{self.method}: {BETA_DEFAULTS[self.method]})."))
@@ -129,6 +148,11 @@ class PreferenceConfig:
         if self.precompute_ref and self.method in ("simpo", "orpo"):
             issues.append(ConfigIssue("precompute_ref", f"{self.method} is reference-free: there is no reference to "
                                                         "precompute; remove this key."))
+        elif self.precompute_ref and self.method == "kto":
+            issues.append(ConfigIssue("precompute_ref", "kto's KL estimate scores each prompt with another row's "
+                                                        "completion from the same shuffled batch, so the reference's "
+                                                        "figures cannot be computed before training; remove this "
+                                                        "key (the reference runs at every step)."))
         return issues
 
 
@@ -153,5 +177,10 @@ class TaskTrainingConfig:
         if self.task.type != "preference" and self.preference != PreferenceConfig():
             issues.append(ConfigIssue("preference", f"only applies to task.type: preference, not {self.task.type}; "
                                                     "remove this section."))
+        if self.task.type == "sentence-embedding" and self.model.from_config is not None:
+            issues.append(ConfigIssue("model.from_config", "task.type: sentence-embedding fine-tunes a pretrained "
+                                                           "encoder (model.name_or_path, a run directory or pkg:); "
+                                                           "train a new one with llmkit pretrain first (objective "
+                                                           "mlm, then contrastive) and name its run here."))
         return (self.data.require_training_data() + self.tokenizer.refuse_training(self.command)
                 + self.data.label_separator_issues(self.task.type, self.task.multi_label) + issues)

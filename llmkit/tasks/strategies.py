@@ -381,8 +381,9 @@ class SentenceEmbeddingTask(SequenceClassificationTask):
 
 
 class PreferenceTask(CausalLMTask):
-    """Preference tuning of a causal LM (DPO, IPO) on (prompt, chosen, rejected) pairs rendered and masked like SFT
-    data; the reference is the base with the adapter disabled (llmkit adapter) or a frozen copy of the model."""
+    """Preference tuning of a causal LM (DPO, IPO, SimPO, ORPO) on (prompt, chosen, rejected) pairs, or KTO on
+    unpaired (prompt, completion, label) rows, rendered and masked like SFT data; the reference is the base with
+    the adapter disabled (llmkit adapter) or a frozen copy of the model."""
 
     unit = "pairs"
     training_overrides = {"remove_unused_columns": False}
@@ -404,7 +405,8 @@ class PreferenceTask(CausalLMTask):
         from llmkit.training.preference import require_trl
 
         require_trl("task.type")
-        data = self.data = prepare_preference_data(self.cfg.data, tokenizer, seed)
+        unpaired = self.cfg.task.type == "preference" and self.cfg.preference.method == "kto"
+        data = self.data = prepare_preference_data(self.cfg.data, tokenizer, seed, unpaired=unpaired)
         if use_plain_template(tokenizer, data.sft_format):
             tokenizer.chat_template = PLAIN_TEMPLATE  # saved with the model, used for the sample generations
         return data
@@ -427,12 +429,22 @@ class PreferenceTask(CausalLMTask):
                             "task.too_long=truncate (the start of the prompt goes first).")
         identical, empty = (sum(s[k] for s in stats) for k in ("dropped_identical", "dropped_empty"))
         pref = self.cfg.preference
+        method = f"method {pref.method}, beta {pref.beta_value}"
+        if data.format == "unpaired":
+            good, bad = (sum(s[k] for s in stats) for k in ("desirable", "undesirable"))
+            return (f"unpaired rows ({good} desirable, {bad} undesirable); {truncated} truncated to data.max_length "
+                    f"(prompt first), dropped: {empty} with an empty completion; {method}, desirable_weight "
+                    f"{pref.weight('desirable_weight')}, undesirable_weight {pref.weight('undesirable_weight')}")
         return (f"{data.format} pairs; {truncated} truncated to data.max_length (prompt first), dropped: {identical} "
-                f"with identical answers, {empty} with an empty answer; method {pref.method}, beta {pref.beta_value}")
+                f"with identical answers, {empty} with an empty answer; {method}")
 
     def plan_note(self, args) -> str | None:
         from llmkit.training.preference import REFERENCE_FREE
 
+        if self.cfg.preference.method == "kto" and args.per_device_train_batch_size < 2:
+            raise UserError(f"train.per_device_train_batch_size: kto estimates its KL term from the batch's other "
+                            f"rows, so it needs at least 2 rows per batch, got {args.per_device_train_batch_size}. "
+                            "Set train.per_device_train_batch_size=2 or more.")
         if self.cfg.preference.method in REFERENCE_FREE:
             return f"reference: none ({self.cfg.preference.method} is reference-free)"
         if self.cfg.preference.precompute_ref:
@@ -443,47 +455,59 @@ class PreferenceTask(CausalLMTask):
         return f"reference: a frozen copy of the model (+{self.model_bytes / 2**20:.0f} MiB)"
 
     def trainer_kwargs(self, model, args) -> dict:
-        from llmkit.training.preference import REFERENCE_FREE, frozen_copy
+        from llmkit.training.preference import REFERENCE_FREE, RefCache, frozen_copy
 
-        pref = self.cfg.preference
+        pref, data = self.cfg.preference, self.cfg.data
         copy = not self.with_adapter and pref.method not in REFERENCE_FREE and not pref.precompute_ref
+        settings = {"bf16": args.bf16, "fp16": args.fp16, "batch_size": args.per_device_eval_batch_size,
+                    "device": args.device.type}
         return {"method": pref.method, "beta": pref.beta_value, "label_smoothing": pref.label_smoothing,
                 "gamma": pref.gamma_value, "ref_model": frozen_copy(model) if copy else None,
-                "precompute": dict(self.data.splits) if pref.precompute_ref else None}
+                "weights": (pref.weight("desirable_weight"), pref.weight("undesirable_weight")),
+                "precompute": dict(self.data.splits) if pref.precompute_ref else None,
+                "ref_cache": RefCache(enabled=data.cache, cache_dir=data.cache_dir, settings=settings)}
 
     def collator(self, tokenizer, pad_to_multiple_of: int | None):
-        from llmkit.training.preference import preference_collator
+        from llmkit.training.preference import UnpairedCollator, preference_collator
 
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if self.cfg.preference.method == "kto":
+            return UnpairedCollator(pad, pad_to_multiple_of)
         return preference_collator(pad, pad_to_multiple_of)
 
     def metrics(self, labels: list[str]):
         from llmkit.training.preference import PreferenceMetrics
 
-        return PreferenceMetrics()
+        return PreferenceMetrics(self.cfg.preference.method)
 
     def sample_conversations(self) -> tuple[list[list[dict]], list[str | None]]:
         """task.sample_prompts, else the prompts of the first 3 validation pairs (their chosen answer as the
-        reference)."""
-        from llmkit.data.preference import detect_preference_format, to_pair
+        reference; kto rows: the completion when it is a desirable one)."""
+        from llmkit.data.preference import detect_preference_format, read_label, to_pair
 
         if self.cfg.task.sample_prompts:
             return super().sample_conversations()
         raw = load_raw_splits(self.cfg.data, self.cfg.train.seed)
         name = "validation" if "validation" in raw else "train"
-        fmt = detect_preference_format(raw[name], name)
+        fmt = detect_preference_format(raw[name], name, unpaired=self.cfg.preference.method == "kto")
         prompts, references = [], []
         for i, row in enumerate(raw[name].select(range(min(3, len(raw[name]))))):
-            prompt, chosen, _ = to_pair(row, fmt, i)
+            good = fmt != "unpaired" or read_label(row["label"], i)
+            if fmt == "unpaired":  # read as a pair of the completion with itself
+                row = {"prompt": row.get("prompt"), "chosen": row["completion"], "rejected": row["completion"]}
+            layout = fmt if fmt != "unpaired" else \
+                "conversational" if isinstance(row["chosen"], (list, tuple)) else "strings"
+            prompt, chosen, _ = to_pair(row, layout, i)
             prompts.append(prompt)
-            references.append(next((m["content"] for m in chosen if m["role"] == "assistant"), None))
+            references.append(next((m["content"] for m in chosen if m["role"] == "assistant"), None) if good else None)
         return prompts, references
 
     def report(self, split: str, metrics_fn, output, prefix: str, metrics: dict, out_dir: Path | None):
-        from llmkit.training.preference import METRICS
+        from llmkit.training.preference import KTO_METRICS, METRICS
 
-        row = [split, len(output.predictions)] + [metrics.get(f"{prefix}_{k}") for k in METRICS]
-        return [(f"Preference figures ({split})", markdown_table(["split", "pairs", *METRICS], [row]))]
+        names, unit = (KTO_METRICS, "rows") if self.cfg.preference.method == "kto" else (METRICS, "pairs")
+        row = [split, len(output.predictions)] + [metrics.get(f"{prefix}_{k}") for k in names]
+        return [(f"Preference figures ({split})", markdown_table(["split", unit, *names], [row]))]
 
 
 class RewardModelTask(PreferenceTask):

@@ -82,10 +82,17 @@ def test_full_fine_tuning_learns_the_preference(tmp_path, pref_config, method):
     assert {f"eval_{k}" for k in ("logps/chosen", "logps/rejected", "logps/accuracies")} <= set(metrics)
     train_logs = [h for h in history(run) if "loss" in h]
     assert "rewards/accuracies" in train_logs[-1] and train_logs[-1]["loss"] < train_logs[0]["loss"]
-    assert "Preference figures (validation)" in (run / "report.md").read_text()
+    report = (run / "report.md").read_text()
+    assert "Preference figures (validation)" in report and "![implicit rewards" in report
+    assert (run / "rewards.png").stat().st_size > 0
     assert (run / "model/config.json").is_file()
     samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 3 and samples[0]["reference"] == GOOD
+    if method == "dpo":  # its random start cannot be rebuilt: eval needs the reference named
+        refused = invoke("eval", run, "--data", pref_config["data"]["validation_file"], "eval.task=preference",
+                         "-o", tmp_path / "eval")
+        assert refused.exit_code == 2 and "trained a model built from a config" in refused.output, refused.output
+        assert "Set eval.preference.reference" in refused.output and not (tmp_path / "eval").exists()
 
 
 def test_first_step_matches_the_reference(tmp_path, pref_config):
@@ -113,6 +120,31 @@ def test_lora_reference_is_the_base_with_the_adapter_disabled(tmp_path, pref_con
     scored = invoke("eval", run, "--data", tmp_path / "text.txt", "-o", tmp_path / "eval")  # a causal LM to eval
     assert scored.exit_code == 0, scored.output
     assert json.loads((tmp_path / "eval/eval.json").read_text())["task"] == "perplexity"
+    check_preference_eval(tmp_path, run, metrics, pref_config["data"]["validation_file"])
+
+
+def check_preference_eval(tmp_path, run, trained: dict, pairs: str) -> None:
+    """eval.task preference on the run's validation pairs gives the figures training reported (the reference is
+    the base with the adapter disabled, beta from the run); the untuned base gets only the log-prob row."""
+    dev = ("--data", pairs, "eval.task=preference", "eval.preference.max_new_tokens=4")
+    tuned = invoke("eval", run, *dev, "-o", tmp_path / "eval-tuned")
+    assert tuned.exit_code == 0, tuned.output
+    assert "reference: the base model (the adapter disabled)" in tuned.output
+    record = json.loads((tmp_path / "eval-tuned/eval.json").read_text())
+    figures = record["metrics"]
+    for key in ("eval_rewards/accuracies", "eval_rewards/margins", "eval_rewards/chosen", "eval_logps/accuracies"):
+        assert figures[key] == pytest.approx(trained[key], rel=1e-4, abs=1e-5), key
+    assert figures["eval_logps/accuracies"] > figures["eval_reference_logps/accuracies"], figures
+    assert "implicit reward (beta 0.5)" in (tmp_path / "eval-tuned/report.md").read_text()
+    samples = [json.loads(line) for line in (tmp_path / "eval-tuned/samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 3 and samples[0]["chosen"] == GOOD and samples[0]["output_reference"] is not None
+    base = invoke("eval", tmp_path / "base", *dev, "-o", tmp_path / "eval-base")
+    assert base.exit_code == 0, base.output
+    untuned = json.loads((tmp_path / "eval-base/eval.json").read_text())["metrics"]
+    assert untuned["eval_logps/accuracies"] == figures["eval_reference_logps/accuracies"]
+    assert not any(k.startswith("eval_rewards") for k in untuned)  # no reference: only the log-prob row
+    table = invoke("eval", "compare", tmp_path / "eval-base", tmp_path / "eval-tuned")
+    assert "eval_logps/accuracies" in table.output and "eval_rewards/accuracies" in table.output, table.output
 
 
 def test_dry_run_counts_pairs_and_names_the_reference(tmp_path, pref_config):
@@ -237,12 +269,16 @@ def test_reward_model_learns_pairwise_accuracy(tmp_path, pref_config, chat_token
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["eval_accuracy"] == 1.0 and metrics["eval_margin"] > 0, metrics
     assert "Reward model (validation" in (run / "report.md").read_text()
+    scored = invoke("eval", run, "--data", pref_config["data"]["validation_file"], "-o", tmp_path / "eval")
+    assert scored.exit_code == 0, scored.output  # eval.task auto: preference, for a reward model
+    figures = json.loads((tmp_path / "eval/eval.json").read_text())["metrics"]
+    assert figures["eval_accuracy"] == 1.0 and figures["eval_margin"] == pytest.approx(metrics["eval_margin"],
+                                                                                       rel=1e-4)
     if with_adapter:
         meta = json.loads((run / "adapter/llmkit_adapter.json").read_text())
         assert meta["task"] == "reward-model"
-        refused = invoke("eval", run, "--data", pref_config["data"]["validation_file"], "-o", tmp_path / "eval")
-        assert refused.exit_code == 2 and "is a reward model; llmkit eval does not score reward models yet" \
-            in refused.output, refused.output
+        refused = invoke("eval", run, "--data", pref_config["data"]["validation_file"], "eval.task=perplexity")
+        assert refused.exit_code == 2 and "is a reward model, evaluated on preference pairs" in refused.output
     else:
         config = json.loads((run / "model/config.json").read_text())
         assert config["architectures"] == ["LlamaForSequenceClassification"] and len(config["id2label"]) == 1
@@ -302,16 +338,22 @@ def test_precomputed_reference_trains_like_the_live_one(tmp_path, pref_config, c
     if with_adapter:
         use_lora_on_a_saved_base(tmp_path, pref_config, chat_tokenizer)
         command = "adapter"
-    figures = []
-    for precompute in (False, True):
+    pref_config["data"]["cache_dir"] = str(tmp_path / "cache")
+    figures, outputs = [], []
+    for run, precompute in enumerate((False, True, True)):  # the second precomputed run reads the disk cache
         pref_config["preference"]["precompute_ref"] = precompute
-        pref_config["output_dir"] = str(tmp_path / f"run-{precompute}")
+        pref_config["output_dir"] = str(tmp_path / f"run-{run}")
         result = invoke(command, write_yaml(tmp_path / "pref.yaml", pref_config))
         assert result.exit_code == 0, result.output
         assert ("precomputed once before training" in result.output) == precompute
-        figures.append(json.loads((tmp_path / f"run-{precompute}" / "metrics.json").read_text()))
+        figures.append(json.loads((tmp_path / f"run-{run}" / "metrics.json").read_text()))
+        outputs.append(result.output)
+    assert "reference log-probs (train, 32 pairs): computed" in outputs[1] and "reused" not in outputs[1]
+    assert "reference log-probs (train, 32 pairs): reused from the cache" in outputs[2]
+    assert "reference log-probs (validation, 8 pairs): reused from the cache" in outputs[2]
     for key in ("train_loss", "eval_loss", "eval_rewards/margins", "eval_rewards/chosen", "eval_logps/rejected"):
         assert figures[1][key] == pytest.approx(figures[0][key], rel=1e-4, abs=1e-5), key
+        assert figures[2][key] == figures[1][key], key
 
 
 def test_two_processes_train_like_one(tmp_path, pref_config):
@@ -339,3 +381,75 @@ def test_summary_figures_of_pairs():
     assert figures["rewards/accuracies"] == pytest.approx(2 / 3) and figures["logps/accuracies"] == pytest.approx(2 / 3)
     assert figures["rewards/margins"] == pytest.approx((0.1 - 0.3 + 1.0) / 3)
     assert figures["logps/chosen"] == pytest.approx(-8.0) and figures["logps/rejected"] == pytest.approx(-7.0)
+
+
+# ---------------------------------------------------------------- KTO, the reference cache
+
+
+def kto_rows(n: int) -> list[dict]:
+    """Each pair of pair_rows as two unpaired rows: its chosen answer desirable, its rejected one not."""
+    rows = []
+    for pair in pair_rows(n):
+        rows += [{"prompt": pair["prompt"], "completion": pair["chosen"], "label": True},
+                 {"prompt": pair["prompt"], "completion": pair["rejected"], "label": False}]
+    return rows
+
+
+def test_kto_learns_from_unpaired_rows(tmp_path, pref_config):
+    pref_config["preference"] = {"method": "kto", "beta": 0.5, "undesirable_weight": 1.2}
+    pref_config["data"].update(train_file=write_jsonl(tmp_path / "data/kto.jsonl", kto_rows(32)),
+                               validation_file=write_jsonl(tmp_path / "data/kto-dev.jsonl", kto_rows(8)))
+    pref_config["train"].update(num_train_epochs=2)
+    result = invoke("finetune", write_yaml(tmp_path / "kto.yaml", pref_config))
+    assert result.exit_code == 0, result.output
+    assert "unpaired rows (40 desirable, 40 undesirable)" in result.output and "undesirable_weight 1.2" in result.output
+    run = tmp_path / "run"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["eval_rewards/margins"] > 0.5 and "eval_kl" in metrics, metrics
+    train_logs = [h for h in history(run) if "loss" in h]
+    assert "kl" in train_logs[-1] and train_logs[-1]["loss"] < train_logs[0]["loss"]
+    samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert samples[0]["reference"] == GOOD and samples[1]["reference"] is None  # an undesirable completion
+
+
+def test_kto_loss_matches_trl_formula():
+    """trl's KTOTrainer (loss_type kto): 1 - s(b (r - z)) x desirable_weight, 1 - s(b (z - r)) x undesirable."""
+    import math
+
+    import torch
+
+    from llmkit.training.preference import UnpairedCollator, kto_loss
+
+    loss = kto_loss(0.1, (1.0, 2.0), torch.tensor([3.0, -2.0]), torch.tensor(0.5), torch.tensor([True, False]))
+    sigmoid = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    assert loss.tolist() == pytest.approx([1 - sigmoid(0.1 * 2.5), 2 * (1 - sigmoid(0.1 * 2.5))])
+    batch = UnpairedCollator(0, None)([{"prompt_ids": [1], "completion_ids": [2], "label": True},
+                                       {"prompt_ids": [3], "completion_ids": [4, 5], "label": False}])
+    assert batch["KL_input_ids"].tolist() == [[1, 4, 5], [3, 2, 0]]  # each prompt with another row's completion
+
+
+def test_reference_cache_key_follows_the_model_and_the_data(tmp_path):
+    """The disk cache of precompute_ref is keyed by the reference's weights and the split's token ids: the same
+    model and data find the same file; another weight, another token or another setting, another file."""
+    from types import SimpleNamespace
+
+    import datasets
+    import torch
+
+    from llmkit.training.preference import RefCache
+
+    def key(model, ds, settings=None):
+        trainer = SimpleNamespace(model=model, accelerator=SimpleNamespace(unwrap_model=lambda m: m),
+                                  data_collator=SimpleNamespace(pad_to_multiple_of=None))
+        return RefCache(cache_dir=str(tmp_path), settings=settings).path(trainer, ds)
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    ds = datasets.Dataset.from_dict({"prompt_ids": [[1, 2]], "chosen_ids": [[3]], "rejected_ids": [[4]]})
+    first = key(model, ds)
+    assert first == key(model, ds) and first.parent == tmp_path / "reference"
+    assert key(model, ds.map(lambda r: {"chosen_ids": [5]})) != first
+    assert key(model, ds, {"bf16": True}) != first
+    with torch.no_grad():
+        model.weight[0, 0] += 1e-3
+    assert key(model, ds) != first

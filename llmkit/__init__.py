@@ -3,10 +3,11 @@
 `import llmkit` stays light: load_model imports the model code (torch, transformers) when it is called.
 """
 
-from llmkit.models.quiet import silence_torchao_import
+from llmkit.models.quiet import silence_library_warnings, silence_torchao_import
 from llmkit.version import __version__
 
 silence_torchao_import()  # transformers and peft import torchao when it is installed; its CPU chatter is noise
+silence_library_warnings()  # two transformers 5 deprecation notices raised from peft's calls, not llmkit's
 
 __all__ = ["__version__", "load_model"]
 

@@ -52,14 +52,28 @@ def guarded(fn: Callable[[], object]) -> object:
 
 
 def main_options(
-    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors, and every library's "
+                                                      "warnings and log messages."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no per-step or evaluation "
+                                                            "lines: only the plan and the final results."),
+    verbose: bool = typer.Option(False, "--verbose", help="Every metric on the per-step and evaluation lines."),
 ) -> None:
-    _state["debug"] = debug
-    if not debug:
-        import os
+    import os
 
-        # Quiet library chatter (load reports, per-file progress bars) that buries llmkit's own messages;
-        # the Trainer's progress bar and logs stay. --debug keeps everything.
+    _state["debug"] = debug
+    if quiet and verbose:
+        _fail("--quiet and --verbose contradict each other; give one of them.", 2)
+    # read by llmkit's progress display (training/progress.py), in this process and in the ranks of a launch
+    os.environ["LLMKIT_PROGRESS"] = "quiet" if quiet else "verbose" if verbose else "normal"
+    from llmkit.models.quiet import show_library_chatter, silence_library_warnings, silence_torchao_import
+
+    if debug:
+        show_library_chatter()
+    else:
+        # Quiet library chatter (load reports, download and loading bars, torchao's import messages) that buries
+        # llmkit's own messages; llmkit draws its own training progress. --debug keeps everything.
+        silence_torchao_import()  # again: an earlier --debug command in this process took it out
+        silence_library_warnings()
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

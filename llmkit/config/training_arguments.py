@@ -63,6 +63,9 @@ def make_training_arguments(train_cfg: Any, output_dir: str, **overrides: Any):
         os.environ["HF_TOKEN"] = hub_token
     precision = resolve_precision(train_cfg.precision)
     kwargs.update(bf16=precision == "bf16", fp16=precision == "fp16")
+    # llmkit draws its own progress (training/progress.py); train.disable_tqdm: true turns its live bar into step
+    # lines. transformers would otherwise derive the flag from its log level, which llmkit lowers.
+    kwargs.setdefault("disable_tqdm", False)
     if "use_cpu" not in kwargs and not cuda_available():
         kwargs["use_cpu"] = True  # also what makes CPU DDP real under torchrun/accelerate
     kwargs.update(overrides)

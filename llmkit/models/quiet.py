@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 
 
 @contextlib.contextmanager
@@ -41,3 +42,24 @@ def silence_torchao_import() -> None:
         log = logging.getLogger(name)
         if not any(isinstance(f, _DropChatter) for f in log.filters):
             log.addFilter(_DropChatter(fragments))
+
+
+# Deprecation notices transformers 5 raises from inside its own or peft's code (not from llmkit's calls), shown
+# once per run: peft's prefix tuning passes past_key_values to BERT; peft asks is_gradient_checkpointing.
+_LIBRARY_WARNINGS = ((FutureWarning, r"`past_key_values` is deprecated and will be removed"),
+                     (FutureWarning, r"`is_gradient_checkpointing` is deprecated and will be removed"))
+
+
+def silence_library_warnings() -> None:
+    """Keep the library deprecation notices above (and only them) off the terminal; --debug leaves them."""
+    for category, message in _LIBRARY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+
+
+def show_library_chatter() -> None:
+    """`llmkit --debug`: take the filters of silence_torchao_import out again (installed by `import llmkit`), so
+    every library message reaches the terminal."""
+    for name in _TORCHAO_CHATTER:
+        log = logging.getLogger(name)
+        for dropper in [f for f in log.filters if isinstance(f, _DropChatter)]:
+            log.removeFilter(dropper)

@@ -25,6 +25,7 @@ from llmkit.config.sections import (
 from llmkit.data.cache import cache_error, cache_key, cache_root, file_digest
 from llmkit.data.classification import prepare_classification_data
 from llmkit.data.loading import load_file_split, load_raw_splits
+from llmkit.data.preview import KINDS, preview_splits
 from llmkit.errors import ConfigIssue, UserError
 from llmkit.metrics.tables import markdown_table
 from llmkit.models.loading import (
@@ -305,6 +306,8 @@ def run(cfg: DistillConfig, *, config_path: str | None = None, overwrite: bool |
     check_best_metric(cfg.train, task.metric_names(metrics_fn))
     if dry_run:
         steps = run.plan(args, len(data.splits["train"]), " (before teacher-labelled texts)" if d.unlabeled else "")
+        student_memory(cfg, run, student, models.teacher, args, data)
+        run.preview(preview_splits(models.tokenizer, data.splits, KINDS[cfg.task.type], label_names=labels))
         return {"dry_run": True, "train_steps": steps, "teacher_params": sizes["teacher_params"],
                 "student_params": sizes["student_params"], "data": data.stats, "label_names": labels,
                 "layer_pairs": settings.layer_pairs}
@@ -317,6 +320,7 @@ def run(cfg: DistillConfig, *, config_path: str | None = None, overwrite: bool |
         train_split = extra.merged(train_split)
     train_split = train_split.add_column(INDEX_COLUMN, list(range(len(train_split))))
     run.plan(args, len(train_split), ", teacher outputs cached" if d.cache_teacher and settings.needs_teacher else "")
+    student_memory(cfg, run, student, models.teacher, args, data)
     if settings.needs_teacher and d.cache_teacher:
         settings.cache = teacher_cache(cfg, models.teacher, models.teacher_tokenizer, models.same_vocab, train_split,
                                        labels, settings.layer_pairs, run.precision, args, extra)
@@ -433,6 +437,12 @@ def teacher_labels(teacher, data_cfg: DataConfig) -> list[str]:
                         "the teacher's; use the teacher's names, or drop data.label_names to take them from the "
                         "teacher.")
     return names
+
+
+def student_memory(cfg: DistillConfig, run: Any, student: Any, teacher: Any, args: Any, data: Any) -> Any:
+    """The memory estimate of training the student beside the frozen teacher (training/memory.py)."""
+    return run.memory(student, args, data.stats["train"]["max_tokens"], logits=cfg.task.type == "causal-lm",
+                      frozen=(teacher,))
 
 
 def prepare_data(cfg: DistillConfig, task, tokenizer, labels: list[str]):

@@ -272,7 +272,9 @@ def run(cfg: PretrainConfig, *, config_path: str | None = None, overwrite: bool 
     sizes = [dict(s) for s in p.sweep] or [{}]
     plan = Plan(cfg, data, tokenizer, masking, run)
     if dry_run:
-        return plan.dry_run(sizes)
+        out = plan.dry_run(sizes)
+        run.preview(block_preview(data, tokenizer, p.objective, masking))
+        return out
     # The model is built before the run directory is touched: a model that cannot be built changes nothing.
     model = None if p.sweep else plan.build_model(cfg)
     run_dir = run.claim()
@@ -286,6 +288,7 @@ def pretrain_contrastive(cfg: PretrainConfig, run: Any, dry_run: bool) -> dict:
     on, the two views each other's positive, the batch's other sentences the negatives; the model saved in the
     sentence-transformers format with the pooling it trained with (the MLP over [CLS] is for training only)."""
     from llmkit.data.pairs import prepare_pair_data
+    from llmkit.data.preview import preview_splits
     from llmkit.models.embedding import build_sentence_model, require_sentence_transformers, save_sentence_model
     from llmkit.training.contrastive import (
         ContrastiveTrainer,
@@ -313,7 +316,9 @@ def pretrain_contrastive(cfg: PretrainConfig, run: Any, dry_run: bool) -> dict:
     check_batch_for_negatives(args.per_device_train_batch_size, args.world_size)
     run.print(negatives_line(args.per_device_train_batch_size, args.world_size, gathered=args.world_size > 1))
     steps = run.plan(args, len(data.splits["train"]))
+    run.memory(model, args, data.stats["train"]["max_tokens"], logits=False, rows_per_example=2)  # two views
     if dry_run:
+        run.preview(preview_splits(tokenizer, data.splits, "pairs", roles=("anchor",)))
         return {"dry_run": True, "train_steps": steps, "total_params": total, "data": data.stats}
     run.claim()
 
@@ -332,6 +337,24 @@ def pretrain_contrastive(cfg: PretrainConfig, run: Any, dry_run: bool) -> dict:
         "model": model_label(cfg.model), "objective": "contrastive (unsupervised SimCSE)", "pooling": p.pooling,
         "data": f"{len(data.splits['train'])} sentences",
     }, headline=["train_loss", "train_tokens_per_second"])
+
+
+def block_preview(data: Any, tokenizer: Any, objective: str, masking: MaskingSettings) -> list[str]:
+    """The first block of every split as the model sees it, collated as in training (CLM: every token trained;
+    MLM: masked, with a fixed seed so the run's own random state is untouched), trained tokens in [[ ]]."""
+    import torch
+
+    from llmkit.data.preview import example_lines
+
+    collator = BlockCollator(tokenizer, objective, masking)
+    collator.counting = False
+    lines = []
+    for name, ds in data.splits.items():
+        if len(ds):
+            batch = collator([ds[0]], generator=torch.Generator().manual_seed(0))
+            row = {"input_ids": batch["input_ids"][0].tolist(), "labels": batch["labels"][0].tolist()}
+            lines += example_lines(tokenizer, row, "lm", f"example {name}[0]")
+    return lines
 
 
 def encoder_source(model_cfg: ModelConfig) -> str:
@@ -379,6 +402,10 @@ class Plan:
             overrides["max_steps"] = math.ceil(cfg.pretrain.max_tokens / per_step)
         return self.run.arguments(run_dir, **overrides)
 
+    def memory(self, cfg: PretrainConfig, model: Any, args: Any) -> Any:
+        """The memory estimate of one model: batches of whole blocks, logits over the vocabulary everywhere."""
+        return self.run.memory(model, args, cfg.pretrain.block_size, logits=True)
+
     def dry_run(self, sizes: list[dict]) -> dict:
         out = {"dry_run": True, "data": self.data.stats, "sizes": []}
         for size in sizes:
@@ -389,6 +416,7 @@ class Plan:
             total = count_parameters(model)[1]
             self.state.print(f"model: {type(model).__name__}, {total / 1e6:.2f} M parameters "
                              f"({non_embedding_parameters(model) / 1e6:.2f} M non-embedding); plan: {steps} steps")
+            self.memory(cfg, model, args)
             out["sizes"].append({"total_params": total, "non_embedding_params": non_embedding_parameters(model),
                                  "train_steps": steps})
         return out
@@ -408,6 +436,7 @@ class Plan:
                          f"parameters, {non_embedding / 1e6:.2f} M non-embedding; plan: {steps} optimizer steps of "
                          f"{args.per_device_train_batch_size} x {args.gradient_accumulation_steps} x "
                          f"{args.world_size} blocks of {cfg.pretrain.block_size} tokens, precision {precision}")
+        self.memory(cfg, model, args)
         collator = BlockCollator(self.tokenizer, objective, self.masking)
         result = self.run.train(
             cfg=cfg, run_dir=run_dir, args=args, model=model, tokenizer=self.tokenizer,

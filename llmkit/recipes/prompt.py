@@ -271,7 +271,8 @@ def run(cfg: PromptConfig, *, config_path: str | None = None, overwrite: bool | 
     say(f"data: {describe_splits(setup.data.splits)}; {len(setup.labels)} classes "
         f"({', '.join(f'{n}: ' + '/'.join(w) for n, w in zip(setup.labels, setup.words))})")
     samples = plan_samples(setup, seeds)
-    say(f"example prompt: {example_prompt(setup, samples[0])}")
+    for line in example_prompt(setup, samples[0]):
+        say(line)
     _, total = count_parameters(model)
     say(f"model: {type(model).__name__} ({setup.kind} LM), {total / 1e6:.2f} M parameters; mode {mode}"
         + (f", {len(seeds)} seed(s)" if mode != "zero-shot" else ""))
@@ -459,16 +460,23 @@ def describe_splits(splits: dict) -> str:
     return ", ".join(f"{name} {len(ds)} examples" for name, ds in splits.items())
 
 
-def example_prompt(setup: Setup, sample: Sample) -> str:
-    """The first validation example as the model sees it (the first seed's), with each class's first label
-    word."""
-    rows = sample.eval_rows["validation"]
-    row = rows[rows["example"].index(0)]
+def example_prompt(setup: Setup, sample: Sample) -> list[str]:
+    """The first example of each scored split as the model sees it (the first seed's prompt: a causal LM's
+    context before the label word, a masked LM's text with its mask), its label and each class's first label
+    word, in the format every command's dry run shows (data/preview.py)."""
+    from llmkit.data.preview import block, render
+
     tok = setup.tokenizer
-    shown = tok.decode(row["variants"][0], skip_special_tokens=False)
-    answers = " | ".join(repr(tok.decode(setup.plan.word_ids[setup.plan.word_class.index(c)]))
-                         for c in range(len(setup.labels)))
-    return f"{shown!r} -> {answers}"
+    words = " | ".join(f"{name}: {tok.decode(setup.plan.word_ids[setup.plan.word_class.index(c)])!r}"
+                       for c, name in enumerate(setup.labels))
+    lines = []
+    for split, rows in sample.eval_rows.items():
+        row = rows[rows["example"].index(0)]
+        ids = row["variants"][0][:row["mask_start"][0]] if setup.plan.kind == "causal" else row["variants"][0]
+        label = int(row["labels"])
+        shown = f"label {setup.labels[label]} (id {label}); " if 0 <= label < len(setup.labels) else ""
+        lines += [f"example {split}[0]: {len(ids)} tokens; {shown}label words {words}", *block(render(tok, ids))]
+    return lines
 
 
 def set_demonstrations(setup: Setup, seed: int) -> list[int]:

@@ -70,7 +70,9 @@ def fine_tune(cfg: Any, command: str, *, config_path: str | None = None, overwri
     metrics_fn = task.metrics(data.label_names)
     check_best_metric(cfg.train, task.metric_names(metrics_fn))
     trainable, total = count_parameters(model)
+    memory_estimate(run, cfg, task, model, data, args)
     if dry_run:
+        run.preview(preview(cfg, tokenizer, data))
         return {"dry_run": True, "train_steps": steps, "trainable_params": trainable, "total_params": total,
                 "data": data.stats, "label_names": data.label_names}
 
@@ -163,6 +165,39 @@ def adapter_saver(cfg: Any, task: Any, tokenizer: Any):
         save_adapter(adapted, tokenizer, directory, {**meta, **task.adapter_settings(trainer.model)})
 
     return save
+
+
+def memory_estimate(run: Any, cfg: Any, task: Any, model: Any, data: Any, args: Any) -> Any:
+    """Print the run's memory estimate (training/memory.py): a micro-batch of the longest training example, two
+    rows per preference pair, one per role of a sentence pair, one row for a packed batch; the frozen reference
+    copy of preference tuning."""
+    kind = cfg.task.type
+    if kind in ("preference", "reward-model"):
+        rows = 1 if "completion_ids" in data.splits["train"].column_names else 2
+    else:
+        rows = len(data.roles) if kind == "sentence-embedding" else 1
+    return run.memory(model, args, data.stats["train"]["max_tokens"], logits=kind in ("causal-lm", "preference"),
+                      rows_per_example=rows, frozen=reference_copy(cfg, task, model),
+                      packed=kind == "causal-lm" and bool(cfg.task.packing))
+
+
+def reference_copy(cfg: Any, task: Any, model: Any) -> tuple:
+    """Preference tuning of the whole model keeps a frozen copy as the reference (not with an adapter, whose base
+    is the reference, nor when the method needs none or its log-probs are precomputed)."""
+    if cfg.task.type != "preference" or getattr(task, "with_adapter", False):
+        return ()
+    from llmkit.training.preference import REFERENCE_FREE
+
+    pref = cfg.preference
+    return () if pref.method in REFERENCE_FREE or pref.precompute_ref else (model,)
+
+
+def preview(cfg: Any, tokenizer: Any, data: Any) -> list[str]:
+    """The first example of every split as the model will see it (data/preview.py)."""
+    from llmkit.data.preview import KINDS, preview_splits
+
+    return preview_splits(tokenizer, data.splits, KINDS[cfg.task.type], label_names=data.label_names,
+                          roles=getattr(data, "roles", ()), scored=getattr(data, "scored", False))
 
 
 def describe_splits(stats: dict) -> str:

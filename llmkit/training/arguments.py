@@ -32,16 +32,23 @@ def cpu_training_attention(model: Any, requested: str | None, precision: str, de
     The forward pass is equally fast either way (inference keeps SDPA); the choice is not saved with the model.
     Left alone when model.attn_implementation is set, on GPUs, and for models not using SDPA.
     """
+    reason = eager_attention_reason(model, requested, precision, device_type, cpu_dropout)
+    if reason:
+        unwrapped(model).set_attn_implementation("eager")
+    return reason
+
+
+def eager_attention_reason(model: Any, requested: str | None, precision: str, device_type: str,
+                           cpu_dropout: str) -> str | None:
+    """Why training will switch the model to eager attention (cpu_training_attention), or None; changes nothing
+    (the memory estimate asks before the switch)."""
     if requested or device_type != "cpu" or attention_implementation(model) != "sdpa":
         return None
     if precision == "bf16":
-        reason = "bf16 training on CPU (faster than SDPA's bf16 backward here)"
-    elif cpu_dropout == "fast" and attention_dropout(model) > 0:
-        reason = "attention dropout on CPU (llmkit's fast dropout replaces SDPA's per-element one)"
-    else:
-        return None
-    unwrapped(model).set_attn_implementation("eager")
-    return reason
+        return "bf16 training on CPU (faster than SDPA's bf16 backward here)"
+    if cpu_dropout == "fast" and attention_dropout(model) > 0:
+        return "attention dropout on CPU (llmkit's fast dropout replaces SDPA's per-element one)"
+    return None
 
 
 def pad_multiple(precision: str, device_type: str) -> int | None:

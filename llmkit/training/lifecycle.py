@@ -4,6 +4,7 @@
     ... tokenizer, data (on the main process first: run.state.main_process_first()), model ...
     args = run.arguments(eval_strategy="no")      # TrainingArguments, errors naming the train. key
     run.plan(args, len(train))                    # prints the plan
+    run.memory(model, args, length, logits=...)   # prints the memory estimate (and a warning past the free memory)
     if dry_run: return ...                        # every check above ran, nothing was written
     run.claim()                                   # the run directory, checked, locked, marked
     result = run.train(args=args, model=..., ...) # train, guard, checkpoint, save (training/loop.py)
@@ -67,6 +68,36 @@ class RunLifecycle:
         self.print(f"plan: {steps} optimizer steps{note}, batch {args.per_device_train_batch_size} x accumulation "
                    f"{args.gradient_accumulation_steps} x {args.world_size} process(es), precision {self.precision}")
         return steps
+
+    def memory(self, model: Any, args: Any, length: int, *, logits: bool, rows_per_example: int = 1,
+               frozen: tuple[Any, ...] = (), packed: bool = False) -> Any:
+        """Print the memory estimate of training `model` with `args` on examples of up to `length` tokens
+        (`rows_per_example`: rows one example puts in the batch, 2 for preference pairs; `logits`: the loss takes
+        vocabulary-wide logits at every position; `frozen`: models kept beside it), and a warning with the
+        settings that reduce it when it exceeds the free memory; `packed`: the batch is flattened into one row
+        (task.packing), so attention spans all of its tokens; return the estimate (training/memory.py)."""
+        from llmkit.training.arguments import eager_attention_reason
+        from llmkit.training.memory import BASELINE, Workload, estimate, free_memory
+
+        device = args.device.type
+        requested = getattr(getattr(self.cfg, "model", None), "attn_implementation", None)
+        eager = eager_attention_reason(model, requested, self.precision, device, self.cfg.train.cpu_dropout)
+        rows = args.per_device_train_batch_size * rows_per_example
+        rows, length = (1, rows * length) if packed else (rows, length)
+        work = Workload(rows=rows, length=length, logits=logits,
+                        mixed=self.precision in ("bf16", "fp16"), checkpointing=bool(args.gradient_checkpointing),
+                        device=device, eager=bool(eager))
+        found = estimate(model, work, args.optim, frozen, baseline=0 if device == "cuda" else BASELINE)
+        found.free, found.where = free_memory(device)
+        self.print(found.line())
+        if found.warning():
+            self.print(found.warning())
+        return found
+
+    def preview(self, lines: list[str]) -> None:
+        """Print the rendered examples of a dry run (data/preview.py)."""
+        for line in lines:
+            self.print(line)
 
     def claim(self) -> Path:
         """The run directory, claimed (checked again, locked, cleared when replaced, marked); after this the run

@@ -20,6 +20,7 @@ from llmkit.training import rundir
 from llmkit.training.arguments import attention_implementation, cpu_training_attention, ddp_find_unused_parameters
 from llmkit.training.callbacks import InterruptCallback, JsonlLogCallback, TrainingStartedCallback
 from llmkit.training.report import write_report
+from llmkit.training.tracking import use_llmkit_tracking
 from llmkit.training.trainer import MeanLossTrainer
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
@@ -101,6 +102,7 @@ def train_and_save(*, cfg: Any, command: str, run_dir: Path, args: Any, model: A
                           interrupt=interrupt, cpu_dropout=cfg.train.cpu_dropout,
                           callbacks=[JsonlLogCallback(run_dir / "log_history.jsonl"), interrupt, started],
                           **trainer_kwargs)
+    use_llmkit_tracking(trainer, cfg, command, run_dir, resume_dir or run_dir)  # train.report_to, in the run dir
     if checkpoint and main:
         print(f"resuming from {checkpoint}")
     resumed = _checkpoint_state(checkpoint)

@@ -11,6 +11,7 @@ from typing import Any
 from transformers import Trainer, TrainerCallback
 
 from llmkit.training.dropout import CpuDropout
+from llmkit.training.progress import use_llmkit_progress
 
 STAGING = ".incomplete"  # checkpoints are written under checkpoints/.incomplete/ and renamed when complete
 MAX_SKIPPED_IN_A_ROW = 10
@@ -119,6 +120,7 @@ class GuardedTrainer(Trainer):
         self.guard = NonFiniteGuard(on_nan, interrupt)
         callbacks = list(kwargs.pop("callbacks", None) or []) + [self.guard]
         super().__init__(*args, callbacks=callbacks, **kwargs)
+        use_llmkit_progress(self)  # a bar on a terminal, aligned lines elsewhere (training/progress.py)
         self._staging: str | None = None
         # train.cpu_dropout: fast -> CpuDropout's masks for every dropout of a training step on CPU
         self._dropout = CpuDropout if cpu_dropout == "fast" and self.args.device.type == "cpu" else nullcontext

@@ -86,7 +86,7 @@ def test_zero_shot_scores_the_validation_data_without_a_training_step(tmp_path, 
 
     monkeypatch.setattr(transformers.Trainer, "train", no_training)
     result, metrics, out = run_prompt(tmp_path, with_prompt(config, calibrate=True))
-    assert "example prompt: " in result.output and "It was" in result.output
+    assert "example validation[0]: " in result.output and "It was" in result.output
     assert metrics["mode"] == "zero-shot" and "train_runtime" not in metrics
     assert metrics["eval_accuracy"] == pytest.approx(accuracy_of(out / "predictions_validation.jsonl"))
     assert 0.0 <= metrics["eval_calibrated_accuracy"] <= 1.0
@@ -178,7 +178,8 @@ def test_in_context_demonstrations_per_seed(tmp_path, config):
     cfg = with_prompt(config, mode="in-context", demonstrations_per_class=2, seeds=[1, 2],
                       demonstration_separator=" | ")
     result, metrics, out = run_prompt(tmp_path, cfg)
-    assert result.output.count(" | ") >= 4  # the example prompt shows 4 demonstrations
+    shown = next(line for line in result.output.splitlines() if line.startswith("  | "))
+    assert shown.count(" | ") >= 5  # the example prompt (behind its margin) shows 4 demonstrations
     demos = [json.loads((out / f"seed-{s}" / "sampled.json").read_text())["demonstrations"] for s in (1, 2)]
     assert all(len(d) == 4 for d in demos) and demos[0] != demos[1]
     assert "eval_accuracy_std" in metrics and not (out / "seed-1" / "model").exists()
@@ -254,7 +255,7 @@ def test_config_tools_know_prompt_configs(tmp_path, config):
     result = invoke("config", "validate", path)
     assert result.exit_code == 0 and "valid prompt config" in result.output
     result = invoke("prompt", path, "--dry-run")
-    assert result.exit_code == 0 and "example prompt" in result.output
+    assert result.exit_code == 0 and "example validation[0]: " in result.output
     assert not Path(config["output_dir"]).exists()
 
 

@@ -1,6 +1,7 @@
 """Run every llmkit benchmark and print one JSON object (also written to bench.json).
 
     python scripts/bench/bench.py [--quick] [--data-dir ../shared/data] [--out bench.json] [--only NAME,...]
+                                  [--tta-rows N] [--tta-rounds R] [--tta-model DIR]
 
 Each figure comes with its baseline, the ratio, the project's target where there is one, the settings it was
 measured with, and the machine (cores, torch threads, bf16 support, load average). Pairs are measured in one
@@ -32,7 +33,8 @@ BENCHMARKS = {"startup": ("data_benchmarks", "bench_startup"),
               "precision": ("training_benchmarks", "bench_precision"),
               "memory": ("training_benchmarks", "bench_memory"),
               "settings": ("training_benchmarks", "bench_settings"),
-              "contrastive": ("embedding_benchmarks", "bench_contrastive")}
+              "contrastive": ("embedding_benchmarks", "bench_contrastive"),
+              "tta": ("tta_benchmarks", "bench_tta")}
 
 
 def benchmark(name: str):
@@ -51,7 +53,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", default=None, help=f"Comma-separated subset of: {', '.join(BENCHMARKS)}.")
     p.add_argument("--work-dir", default=None, help="Scratch directory for runs and caches (default: a temporary "
                                                     "one, removed afterwards).")
+    p.add_argument("--tta-rows", type=int, default=None, help="tta: SST-2 training rows on both sides (default "
+                                                                 "8,000; --quick: 2,000).")
+    p.add_argument("--tta-rounds", type=int, default=1, help="tta: alternating rounds of both sides (default 1).")
+    p.add_argument("--tta-model", default=None, help="tta: a model directory for both sides instead of MiniLM-L6 "
+                                                     "(a tiny model for a quick check).")
     args = p.parse_args(argv)
+    if args.tta_rows is not None and args.tta_rows < 1 or args.tta_rounds < 1:
+        p.error(f"--tta-rows / --tta-rounds: expected a positive number; got {args.tta_rows} / {args.tta_rounds}")
     args.groups = args.only.split(",") if args.only else list(BENCHMARKS)
     unknown = [g for g in args.groups if g not in BENCHMARKS]
     if unknown:
@@ -70,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         work = Path(args.work_dir) if args.work_dir else Path(stack.enter_context(
             tempfile.TemporaryDirectory(prefix="llmkit-bench-")))
-        ctx = Context(data_dir=Path(args.data_dir), quick=args.quick, work_dir=work)
+        ctx = Context(data_dir=Path(args.data_dir), quick=args.quick, work_dir=work, tta_rows=args.tta_rows,
+                      tta_rounds=args.tta_rounds, tta_model=args.tta_model)
         for name in args.groups:
             log.info("== %s", name)
             t0 = time.perf_counter()

@@ -20,11 +20,15 @@ log = logging.getLogger("bench")
 
 @dataclass
 class Context:
-    """What every benchmark gets: where the data is, quick or full, a scratch directory for runs and caches."""
+    """What every benchmark gets: where the data is, quick or full, a scratch directory for runs and caches, and
+    the `tta` group's own settings (training rows, rounds, a model directory instead of MiniLM-L6)."""
 
     data_dir: Path
     quick: bool
     work_dir: Path
+    tta_rows: int | None = None
+    tta_rounds: int = 1
+    tta_model: str | None = None
 
     def path(self, *parts: str) -> Path:
         p = self.work_dir.joinpath(*parts)

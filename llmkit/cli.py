@@ -131,6 +131,19 @@ def run_command(command: commands.Command, config: str, overrides: list[str], *,
     with run.original_names():
         commands.run(command.name, run.config, config_path=config_path, overwrite=run.overwrite(overwrite),
                      dry_run=dry_run)
+    _close_process_group()
+
+
+def _close_process_group() -> None:
+    """A rank of a torchrun / accelerate launch tears its process group down when its command is done: left to
+    interpreter exit, gloo's threads can abort a rank after a finished run ("terminate called without an active
+    exception", seen under load)."""
+    if "torch" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _check_output(cfg, config_path: str | None, overwrite: bool | str) -> None:

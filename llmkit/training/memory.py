@@ -12,9 +12,10 @@ settings that shrink it. docs/training.md ("Memory estimate") compares the estim
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
+
+from llmkit.config.sections import available_memory_bytes
 
 MIB = 2**20
 GIB = 2**30
@@ -217,26 +218,24 @@ def estimate(model: Any, work: Workload, optim: str = "adamw_torch", frozen: tup
 
 
 def free_memory(device: str) -> tuple[int | None, str]:
-    """(bytes free, what) on the device the run trains on: the GPU's free memory, else the RAM available
-    (psutil, else /proc/meminfo's MemAvailable) plus what this process already holds (its weights are loaded)."""
+    """(bytes free, what) on the device the run trains on: the GPU's free memory, else the RAM available (the
+    model-size check's reading, config/sections.py) plus what this process already holds (its weights are
+    loaded)."""
     if device == "cuda":
         import torch
 
         return torch.cuda.mem_get_info()[0], "GPU memory free"
+    available = available_memory_bytes()
+    return (available + _resident_bytes() if available is not None else None), RAM
+
+
+def _resident_bytes() -> int:
+    """This process's resident memory (VmRSS), 0 where /proc is not there."""
     try:
-        import psutil
-
-        return psutil.virtual_memory().available + psutil.Process().memory_info().rss, RAM
-    except ImportError:
-        available = _proc_kib("/proc/meminfo", "MemAvailable:")
-        return (available + _proc_kib("/proc/self/status", "VmRSS:") if available else None), RAM
-
-
-def _proc_kib(path: str, key: str) -> int:
-    if not os.path.exists(path):
-        return 0
-    with open(path) as fh:
-        for line in fh:
-            if line.startswith(key):
-                return int(line.split()[1]) * 1024
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return 0

@@ -356,6 +356,7 @@ def test_precomputed_reference_trains_like_the_live_one(tmp_path, pref_config, c
         assert figures[2][key] == figures[1][key], key
 
 
+@pytest.mark.xdist_group("multi-process")  # with tests/training/test_distributed.py: one launch at a time
 def test_two_processes_train_like_one(tmp_path, pref_config):
     """torchrun with 2 CPU processes of 4 pairs = one process of 8 pairs: the same losses and weights (each
     process keeps its own frozen reference copy)."""

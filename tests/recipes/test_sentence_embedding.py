@@ -273,6 +273,7 @@ def test_simcse_resumes_mid_epoch_exactly(monkeypatch, tmp_path, encoder):
     assert_same_weights(weights(full / "model/model.safetensors"), weights(parts / "model/model.safetensors"))
 
 
+@pytest.mark.xdist_group("multi-process")  # with tests/training/test_distributed.py: one launch at a time
 def test_in_batch_negatives_are_gathered_across_two_processes(tmp_path, tokenizer_dir):
     """torchrun with 2 CPU processes of batch 4 = one process of batch 8: every anchor is scored against the
     positives of both processes (gathered), so the losses and weights match the one-process run."""

@@ -4,7 +4,8 @@ fbgemm kernels), saved as safetensors, and the loader for such models.
 On this project's CPUs torchao 0.18's int8 kernels are slower than float32 (measured in
 docs/commands/compress.md), while PyTorch's dynamic quantized Linear is faster. PyTorch stores those layers as
 packed quantized tensors that only pickle can hold, so llmkit writes each one as plain tensors —
-`<name>.weight_int8` (int8), `<name>.weight_scale`, `<name>.weight_zero_point` and `<name>.bias` — in
+`<name>.weight_int8` (int8), `<name>.weight_scale`, `<name>.weight_zero_point` (one per output channel, or one
+for the whole weight in files written before per-channel weights) and `<name>.bias` — in
 model.safetensors, with the layer names under `llmkit_dynamic_int8` in config.json. Plain transformers cannot
 load it; `from_pretrained` here builds the model from its config, quantizes the same layers and puts the saved
 int8 weights in (llmkit's model loading, `llmkit.load_model` and `llmkit eval` use it).
@@ -30,7 +31,9 @@ SUFFIXES = ("weight_int8", "weight_scale", "weight_zero_point", "bias")
 
 
 def quantize(model: Any, embeddings: bool = False) -> list[str]:
-    """Quantize every Linear of `model` (in place, float32 on the CPU) to dynamic int8, and with `embeddings`
+    """Quantize every Linear of `model` (in place, float32 on the CPU) to dynamic int8 with one scale per output
+    channel (PyTorch's `per_channel_dynamic_qconfig`: on SST-2 MiniLM it lost 0.69 points with one scale per
+    weight, see docs/commands/compress.md; the fbgemm kernel runs either), and with `embeddings`
     round every embedding table to int8 rows (symmetric, one scale per row: the float32 table in memory then
     holds exactly what is saved and loaded; disk, not memory, shrinks); return the Linear layers' names."""
     import torch
@@ -44,7 +47,9 @@ def quantize(model: Any, embeddings: bool = False) -> list[str]:
             weight.copy_((weight / scale[:, None]).round().clamp(-127, 127) * scale[:, None])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.ao.quantization.quantize_dynamic(model, set(names), dtype=torch.qint8, inplace=True)
+        torch.ao.quantization.quantize_dynamic(
+            model, dict.fromkeys(names, torch.ao.quantization.per_channel_dynamic_qconfig), dtype=torch.qint8,
+            inplace=True)
     model.config.update({CONFIG_KEY: names, EMBEDDINGS_KEY: tables})
     return names
 
@@ -55,6 +60,15 @@ def _int8_rows(weight: Any) -> tuple[Any, Any]:
 
     scale = (weight.detach().abs().amax(dim=1) / 127).clamp(min=1e-12)
     return (weight.detach() / scale[:, None]).round().clamp(-127, 127).to(torch.int8), scale.float()
+
+
+def _quantized_weight(rows: Any, scale: Any, zero_point: Any) -> Any:
+    """The int8 weight of a saved layer: one scale per output channel, or one for the whole weight."""
+    import torch
+
+    if scale.numel() == 1:
+        return torch._make_per_tensor_quantized_tensor(rows, float(scale), int(zero_point))
+    return torch._make_per_channel_quantized_tensor(rows, scale.double(), zero_point.long(), 0)
 
 
 def save(model: Any, directory: Path) -> None:
@@ -73,8 +87,12 @@ def save(model: Any, directory: Path) -> None:
     for name in names:
         weight, bias = model.get_submodule(name)._packed_params._weight_bias()
         state[f"{name}.weight_int8"] = weight.int_repr().contiguous()
-        state[f"{name}.weight_scale"] = torch.tensor([weight.q_scale()], dtype=torch.float64)
-        state[f"{name}.weight_zero_point"] = torch.tensor([weight.q_zero_point()], dtype=torch.int64)
+        if weight.qscheme() == torch.per_channel_affine:  # axis 0: the output channels
+            state[f"{name}.weight_scale"] = weight.q_per_channel_scales().to(torch.float64).contiguous()
+            state[f"{name}.weight_zero_point"] = weight.q_per_channel_zero_points().to(torch.int64).contiguous()
+        else:
+            state[f"{name}.weight_scale"] = torch.tensor([weight.q_scale()], dtype=torch.float64)
+            state[f"{name}.weight_zero_point"] = torch.tensor([weight.q_zero_point()], dtype=torch.int64)
         if bias is not None:
             state[f"{name}.bias"] = bias.detach().contiguous()
     directory.mkdir(parents=True, exist_ok=True)
@@ -107,9 +125,8 @@ def load(auto_cls: Any, path: str, **kwargs: Any) -> Any:
         state = load_file(str(Path(path) / "model.safetensors"))
         for name in names:
             try:
-                weight = torch._make_per_tensor_quantized_tensor(state.pop(f"{name}.weight_int8"),
-                                                                 float(state.pop(f"{name}.weight_scale")),
-                                                                 int(state.pop(f"{name}.weight_zero_point")))
+                weight = _quantized_weight(state.pop(f"{name}.weight_int8"), state.pop(f"{name}.weight_scale"),
+                                           state.pop(f"{name}.weight_zero_point"))
             except KeyError as e:
                 raise UserError(f"model.name_or_path: {path} records dynamic int8 layers ({CONFIG_KEY} in "
                                 f"config.json) but its weights lack {e}.") from None

@@ -193,9 +193,12 @@ def init(
                                                                        "COMMAND.yaml)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing file."),
 ) -> None:
-    """Write a commented starter config."""
+    """Write a commented starter config, and beside it .llmkit-schema/COMMAND.schema.json, the JSON Schema its
+    `# yaml-language-server: $schema=` line points editors at (completion and checks while typing; that file is
+    generated, and replaced with the current schema every time; a file there that llmkit did not write is refused)."""
 
     def body():
+        from llmkit.config.json_schema import modeline, schema_path
         from llmkit.config.starter import starter_yaml
 
         if command not in commands.COMMANDS:
@@ -204,10 +207,51 @@ def init(
         if path.exists() and not force:
             raise UserError(f"init: {path} already exists; nothing was changed. Use --force to replace it, or "
                             "--output for another file.")
-        path.write_text(starter_yaml(command, commands.get(command).config_cls()))
+        if not path.parent.is_dir():
+            raise UserError(f"init: the folder {path.parent} does not exist; create it, or give --output a path in "
+                            "an existing folder.")
+        title, _, rest = starter_yaml(command, commands.get(command).config_cls()).partition("\n")
+        schema_file = schema_path(path, command)
+        _write_schema(command, schema_file, "init")
+        _write_text(path, f"{title}\n{modeline(command)}\n{rest}", "init")
         typer.echo(f"wrote {path}; run it with: llmkit {command} {path}")
+        typer.echo(f"wrote {schema_file} (for editors: completion and checks while typing, see docs/editor.md)")
 
     guarded(body)
+
+
+def _write_text(path: Path, text: str, what: str) -> None:
+    try:
+        path.write_text(text)
+    except OSError as e:
+        raise UserError(f"{what}: cannot write {path}: {e.strerror}. Check the path and its permissions.") from None
+
+
+def _write_schema(command: str, path: Path, what: str) -> None:
+    """The JSON Schema of `command`'s config into `path` (its folder made when missing), replacing the file."""
+    from llmkit.config.json_schema import dumps, json_schema
+
+    text = dumps(json_schema(command, commands.get(command).config_cls()))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{what}: cannot create the folder {path.parent}: {e.strerror}.") from None
+    if path.is_dir():
+        raise UserError(f"{what}: {path} is a directory; give a file path for the schema.")
+    if path.exists() and not _generated_schema(path):  # only a schema llmkit wrote is replaced: never a user file
+        raise UserError(f"{what}: {path} exists and is not a schema llmkit wrote; nothing was changed. Give another "
+                        "path, or move that file away first.")
+    _write_text(path, text, what)
+
+
+def _generated_schema(path: Path) -> bool:
+    import json
+
+    try:
+        title = json.loads(path.read_text(encoding="utf-8")).get("title", "")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(title, str) and title.startswith("llmkit ") and title.endswith(" config")
 
 
 def config_validate(
@@ -231,6 +275,31 @@ def config_validate(
         name = commands.infer_command(config, command)
         commands.load(name, config, overrides or [])
         typer.echo(f"{config}: valid {name} config")
+
+    guarded(body)
+
+
+def config_schema(
+    command: str = typer.Argument(..., help=f"Which command's config: {', '.join(commands.COMMANDS)}."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write it to this file instead of printing "
+                                                                       "it (an existing file only if llmkit wrote it)."),
+) -> None:
+    """Print the JSON Schema (draft-07) of a command's config, for editors: key completion, help on hover and
+    type errors while typing (yaml-language-server, e.g. VS Code's YAML extension; see docs/editor.md)."""
+
+    def body():
+        from llmkit.config.json_schema import dumps, json_schema
+
+        if command not in commands.COMMANDS:
+            raise UserError(f"config schema: unknown command {command!r}; choose one of: "
+                            f"{', '.join(commands.COMMANDS)}.")
+        if output is None:
+            typer.echo(dumps(json_schema(command, commands.get(command).config_cls())), nl=False)
+            return
+        if not output.parent.is_dir():
+            raise UserError(f"config schema: the folder {output.parent} does not exist; create it first.")
+        _write_schema(command, output, "config schema")
+        typer.echo(f"wrote {output}", err=True)
 
     guarded(body)
 
@@ -304,9 +373,10 @@ def build_app() -> typer.Typer:
     for command in commands.COMMANDS.values():
         built.command(command.name, help=command.help)(_command_function(command))
     built.command()(init)
-    config_app = typer.Typer(help="Check and print configs.", no_args_is_help=True)
+    config_app = typer.Typer(help="Check and print configs, and their JSON Schema for editors.", no_args_is_help=True)
     config_app.command("validate")(config_validate)
     config_app.command("show")(config_show)
+    config_app.command("schema")(config_schema)
     built.add_typer(config_app, name="config")
     built.command("smoke")(smoke_command)
     built.command()(info)

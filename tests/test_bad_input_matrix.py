@@ -253,6 +253,8 @@ def _train_cases(c: str) -> list[Case]:
         Case(f"{c}-train-max-steps-zero", c, put({"train.max_steps": 0}),
              ("train.max_steps", "must be >= 1, or -1 to train for train.num_train_epochs", "got 0")),
         Case(f"{c}-train-seed-negative", c, put({"train.seed": -1}), ("train.seed", "between 0 and", "got -1")),
+        Case(f"{c}-train-accelerator-config-missing", c, put({"train.accelerator_config": "no-such.json"}),
+             ("train.accelerator_config", "No such file or directory: 'no-such.json'", "existing JSON file")),
         Case(f"{c}-train-workers-negative", c, put({"train.dataloader_num_workers": -1}),
              ("train.dataloader_num_workers", "must be >= 0, got -1")),
         Case(f"{c}-train-weight-decay-negative", c, put({"train.weight_decay": -0.1}),

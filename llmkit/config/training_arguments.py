@@ -74,6 +74,12 @@ def make_training_arguments(train_cfg: Any, output_dir: str, **overrides: Any):
     except (ValueError, TypeError) as e:
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TrainingArgumentsError(_guess_key(message, kwargs), f"TrainingArguments rejected it: {message}") from e
+    except OSError as e:  # a file-valued setting (train.accelerator_config, train.fsdp_config) that is not there
+        named = [k for k, v in kwargs.items() if isinstance(v, str) and e.filename is not None
+                 and v == str(e.filename)]
+        raise TrainingArgumentsError(named[0] if named else _guess_key(str(e), kwargs),
+                                     f"TrainingArguments could not read it ({str(e).splitlines()[0]}); give the path "
+                                     "of an existing JSON file, or a mapping of its settings.") from e
     except ImportError as e:  # train.deepspeed without the package (transformers imports it right away)
         raise TrainingArgumentsError("deepspeed" if kwargs.get("deepspeed") else _guess_key(str(e), kwargs),
                                      f"needs a package that is not installed ({first_line(e)}); for DeepSpeed: "
@@ -86,7 +92,7 @@ def _check_choices(kwargs: dict) -> None:
 
     for f in dataclasses.fields(TrainingArguments):
         choices = f.metadata.get("choices")
-        if f.name in kwargs and choices is not None and kwargs[f.name] not in choices:
+        if kwargs.get(f.name) is not None and choices is not None and kwargs[f.name] not in choices:
             raise TrainingArgumentsError(f.name, f"expected one of: {', '.join(map(str, choices))}; got "
                                                             f"{kwargs[f.name]!r}.")
 

@@ -55,6 +55,8 @@ def test_choices_that_transformers_accepts_silently_are_checked(tiny_config):
     with pytest.raises(ConfigError) as exc:
         load_config(FinetuneConfig, None, data=tiny_config)
     assert "train.train_sampling_strategy: expected one of: random, sequential, group_by_length" in str(exc.value)
+    tiny_config["train"].update(train_sampling_strategy="random", ddp_backend=None)  # null: the default, accepted
+    assert load_config(FinetuneConfig, None, data=tiny_config).train.ddp_backend is None
 
 
 def test_trainingarguments_conflicts_are_reported_under_train(tiny_config):

@@ -12,10 +12,13 @@ loss (labels != -100) with `[[ ]]`. One function for every task, so every comman
       | [[Blue.<|im_end|>]]
 
 Long examples are cut in the middle (`… N tokens …`): the start shows the template, the end the trained answer.
+On a terminal that takes colour (not NO_COLOR, not TERM=dumb) the trained spans are green as well.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -71,6 +74,33 @@ def render(tokenizer: Any, ids: Sequence[int], trained: Sequence[bool] | None = 
 def block(text: str) -> list[str]:
     """Text as indented lines, each behind a margin (so leading spaces and empty lines stay visible)."""
     return [MARGIN + line for line in text.split("\n")]
+
+
+GREEN, RESET = "\033[32m", "\033[0m"
+
+
+def takes_colour(stream: Any = None) -> bool:
+    """Whether `stream` (stdout) is a terminal that shows colour: see https://no-color.org for NO_COLOR."""
+    stream = stream or sys.stdout
+    return (getattr(stream, "isatty", lambda: False)() and "NO_COLOR" not in os.environ
+            and os.environ.get("TERM") != "dumb")
+
+
+def coloured(lines: Sequence[str]) -> list[str]:
+    """`lines` with every [[ ]] span green, the marks kept (a span may run over several lines: each line
+    closes its colour, the next reopens it)."""
+    out, inside = [], False
+    for line in lines:
+        text, rest = (GREEN if inside else ""), line
+        while True:
+            mark = CLOSE if inside else OPEN
+            at = rest.find(mark)
+            if at < 0:
+                break
+            text += rest[:at] + (f"{RESET}{CLOSE}" if inside else f"{OPEN}{GREEN}")
+            rest, inside = rest[at + len(mark):], not inside
+        out.append(text + rest + (RESET if inside else ""))
+    return out
 
 
 def trained_mask(labels: Sequence[int]) -> list[bool]:

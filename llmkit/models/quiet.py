@@ -47,7 +47,9 @@ def silence_torchao_import() -> None:
 # Deprecation notices transformers 5 raises from inside its own or peft's code (not from llmkit's calls), shown
 # once per run: peft's prefix tuning passes past_key_values to BERT; peft asks is_gradient_checkpointing.
 _LIBRARY_WARNINGS = ((FutureWarning, r"`past_key_values` is deprecated and will be removed"),
-                     (FutureWarning, r"`is_gradient_checkpointing` is deprecated and will be removed"))
+                     (FutureWarning, r"`is_gradient_checkpointing` is deprecated and will be removed"),
+                     # sentence-transformers' in-batch negatives gathered across processes (each rank, each step)
+                     (FutureWarning, r"torch\.distributed\.nn\.functional\.all_gather is deprecated"))
 
 
 def silence_library_warnings() -> None:

@@ -481,6 +481,10 @@ def plan_steps(cfg: CompressConfig, model: Any, eval_set: EvalSet, run: Any) -> 
                                  load_best_model_at_end=False)
             plan = RecoverPlan(step.recover, target, args, run.plan(args, len(eval_set.train_rows)),
                                len(eval_set.train_rows), params)
+            # beside the trained copy stay the original (timing, the teacher of distill) and the stage it copies
+            longest = max((len(row["input_ids"]) for row in eval_set.train_rows), default=1)
+            run.memory(current, args, longest, logits=eval_set.kind == "causal-lm",
+                       frozen=(model,) if current is model else (model, current))
         else:
             if step.quantize.method in surgery.TORCHAO_METHODS:
                 surgery.torchao_config(step.quantize.method, key)  # torchao importable, method known

@@ -277,10 +277,12 @@ def run(cfg: PromptConfig, *, config_path: str | None = None, overwrite: bool | 
     say(f"model: {type(model).__name__} ({setup.kind} LM), {total / 1e6:.2f} M parameters; mode {mode}"
         + (f", {len(seeds)} seed(s)" if mode != "zero-shot" else ""))
     if mode in TRAINING_MODES:
-        make_trainable(setup, model)  # once here, so a bad adapter or freeze setting fails before the run directory
+        trained = make_trainable(setup, model)  # once here: a bad adapter or freeze setting fails before the run
         from llmkit.training.arguments import check_best_metric
 
         check_best_metric(cfg.train, setup.metrics_fn.names())
+        memory_estimate(setup, trained, samples[0].train_rows)
+        del trained
     if dry_run:
         return {"dry_run": True, "mode": mode, "seeds": seeds, "label_names": setup.labels,
                 "examples": {name: len(ds) for name, ds in setup.data.splits.items()}}
@@ -310,6 +312,16 @@ class Sample:
     calibration_rows: Any = None
     train_rows: Any = None
     picked: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # sampled training rows, by use
+
+
+def memory_estimate(setup: Setup, model: Any, rows: Any) -> Any:
+    """Print the memory estimate of training on the rendered prompts `rows` (training/memory.py): each example
+    puts its scored variants in the batch; a masked LM's head computes vocabulary-wide logits at every position,
+    a causal LM only at the scored ones (logits_to_keep)."""
+    variants = max((len(v) for v in rows["variants"]), default=1)
+    args = training_arguments(setup, None, setup.cfg.train.seed)
+    return setup.run.memory(model, args, max(rows["length"], default=1), logits=setup.kind == "masked",
+                            rows_per_example=variants)
 
 
 def plan_samples(setup: Setup, seeds: list[int]) -> list[Sample]:

@@ -95,8 +95,10 @@ class RunLifecycle:
         return found
 
     def preview(self, lines: list[str]) -> None:
-        """Print the rendered examples of a dry run (data/preview.py)."""
-        for line in lines:
+        """Print the rendered examples of a dry run (data/preview.py), trained spans green on a terminal."""
+        from llmkit.data.preview import coloured, takes_colour
+
+        for line in coloured(lines) if takes_colour() else lines:
             self.print(line)
 
     def claim(self) -> Path:

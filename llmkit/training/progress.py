@@ -140,6 +140,7 @@ class TrainingProgress(TrainerCallback):
         self.pace: _Pace | None = None
         self.train_bar = None
         self.eval_bar = None
+        self.phase = "eval"  # the running evaluation's metric prefix (`test` on the test split), set by the trainer
 
     def shows_bar(self, args) -> bool:
         """A live bar: on a terminal, unless --quiet or train.disable_tqdm: true (then step lines, as off one)."""
@@ -182,7 +183,7 @@ class TrainingProgress(TrainerCallback):
             return
         if self.eval_bar is None:
             total = len(eval_dataloader) if hasattr(eval_dataloader, "__len__") else None
-            self.eval_bar = _bar(total=total, initial=0, desc="eval", leave=False)
+            self.eval_bar = _bar(total=total, initial=0, desc=self.phase, leave=False)
         self.eval_bar.update(1)
 
     def on_evaluate(self, args, state, control, **kwargs):

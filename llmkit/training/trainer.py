@@ -11,7 +11,7 @@ from typing import Any
 from transformers import Trainer, TrainerCallback
 
 from llmkit.training.dropout import CpuDropout
-from llmkit.training.progress import use_llmkit_progress
+from llmkit.training.progress import TrainingProgress, use_llmkit_progress
 
 STAGING = ".incomplete"  # checkpoints are written under checkpoints/.incomplete/ and renamed when complete
 MAX_SKIPPED_IN_A_ROW = 10
@@ -132,6 +132,13 @@ class GuardedTrainer(Trainer):
             loss = super().training_step(model, inputs, num_items_in_batch)
         self.guard.loss_seen(loss)
         return loss
+
+    def evaluation_loop(self, *args, **kwargs):
+        prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, TrainingProgress):
+                callback.phase = prefix  # the bar of predictions on the test split reads `test`
+        return super().evaluation_loop(*args, **kwargs)
 
     def _get_grad_norm(self, model, grad_norm=None):
         norm = super()._get_grad_norm(model, grad_norm=grad_norm)

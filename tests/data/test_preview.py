@@ -92,3 +92,24 @@ def test_pretrain_dry_run_shows_a_block(tmp_path, corpus):  # noqa: F811
     head, text = example(out)
     assert head == "example train[0]: 32 tokens, all trained" and "[[" not in text
     assert "the" in text and "(8 x 32 tokens)" in out
+
+
+def test_trained_spans_are_green_on_a_colour_terminal_only(monkeypatch):
+    from llmkit.data.preview import GREEN, RESET, coloured, takes_colour
+
+    lines = ["  | <|im_start|>assistant", "  | [[Blue", "  | and green.<|im_end|>]] then [[x]]"]
+    assert coloured(lines) == ["  | <|im_start|>assistant", f"  | [[{GREEN}Blue{RESET}",
+                               f"{GREEN}  | and green.<|im_end|>{RESET}]] then [[{GREEN}x{RESET}]]"]
+
+    class Terminal:
+        def isatty(self):
+            return True
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm-256color")
+    assert takes_colour(Terminal()) and not takes_colour(object())
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert not takes_colour(Terminal())
+    monkeypatch.delenv("NO_COLOR")
+    monkeypatch.setenv("TERM", "dumb")
+    assert not takes_colour(Terminal())

@@ -5,6 +5,7 @@ int8), each stage saved, scored, timed against the original; the plan of --dry-r
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -149,6 +150,7 @@ def test_dry_run_prints_the_plan_and_the_expected_parameters_without_writing(tmp
     result = compress(tmp_path, llama_config, "--dry-run")
     assert "nothing compressed or written" in result.output
     assert not Path(llama_config["output_dir"]).exists()
+    assert "memory: ~" not in result.output  # nothing trains without a recover step
     expected = float(result.output.split("(expected ")[1].split(" M parameters")[0])
     compress(tmp_path, llama_config)
     measured = json.loads((Path(llama_config["output_dir"]) / "metrics.json").read_text())["parameters"]
@@ -248,6 +250,9 @@ def test_recover_by_distillation_trains_the_pruned_model_against_the_original(tm
     compress_config["train"] = dict(TRAIN)
     result = compress(tmp_path, compress_config)
     assert "distill from the original: 0.5 x CE + 0.5 x tau^2 x KL, tau=2; 16 optimizer steps over 64" in result.output
+    # the estimate before training: the pruned copy trains; the original and the pruned stage stay beside it
+    memory = re.search(r"memory: ~.* = weights ([\d.]+ [KMG]iB) .* frozen models ([\d.]+ [KMG]iB)", result.output)
+    assert memory, result.output
     run = Path(compress_config["output_dir"])
     metrics = json.loads((run / "metrics.json").read_text())
     assert [r["step"] for r in metrics["rows"]] == ["original", "prune", "recover"]
@@ -480,3 +485,39 @@ def test_torch_dynamic_int8_keeps_embeddings_float_unless_asked(tmp_path, classi
     reloaded = low_rank.from_pretrained(AutoModelForSequenceClassification, str(tmp_path / "q"))
     ids = torch.tensor([[2, 10, 20, 3]])
     assert torch.allclose(reloaded(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-5)
+
+
+def test_torch_dynamic_int8_weights_have_one_scale_per_output_channel_and_old_files_still_load(tmp_path,
+                                                                                               classifier_dir):
+    import warnings
+
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
+    from llmkit.models import dynamic_int8, low_rank
+
+    ids = torch.tensor([[2, 10, 20, 3]])
+    model = AutoModelForSequenceClassification.from_pretrained(classifier_dir)
+    dense = model.bert.encoder.layer[0].intermediate.dense
+    exact = model(input_ids=ids).logits
+    dynamic_int8.quantize(model)
+    dynamic_int8.save(model, tmp_path / "channel")
+    saved = load_file(str(tmp_path / "channel" / "model.safetensors"))
+    scale = saved["bert.encoder.layer.0.intermediate.dense.weight_scale"]
+    assert scale.shape == (dense.out_features,) and scale.unique().numel() > 1
+    reloaded = low_rank.from_pretrained(AutoModelForSequenceClassification, str(tmp_path / "channel"))
+    assert torch.equal(reloaded(input_ids=ids).logits, model(input_ids=ids).logits)
+    assert torch.allclose(model(input_ids=ids).logits, exact, atol=5e-2)
+
+    # a file written with one scale per weight (before per-channel weights) loads with its own scales
+    old = AutoModelForSequenceClassification.from_pretrained(classifier_dir)
+    names = [n for n, m in old.named_modules() if type(m) is torch.nn.Linear]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.ao.quantization.quantize_dynamic(old, set(names), dtype=torch.qint8, inplace=True)
+    old.config.update({dynamic_int8.CONFIG_KEY: names, dynamic_int8.EMBEDDINGS_KEY: []})
+    dynamic_int8.save(old, tmp_path / "tensor")
+    assert load_file(str(tmp_path / "tensor" / "model.safetensors"))[
+        "bert.encoder.layer.0.intermediate.dense.weight_scale"].shape == (1,)
+    reloaded = low_rank.from_pretrained(AutoModelForSequenceClassification, str(tmp_path / "tensor"))
+    assert torch.equal(reloaded(input_ids=ids).logits, old(input_ids=ids).logits)

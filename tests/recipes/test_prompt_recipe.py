@@ -6,6 +6,7 @@ bad-input cases."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -96,7 +97,8 @@ def test_zero_shot_scores_the_validation_data_without_a_training_step(tmp_path, 
 
 
 def test_few_shot_trains_per_seed_and_reports_mean_and_std_beside_the_head_baseline(tmp_path, config):
-    _, zero, _ = run_prompt(tmp_path, {**config, "output_dir": str(tmp_path / "zero")})
+    zero_run, zero, _ = run_prompt(tmp_path, {**config, "output_dir": str(tmp_path / "zero")})
+    zero_output = zero_run.output
     cfg = with_prompt(config, mode="few-shot", shots_per_class=8, seeds=[1, 2], head_baseline=True, calibrate=True)
     result, metrics, out = run_prompt(tmp_path, cfg)
     assert metrics["seeds"] == [1, 2] and set(metrics["per_seed"]) == {"1", "2"}
@@ -105,6 +107,8 @@ def test_few_shot_trains_per_seed_and_reports_mean_and_std_beside_the_head_basel
         assert metrics[key] == pytest.approx(sum(values) / 2)
         assert metrics[f"{key}_std"] == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5)
     assert "mean ± std" in result.output
+    memory = re.search(r"memory: ~.* activations .* \((\d+) x (\d+) tokens\)", result.output)
+    assert memory and "memory: ~" not in zero_output, result.output  # scoring only: no training estimate
     for seed in ("1", "2"):
         sampled = json.loads((out / f"seed-{seed}" / "sampled.json").read_text())["train_examples"]
         assert len(sampled) == 16

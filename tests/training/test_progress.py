@@ -94,3 +94,16 @@ def test_quiet_and_verbose_together_are_refused():
     result = invoke("--quiet", "--verbose", "finetune", "missing.yaml")
     assert result.exit_code == 2
     assert "error: --quiet and --verbose contradict each other; give one of them." in result.output
+
+
+def test_a_real_run_on_a_terminal_names_the_test_splits_bar_test(tmp_path, tiny_config, sentiment_data, monkeypatch,
+                                                                   capfd):
+    from tests.conftest import write_yaml
+
+    monkeypatch.setattr(progress, "is_terminal", lambda: True)
+    tiny_config["data"]["test_file"] = str(sentiment_data / "dev.csv")
+    tiny_config["train"].update(num_train_epochs=1, disable_tqdm=False, eval_strategy="no", save_strategy="no")
+    result = invoke("finetune", write_yaml(tmp_path / "cfg.yaml", tiny_config))
+    assert result.exit_code == 0, result.output
+    bars = {m.group(1) for m in re.finditer(r"(?m)(?:^|\r)(\w+) +\d+%\|", capfd.readouterr().err + result.output)}
+    assert bars == {"train", "eval", "test"}, bars

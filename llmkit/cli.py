@@ -282,7 +282,7 @@ def config_validate(
 def config_schema(
     command: str = typer.Argument(..., help=f"Which command's config: {', '.join(commands.COMMANDS)}."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Write it to this file instead of printing "
-                                                                       "it (an existing file only if llmkit wrote it)."),
+                                                                       "it (replaced only if llmkit wrote it)."),
 ) -> None:
     """Print the JSON Schema (draft-07) of a command's config, for editors: key completion, help on hover and
     type errors while typing (yaml-language-server, e.g. VS Code's YAML extension; see docs/editor.md)."""

@@ -85,3 +85,59 @@ def test_tta_runs_both_sides_as_processes_and_records_the_ratio(tiny_tta, tmp_pa
     assert all(run["train_seconds"] > 0 for runs in sides.values() for run in runs)
     with pytest.raises(SystemExit):
         bench.parse_args(["--data-dir", str(ctx.data_dir), "--only", "tta", "--tta-rows", "0"])
+
+
+@pytest.fixture(scope="module")
+def tiny_dpo(tmp_path_factory, chat_tokenizer_dir):
+    """A 2-layer Llama saved with the tests' chat tokenizer, and preference/train_clean.jsonl: a pair whose prompt
+    fills max_length, one with identical answers, then 20 short pairs."""
+    import json
+
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    root = tmp_path_factory.mktemp("dpo")
+    tokenizer = AutoTokenizer.from_pretrained(chat_tokenizer_dir)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=256, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    rows = [{"prompt": "hello world " * 120, "chosen": "great", "rejected": "awful"},
+            {"prompt": "say a word", "chosen": "great", "rejected": "great"}]
+    good, bad = "great and wonderful", "awful and terrible"
+    rows += [{"prompt": f"say a {word} word", "chosen": good if word == "good" else bad,
+              "rejected": bad if word == "good" else good} for word in ("good", "bad") * 10]
+    path = root / "data" / "preference" / "train_clean.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def test_dpo_runs_llmkit_and_trl_on_the_same_pairs_and_records_the_ratio(tiny_dpo, tmp_path, capsys):
+    """The whole group (quick: no warm-up, one round) on a tiny Llama: llmkit adapter on the shipped DPO config
+    and trl's DPOTrainer script, 16 pairs each, 2 optimizer steps each (batch 4 x accumulation 2)."""
+    import dpo_benchmarks as dpo
+    from common import Context
+
+    ctx = Context(data_dir=tiny_dpo / "data", quick=True, work_dir=tmp_path)
+    ctx.dpo = {"pairs": 16, "model": str(tiny_dpo / "model"), "precision": "fp32"}
+    record = dpo.bench_dpo(ctx)[0]
+    assert record["name"] == "dpo_training_throughput" and record["unit"] == "pairs/s (training time)"
+    assert {"value", "baseline", "ratio", "paired_ratio", "target", "meets_target", "pairs_per_second",
+            "tokens_per_second", "train_runtime", "pairs", "steps", "final_loss", "settings"} <= set(record)
+    assert record["pairs"] == {"llmkit": 16, "trl": 16} and record["steps"] == {"llmkit": 2, "trl": 2}
+    rate = record["pairs_per_second"]
+    assert rate["llmkit"] > 0 and rate["trl"] > 0 and record["value"] == rate["llmkit"]
+    assert record["paired_ratio"] == pytest.approx(rate["llmkit"] / rate["trl"], rel=1e-3)
+    assert record["meets_target"] == (record["paired_ratio"] >= 0.9)
+    assert all(t > 0 for t in record["tokens_per_second"].values())
+    assert all(loss == pytest.approx(0.6931, abs=0.05) for loss in record["final_loss"].values())
+    settings = record["settings"]
+    assert settings["pairs"] == 16 and settings["precision"] == "fp32" and settings["rounds"] == 1
+    # the long prompt (trl would drop it) and the identical answers (llmkit would) were left out of the file
+    picked = (tmp_path / "data").glob("preference-fitting-16-*.jsonl")
+    assert "hello world" not in next(picked).read_text()
+    for bad in (["--dpo-pairs", "0"], ["--dpo-rounds", "0"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--data-dir", str(ctx.data_dir), "--only", "dpo", *bad])
+        assert "--dpo-pairs / --dpo-rounds: expected a positive number" in capsys.readouterr().err

@@ -4,9 +4,11 @@ scored by gradients, unstructured magnitude pruning, and torchao quantization.
 Structured pruning leaves a smaller dense model of the same class whose config holds the new sizes, so plain
 `from_pretrained` loads it. A config holds one head count and one feed-forward width for all layers, so the same
 number of heads (and neurons) is removed from every layer, each layer choosing its own least important ones.
-Heads need a config with an explicit head size (`head_dim`: the Llama family); BERT and GPT-2 configs derive
-the head size from hidden_size / num_heads, so a BERT with fewer heads of the same size cannot be written in
-their format, and head pruning is refused for them (feed-forward and layer pruning work).
+Heads: a Llama-family config has an explicit head size (`head_dim`), so fewer heads are written in its own
+format. A BERT-family config derives the head size from hidden_size / num_attention_heads, so that count must
+stay; the heads kept are recorded as `llmkit_attention_heads` in config.json and llmkit's loader
+(`low_rank.from_pretrained`, used by every llmkit command and `llmkit.load_model`) builds the model with the
+smaller projections (models/pruned_heads.py); plain transformers cannot load it. GPT-2 (Conv1D) is not pruned.
 
 Modules that load torch are imported inside the functions that use them (the recipe's config class imports this
 module's names without training).
@@ -20,6 +22,7 @@ from typing import Any
 
 from llmkit.errors import UserError
 from llmkit.models.loading import transformer_blocks
+from llmkit.models.pruned_heads import HEADS_KEY
 from llmkit.models.quiet import silence_torchao_import
 
 SUPPORTED = "BERT-family encoders and Llama-family decoders"
@@ -67,21 +70,22 @@ def block_parts(model: Any, key: str) -> list[BlockParts]:
     return parts
 
 
-def head_layout(model: Any) -> tuple[int, int, int]:
-    """(query heads, key/value heads, head size) of every layer."""
-    config = model.config
-    heads = config.num_attention_heads
-    return heads, getattr(config, "num_key_value_heads", None) or heads, getattr(config, "head_dim", None) or (
-        config.hidden_size // heads)
+def head_layout(model_or_config: Any) -> tuple[int, int, int]:
+    """(query heads, key/value heads, head size) of every layer (a pruned BERT's kept heads)."""
+    config = getattr(model_or_config, "config", model_or_config)
+    size = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    heads = getattr(config, HEADS_KEY, None) or config.num_attention_heads
+    return heads, getattr(config, "num_key_value_heads", None) or heads, size
+
+
+def own_head_format(config: Any) -> bool:
+    """Whether the config can hold fewer heads itself (an explicit head size: the Llama family)."""
+    return getattr(config, "model_type", None) == "llama" or "head_dim" in config.to_dict()
 
 
 def check_head_pruning(model: Any, remove: int, key: str) -> int:
     """The number of key/value groups removed per layer for `remove` query heads; UserError when impossible."""
-    if getattr(model.config, "model_type", None) != "llama" and "head_dim" not in model.config.to_dict():
-        raise UserError(f"{key}: {type(model).__name__}'s config derives the head size from hidden_size / "
-                        "num_attention_heads, so a model with fewer heads of the same size cannot be saved in its "
-                        "format (plain transformers could not load it). Head pruning works for Llama-family "
-                        "models; prune feed-forward neurons (ffn_fraction) or layers (drop_layers) here.")
+    block_parts(model, key)  # a layout llmkit can prune (BERT or Llama family)
     heads, kv_heads, _ = head_layout(model)
     if remove >= heads:
         raise UserError(f"{key}: removing {remove} heads would prune every head of each layer (the model has "
@@ -195,9 +199,12 @@ def prune_heads(model: Any, removed: list[list[int]], key: str) -> None:
         if hasattr(part.attention, "num_key_value_groups"):
             part.attention.num_key_value_groups = group
     left = heads - len(removed[0])
-    model.config.num_attention_heads = left
-    model.config.num_key_value_heads = left // group
-    model.config.head_dim = size
+    if own_head_format(model.config):
+        model.config.num_attention_heads = left
+        model.config.num_key_value_heads = left // group
+        model.config.head_dim = size
+    else:  # BERT's attention reshapes to (-1 heads, head size): smaller projections are all it needs
+        setattr(model.config, HEADS_KEY, left)
 
 
 def prune_neurons(model: Any, removed: list[list[int]], key: str) -> None:

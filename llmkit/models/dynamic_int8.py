@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.errors import UserError
+from llmkit.models import pruned_heads
 
 CONFIG_KEY = "llmkit_dynamic_int8"
 EMBEDDINGS_KEY = "llmkit_int8_embeddings"  # embedding tables stored as int8 rows on disk, float32 in memory
@@ -118,6 +119,7 @@ def load(auto_cls: Any, path: str, **kwargs: Any) -> Any:
     config = AutoConfig.from_pretrained(path, trust_remote_code=kwargs.get("trust_remote_code", False))
     options = {k: kwargs[k] for k in ("attn_implementation", "trust_remote_code") if k in kwargs}
     model = auto_cls.from_config(config, **options)
+    pruned_heads.shrink_heads(model)  # a BERT with pruned heads: the projections' pruned shapes
     names = getattr(config, CONFIG_KEY)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.errors import UserError
-from llmkit.models import dynamic_int8
+from llmkit.models import dynamic_int8, pruned_heads
 
 CONFIG_KEY = "llmkit_low_rank"
 
@@ -97,11 +97,16 @@ def factorize(model: Any, ranks: dict[str, int]) -> None:
 
 def saved_ranks(path: str | Path) -> dict[str, int] | None:
     """The ranks a saved model directory's config.json records, or None (also for hub ids)."""
+    return _saved(path, CONFIG_KEY)
+
+
+def _saved(path: str | Path, key: str) -> Any:
+    """What a saved model directory's config.json records under `key`, or None (also for hub ids)."""
     import json
 
     config = Path(path) / "config.json"
     try:
-        return json.loads(config.read_text()).get(CONFIG_KEY) if config.is_file() else None
+        return json.loads(config.read_text()).get(key) if config.is_file() else None
     except (OSError, ValueError, AttributeError):
         return None  # the usual loading reports a broken config.json
 
@@ -112,8 +117,9 @@ def from_pretrained(auto_cls: Any, path: str, **kwargs: Any) -> Any:
     a model with PyTorch dynamic int8 layers: `dynamic_int8.load`."""
     if dynamic_int8.saved_layers(path):
         return dynamic_int8.load(auto_cls, path, **kwargs)
-    ranks = saved_ranks(path)
-    if not ranks:
+    ranks = saved_ranks(path) or {}
+    heads = _saved(path, pruned_heads.HEADS_KEY)
+    if not ranks and not heads:
         return auto_cls.from_pretrained(path, **kwargs)
     from safetensors.torch import load_file
     from transformers import AutoConfig
@@ -121,6 +127,7 @@ def from_pretrained(auto_cls: Any, path: str, **kwargs: Any) -> Any:
     config = AutoConfig.from_pretrained(path, trust_remote_code=kwargs.get("trust_remote_code", False))
     options = {k: kwargs[k] for k in ("attn_implementation", "trust_remote_code") if k in kwargs}
     model = auto_cls.from_config(config, **options)
+    pruned_heads.shrink_heads(model)
     for name, rank in ranks.items():
         linear = model.get_submodule(name)
         _replace(model, name, _pair(linear.in_features, linear.out_features, rank, linear.bias is not None,
@@ -132,8 +139,9 @@ def from_pretrained(auto_cls: Any, path: str, **kwargs: Any) -> Any:
     tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
     missing = [k for k in missing if k not in tied]
     if missing or unexpected:
-        raise UserError(f"model.name_or_path: {path} records low-rank layers ({CONFIG_KEY} in config.json) but its "
-                        f"weights do not fit them (missing {missing[:3]}, unexpected {unexpected[:3]}).")
+        what = f"low-rank layers ({CONFIG_KEY}" if ranks else f"pruned attention heads ({pruned_heads.HEADS_KEY}"
+        raise UserError(f"model.name_or_path: {path} records {what} in config.json) but its weights do not fit "
+                        f"them (missing {missing[:3]}, unexpected {unexpected[:3]}).")
     if hasattr(model, "tie_weights"):
         model.tie_weights()
     model.eval()

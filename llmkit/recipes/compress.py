@@ -60,7 +60,8 @@ class PruneStep:
 
     heads: int | None = opt("Attention heads removed from every layer (the same number in each: a config holds "
                             "one head count), each layer's least important by gradient (Michel et al. 2019). "
-                            "Llama-family models only: BERT/GPT-2 configs cannot hold fewer heads of the same size.",
+                            "Llama family: saved in its own format; BERT family: recorded as llmkit_attention_heads "
+                            "in config.json, loaded by llmkit's loader (not plain transformers).",
                             default=None)
     ffn_fraction: float | None = opt("Share of feed-forward neurons removed from every layer (0-1, exclusive), "
                                      "each layer's least important by gradient.", default=None)
@@ -406,6 +407,10 @@ class PrunePlan:
         if self.heads:
             lines.append("heads removed (per kept layer, by gradient importance): "
                          + "; ".join(f"layer {i}: {h}" for i, h in enumerate(self.heads)))
+            if not surgery.own_head_format(self.work.config):
+                lines.append(f"the heads kept are recorded as {surgery.HEADS_KEY} in config.json (a BERT config "
+                             "derives the head size from its head count): llmkit's loader reads it (llmkit eval, "
+                             "llmkit.load_model, model.name_or_path), plain transformers cannot")
         if self.neurons:
             lines.append(f"feed-forward neurons: {len(self.neurons[0])} of {self.ffn_width} removed in every layer "
                          "(each layer its least important)")
@@ -426,8 +431,8 @@ class QuantizePlan:
 
     def describe(self) -> list[str]:
         if self.spec.method == "torch-int8-dynamic":
-            return ["PyTorch dynamic int8: every Linear's weights stored as int8 (per tensor), activations quantized "
-                    "per batch at run time (loaded by llmkit's loader)"
+            return ["PyTorch dynamic int8: every Linear's weights stored as int8 (a scale per output channel), "
+                    "activations quantized per batch at run time (loaded by llmkit's loader)"
                     + ("; embedding tables stored as int8 rows" if self.spec.int8_embeddings else "")]
         return [f"torchao {self.spec.method}: every Linear's weights stored as int8"
                 + (", activations quantized per token at run time" if self.spec.method == "int8-dynamic" else "")]
@@ -488,6 +493,10 @@ def plan_steps(cfg: CompressConfig, model: Any, eval_set: EvalSet, run: Any) -> 
         else:
             if step.quantize.method in surgery.TORCHAO_METHODS:
                 surgery.torchao_config(step.quantize.method, key)  # torchao importable, method known
+                if getattr(current.config, surgery.HEADS_KEY, None):
+                    raise UserError(f"{key}.method: {step.quantize.method} loads the model with plain transformers, "
+                                    "which cannot build a BERT whose attention heads were pruned "
+                                    f"({surgery.HEADS_KEY}); use method torch-int8-dynamic (llmkit's loader).")
             plan = QuantizePlan(step.quantize, params)
         params = plan.expected_parameters
         run.print(f"step {number} {step.kind} (expected {params / 1e6:.3f} M parameters):\n  "
@@ -630,7 +639,8 @@ def recover(plan: RecoverPlan, previous: Stage, original: Stage, run: Any, token
                        train_dataset=datasets.Dataset.from_list(eval_set.train_rows), eval_dataset=None,
                        data_collator=eval_set.collate, trainer_cls=DistillTrainer,
                        teacher=original.model if distill else None, settings=settings)
-    model = result.trainer.model.eval()
+    # accelerate wraps a mixed-precision model's forward in autocast; the stage is scored and timed as saved (fp32)
+    model = result.trainer.accelerator.unwrap_model(result.trainer.model, keep_fp32_wrapper=False).eval()
     attention = previous.model.config._attn_implementation  # training on CPU may have switched to eager
     if model.config._attn_implementation != attention and hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation(attention)  # timed as it is loaded again (config.json names none)

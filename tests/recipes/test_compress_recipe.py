@@ -17,7 +17,7 @@ from tests.recipes.helpers import invoke, save_model_dir, tiny_bert_config
 
 @pytest.fixture(scope="module")
 def classifier_dir(tmp_path_factory, tokenizer_dir) -> str:
-    """A 3-layer BERT sentiment classifier (4 heads, 64 neurons), briefly trained, saved as a model directory."""
+    """A 3-layer BERT sentiment classifier (2 heads, 64 neurons), briefly trained, saved as a model directory."""
     from transformers import AutoTokenizer, BertForSequenceClassification
 
     torch.manual_seed(0)
@@ -197,7 +197,7 @@ def test_magnitude_pruning_zeroes_weights_and_says_it_saves_nothing(tmp_path, co
     ([{"quantize": {"int8_embeddings": True}}], "int8_embeddings: only applies to method torch-int8-dynamic"),
     ([{"prune": {"drop_layers": [0, 1, 2]}}], "that drops all 3 layers"),
     ([{"prune": {"drop_layers": [5]}}], "compress.steps[0].prune.drop_layers: [5] out of range"),
-    ([{"prune": {"heads": 1}}], "cannot be saved in its format"),
+    ([{"prune": {"heads": 2}}], "would prune every head of each layer (the model has 2 per layer)"),
     ([{"prune": {}}], "nothing to prune"),
     ([{"prune": {"ffn_fraction": 0.5}, "quantize": {}}], "exactly one of prune"),
 ])
@@ -388,7 +388,8 @@ def test_bad_low_rank_and_order_exit_2(tmp_path, compress_config, steps, expect)
 def test_recover_of_a_causal_lm_trains_on_windows_of_the_training_text(tmp_path, llama_config):
     llama_config["compress"]["steps"] = [{"prune": {"ffn_fraction": 0.5, "importance_batches": 1}},
                                          {"recover": {"method": "distill"}}]
-    llama_config["train"] = {**TRAIN, "num_train_epochs": 1, "per_device_train_batch_size": 2}
+    # bf16 training: the recovered stage is scored and timed as saved (fp32), not through accelerate's autocast
+    llama_config["train"] = {**TRAIN, "num_train_epochs": 1, "per_device_train_batch_size": 2, "precision": "bf16"}
     result = compress(tmp_path, llama_config)
     run = Path(llama_config["output_dir"])
     rows = json.loads((run / "metrics.json").read_text())["rows"]
@@ -396,6 +397,14 @@ def test_recover_of_a_causal_lm_trains_on_windows_of_the_training_text(tmp_path,
     steps = [json.loads(line) for line in (run / "log_history.jsonl").read_text().splitlines()]
     assert any("loss_kd" in h for h in steps)
     assert "optimizer steps over" in result.output and rows[2]["perplexity"] > 1
+    import llmkit
+    from llmkit.metrics.perplexity import causal_lm_perplexity
+
+    model, tokenizer = llmkit.load_model(str(run))
+    ids = tokenizer(Path(llama_config["data"]["validation_file"]).read_text(), add_special_tokens=False)["input_ids"]
+    with torch.inference_mode():
+        again = causal_lm_perplexity(model, ids, 32, 16, 32).perplexity
+    assert again == pytest.approx(rows[2]["perplexity"], rel=1e-5)
 
 
 def test_no_torchao_chatter_reaches_the_terminal(tmp_path, compress_config):
@@ -521,3 +530,38 @@ def test_torch_dynamic_int8_weights_have_one_scale_per_output_channel_and_old_fi
         "bert.encoder.layer.0.intermediate.dense.weight_scale"].shape == (1,)
     reloaded = low_rank.from_pretrained(AutoModelForSequenceClassification, str(tmp_path / "tensor"))
     assert torch.equal(reloaded(input_ids=ids).logits, old(input_ids=ids).logits)
+
+
+def test_head_pruning_of_a_bert_is_recorded_in_its_config_and_loaded_by_llmkit(tmp_path, compress_config,
+                                                                              sentiment_data):
+    """BERT's config derives the head size from its head count, so the kept heads go in config.json as
+    llmkit_attention_heads; llmkit's loader builds the smaller projections (also under int8 quantization)."""
+    from transformers import AutoModelForSequenceClassification
+
+    import llmkit
+
+    compress_config["compress"]["steps"] = [{"prune": {"heads": 1, "ffn_fraction": 0.25, "importance_batches": 2}},
+                                            {"quantize": {"method": "torch-int8-dynamic"}}]
+    planned = compress(tmp_path, compress_config, "--dry-run").output
+    assert "recorded as llmkit_attention_heads in config.json" in planned
+    expected = float(planned.split("(expected ")[1].split(" M parameters")[0])
+    compress(tmp_path, compress_config)
+    run = Path(compress_config["output_dir"])
+    original, pruned, quantized = json.loads((run / "metrics.json").read_text())["rows"]
+    assert pruned["parameters"] == pytest.approx(expected * 1e6, abs=1e3) and pruned["parameters"] < original[
+        "parameters"]
+    pruned_dir = run / "steps" / "1-prune"
+    config = json.loads((pruned_dir / "config.json").read_text())
+    assert (config["llmkit_attention_heads"], config["num_attention_heads"]) == (1, 2)
+    model, _ = llmkit.load_model(str(pruned_dir))
+    attention = model.bert.encoder.layer[0].attention
+    assert (attention.self.query.out_features, attention.output.dense.in_features) == (16, 16)
+    assert sum(p.numel() for p in model.parameters()) == pruned["parameters"]
+    for directory, row in ((pruned_dir, pruned), (run, quantized)):  # eval reproduces each stage's accuracy
+        out = tmp_path / f"eval-{row['step']}"
+        result = invoke("eval", directory, "--data", sentiment_data / "dev.csv", "-o", out)
+        assert result.exit_code == 0, result.output
+        assert json.loads((out / "eval.json").read_text())["metrics"]["eval_accuracy"] == pytest.approx(
+            row["accuracy"], abs=1e-4)
+    with pytest.raises(Exception, match="size mismatch|mismatch"):  # plain transformers cannot (documented)
+        AutoModelForSequenceClassification.from_pretrained(pruned_dir)

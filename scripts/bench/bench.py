@@ -2,6 +2,7 @@
 
     python scripts/bench/bench.py [--quick] [--data-dir ../shared/data] [--out bench.json] [--only NAME,...]
                                   [--tta-rows N] [--tta-rounds R] [--tta-model DIR]
+                                  [--dpo-pairs N] [--dpo-rounds R] [--dpo-model DIR] [--dpo-precision fp32|bf16]
 
 Each figure comes with its baseline, the ratio, the project's target where there is one, the settings it was
 measured with, and the machine (cores, torch threads, bf16 support, load average). Pairs are measured in one
@@ -34,7 +35,8 @@ BENCHMARKS = {"startup": ("data_benchmarks", "bench_startup"),
               "memory": ("training_benchmarks", "bench_memory"),
               "settings": ("training_benchmarks", "bench_settings"),
               "contrastive": ("embedding_benchmarks", "bench_contrastive"),
-              "tta": ("tta_benchmarks", "bench_tta")}
+              "tta": ("tta_benchmarks", "bench_tta"),
+              "dpo": ("dpo_benchmarks", "bench_dpo")}
 
 
 def benchmark(name: str):
@@ -48,7 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="Shorter runs (a few minutes in all).")
     p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"),
-                   help="Folder with sst2/, wikitext2/, alpaca/ (default: ../shared/data beside the repository).")
+                   help="Folder with sst2/, wikitext2/, alpaca/, preference/ (default: ../shared/data beside the "
+                        "repository).")
     p.add_argument("--out", default="bench.json", help="Where to write the JSON (default: bench.json).")
     p.add_argument("--only", default=None, help=f"Comma-separated subset of: {', '.join(BENCHMARKS)}.")
     p.add_argument("--work-dir", default=None, help="Scratch directory for runs and caches (default: a temporary "
@@ -58,9 +61,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tta-rounds", type=int, default=1, help="tta: alternating rounds of both sides (default 1).")
     p.add_argument("--tta-model", default=None, help="tta: a model directory for both sides instead of MiniLM-L6 "
                                                      "(a tiny model for a quick check).")
+    p.add_argument("--dpo-pairs", type=int, default=None, help="dpo: preference pairs on both sides (default 64; "
+                                                                 "--quick: 32).")
+    p.add_argument("--dpo-rounds", type=int, default=1, help="dpo: alternating rounds of both sides (default 1).")
+    p.add_argument("--dpo-model", default=None, help="dpo: a model directory for both sides instead of the config's "
+                                                     "SmolLM2 GGUF (a tiny model for a quick check).")
+    p.add_argument("--dpo-precision", choices=("fp32", "bf16"), default=None,
+                   help="dpo: precision of both sides (default: the config's auto, resolved for this machine).")
     args = p.parse_args(argv)
     if args.tta_rows is not None and args.tta_rows < 1 or args.tta_rounds < 1:
         p.error(f"--tta-rows / --tta-rounds: expected a positive number; got {args.tta_rows} / {args.tta_rounds}")
+    if args.dpo_pairs is not None and args.dpo_pairs < 1 or args.dpo_rounds < 1:
+        p.error(f"--dpo-pairs / --dpo-rounds: expected a positive number; got {args.dpo_pairs} / {args.dpo_rounds}")
     args.groups = args.only.split(",") if args.only else list(BENCHMARKS)
     unknown = [g for g in args.groups if g not in BENCHMARKS]
     if unknown:
@@ -80,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(args.work_dir) if args.work_dir else Path(stack.enter_context(
             tempfile.TemporaryDirectory(prefix="llmkit-bench-")))
         ctx = Context(data_dir=Path(args.data_dir), quick=args.quick, work_dir=work, tta_rows=args.tta_rows,
-                      tta_rounds=args.tta_rounds, tta_model=args.tta_model)
+                      tta_rounds=args.tta_rounds, tta_model=args.tta_model,
+                      dpo={"pairs": args.dpo_pairs, "rounds": args.dpo_rounds, "model": args.dpo_model,
+                           "precision": args.dpo_precision})
         for name in args.groups:
             log.info("== %s", name)
             t0 = time.perf_counter()

@@ -21,7 +21,8 @@ log = logging.getLogger("bench")
 @dataclass
 class Context:
     """What every benchmark gets: where the data is, quick or full, a scratch directory for runs and caches, and
-    the `tta` group's own settings (training rows, rounds, a model directory instead of MiniLM-L6)."""
+    the `tta` group's own settings (training rows, rounds, a model directory instead of MiniLM-L6) and the `dpo`
+    group's."""
 
     data_dir: Path
     quick: bool
@@ -29,6 +30,7 @@ class Context:
     tta_rows: int | None = None
     tta_rounds: int = 1
     tta_model: str | None = None
+    dpo: dict | None = None  # the dpo group's settings (dpo_benchmarks.DpoOptions)
 
     def path(self, *parts: str) -> Path:
         p = self.work_dir.joinpath(*parts)

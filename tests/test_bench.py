@@ -131,6 +131,7 @@ def test_dpo_runs_llmkit_and_trl_on_the_same_pairs_and_records_the_ratio(tiny_dp
     assert record["paired_ratio"] == pytest.approx(rate["llmkit"] / rate["trl"], rel=1e-3)
     assert record["meets_target"] == (record["paired_ratio"] >= 0.9)
     assert all(t > 0 for t in record["tokens_per_second"].values())
+    assert all(200 < rss < 20_000 for rss in record["peak_rss_mib"].values())  # each side's own process, in MiB
     assert all(loss == pytest.approx(0.6931, abs=0.05) for loss in record["final_loss"].values())
     settings = record["settings"]
     assert settings["pairs"] == 16 and settings["precision"] == "fp32" and settings["rounds"] == 1
@@ -141,3 +142,50 @@ def test_dpo_runs_llmkit_and_trl_on_the_same_pairs_and_records_the_ratio(tiny_dp
         with pytest.raises(SystemExit):
             bench.parse_args(["--data-dir", str(ctx.data_dir), "--only", "dpo", *bad])
         assert "--dpo-pairs / --dpo-rounds: expected a positive number" in capsys.readouterr().err
+
+
+def test_profile_ops_maps_op_names_to_families():
+    import profile_ops
+
+    expected = {"aten::addmm": "matmul", "AddmmBackward0": "matmul", "aten::mm": "matmul", "aten::linear": "matmul",
+                "aten::_scaled_dot_product_flash_attention_for_cpu_backward": "attention",
+                "aten::_softmax": "softmax/dropout/activation", "aten::native_dropout": "softmax/dropout/activation",
+                "_MaskedScale": "softmax/dropout/activation", "_MaskedScaleBackward": "softmax/dropout/activation",
+                "aten::gelu_backward": "softmax/dropout/activation", "NativeLayerNormBackward0": "layer norm",
+                "aten::embedding_dense_backward": "embedding", "aten::cross_entropy_loss": "loss",
+                "LogSoftmaxBackward0": "loss", "aten::_foreach_norm": "optimizer", "aten::_to_copy": "copies/casts",
+                "ToCopyBackward0": "copies/casts", "aten::add_": "elementwise", "aten::view": "other",
+                "torch::autograd::AccumulateGrad": "other"}
+    assert {name: profile_ops.family_of(name) for name in expected} == expected
+    assert profile_ops.whole_scope("Optimizer.step#AdamW.step") == "optimizer"
+    assert profile_ops.whole_scope("enumerate(DataLoader)#_SingleProcessDataLoaderIter.__next__") == "data"
+
+
+def test_profile_ops_profiles_real_training_steps_by_family(tiny_config, tmp_path):
+    """scripts/bench/profile_ops.py on a tiny from-config BERT: the real `llmkit finetune`, 1 warm-up step, 2
+    profiled, 2 timed without the profiler; the JSON line's shares cover the profiled wall time."""
+    import json
+    import os
+    import subprocess
+
+    import profile_ops
+
+    from tests.conftest import write_yaml
+
+    config = write_yaml(tmp_path / "tiny.yaml", tiny_config)
+    out = subprocess.run([sys.executable, str(BENCH / "profile_ops.py"), str(config), "--skip", "1", "--steps", "2",
+                          "--output-dir", str(tmp_path / "profiled")], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                              "HF_DATASETS_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    record = json.loads(out.stdout.strip().splitlines()[-1])
+    families = record["families"]
+    assert list(families) == list(profile_ops.FAMILIES)
+    assert sum(f["share"] for f in families.values()) == pytest.approx(1.0, abs=0.01)
+    assert sum(f["seconds"] for f in families.values()) == pytest.approx(record["wall_s"], rel=0.01)
+    assert families["matmul"]["seconds"] > 0 and families["optimizer"]["seconds"] > 0
+    assert families["data"]["seconds"] > 0 and families["Python / framework"]["seconds"] >= 0
+    assert record["steps"] == 2 and len(record["step_s"]) == 2 and record["wall_s"] > 0
+    assert record["tokens_per_step"] > 0 and record["unprofiled"]["steps"] == 2
+    assert record["command"] == "finetune" and "train.max_steps=6" in record["overrides"]
+    assert "matmul" in out.stdout.splitlines()[1] and (tmp_path / "profiled" / "model").is_dir()

@@ -263,11 +263,40 @@ class CompressConfig:
 
 
 def smoke_adjust(cfg: CompressConfig, shrink: Shrink) -> None:
-    """Smoke mode: the model shrunk keeping the layers drop_layers names (and one more)."""
+    """Smoke mode: the model shrunk keeping the layers drop_layers names (and one more); heads pruned in the same
+    share of the tiny model's heads (its head count differs from the real model's)."""
     dropped = [i for step in cfg.compress.steps if step.prune for i in (step.prune.drop_layers or [])]
+    pruned = [step.prune for step in cfg.compress.steps if step.prune and step.prune.heads]
+    before = _head_layout(cfg) if pruned else None
     shrink.model_section(cfg.model, "model.", max(dropped) + 2 if dropped else None)
+    after = _head_layout(cfg) if pruned else None
+    for prune in pruned:
+        if before is None or after is None:
+            continue
+        heads, kv_heads, _ = after
+        group = heads // kv_heads
+        share = prune.heads / before[0]
+        scaled = min(max(group, round(share * heads / group) * group), heads - group)
+        if scaled != prune.heads:
+            shrink.note(f"prune.heads {prune.heads} of {before[0]} -> {scaled} of the tiny model's {heads}")
+            prune.heads = scaled
     cfg.compress.timing_rounds = 1
     shrink.note("1 timing round")
+
+
+def _head_layout(cfg: CompressConfig) -> tuple[int, int, int] | None:
+    """(query heads, key/value heads, head size) from the input model's config.json; None when it has none to
+    read here (a GGUF file, a hub id): the plan then checks the setting against the model itself."""
+    import json
+
+    try:
+        path = Path(model_source(input_model(cfg))) / "config.json"
+        config = json.loads(path.read_text())
+        from transformers import PretrainedConfig
+
+        return surgery.head_layout(PretrainedConfig(**config))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, UserError):
+        return None
 
 
 SMOKE = SmokeSpec(model_sections=(), trains=lambda cfg: any(s.kind == "recover" for s in cfg.compress.steps),

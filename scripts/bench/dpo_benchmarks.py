@@ -32,16 +32,19 @@ python scripts/bench/dpo_benchmarks.py [--pairs N] [--rounds R] [--model DIR] [-
 from __future__ import annotations
 
 import json
+import os
 import re
 import statistics
+import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
 from common import REPO, Context, log, paired_ratio, result
 from data_benchmarks import llmkit_command, subprocess_env
-from tta_benchmarks import fresh, run_process
+from tta_benchmarks import fresh
 
 CONFIG = REPO / "configs" / "adapter" / "smollm2-dpo-lora.yaml"
 PLAIN = Path(__file__).resolve().parent / "dpo_trl.py"
@@ -120,6 +123,22 @@ def fitting_pairs(ctx: Context, model: Path, n: int) -> Path:
     return out
 
 
+def run_process(cmd: list[str], env: dict, log_path: Path, cwd: Path) -> tuple[float, str, float]:
+    """Run `cmd` to its exit; (wall seconds, its stdout, its peak RSS in MiB from the kernel's rusage of that one
+    child: os.wait4, as /usr/bin/time reads it). stderr goes to `log_path`."""
+    with log_path.open("w") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, cwd=str(cwd), stdout=subprocess.PIPE, stderr=err, text=True)
+        stdout = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        tail = "\n".join(log_path.read_text().splitlines()[-20:])
+        raise RuntimeError(f"{' '.join(cmd[:3])} ... exited with {proc.returncode}:\n{stdout[-2000:]}\n{tail}")
+    return seconds, stdout, usage.ru_maxrss / 1024  # Linux: KiB
+
+
 def run_llmkit(ctx: Context, name: str, pairs: Path, n: int, opts: DpoOptions) -> dict:
     """`llmkit adapter` on the shipped DPO config; the Trainer's train_runtime, steps, pairs, tokens and losses from
     the run's metrics.json and log_history.jsonl."""
@@ -131,7 +150,7 @@ def run_llmkit(ctx: Context, name: str, pairs: Path, n: int, opts: DpoOptions) -
     if opts.model:
         overrides += [f"model.name_or_path={opts.model}", "model.gguf_file=null"]
     cmd = llmkit_command() + ["adapter", str(CONFIG), *overrides, "--output-dir", str(run_dir)]
-    seconds, stdout = run_process(cmd, subprocess_env(), root / "stderr.txt", root)
+    seconds, stdout, peak = run_process(cmd, subprocess_env(), root / "stderr.txt", root)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     history = [json.loads(line) for line in (run_dir / "log_history.jsonl").read_text().splitlines() if line.strip()]
     done = next(h for h in reversed(history) if "train_runtime" in h)
@@ -140,7 +159,8 @@ def run_llmkit(ctx: Context, name: str, pairs: Path, n: int, opts: DpoOptions) -
         re.search(r"\*\*data\*\*: train (\d+) examples", (run_dir / "report.md").read_text())
     trained = int(found.group(1))
     runtime = metrics["train_runtime"]
-    return {"seconds": seconds, "train_runtime": runtime, "steps": done["step"], "pairs": trained,
+    return {"seconds": seconds, "peak_rss_mib": round(peak), "train_runtime": runtime, "steps": done["step"],
+            "pairs": trained,
             "pairs_per_second": trained / runtime, "tokens": metrics.get("train_tokens"),
             "tokens_per_second": metrics["train_tokens"] / runtime if metrics.get("train_tokens") else None,
             "train_loss": metrics.get("train_loss"), "final_loss": losses[-1] if losses else None}
@@ -152,12 +172,13 @@ def run_trl(ctx: Context, name: str, pairs: Path, n: int, opts: DpoOptions) -> d
     env = {**subprocess_env(), "HF_DATASETS_CACHE": str(root / "datasets-cache")}
     cmd = [sys.executable, str(PLAIN), str(pairs), str(model_dir(opts)), "--precision", resolved_precision(opts),
            "--output-dir", str(root / "run")]
-    seconds, stdout = run_process(cmd, env, root / "stderr.txt", root)
+    seconds, stdout, peak = run_process(cmd, env, root / "stderr.txt", root)
     printed = json.loads(stdout.strip().splitlines()[-1])
     if printed["pairs_in_file"] != n:
         raise RuntimeError(f"dpo: the trl side read {printed['pairs_in_file']} pairs, expected {n}")
     tokens = printed.get("tokens")
-    return {"seconds": seconds, "train_runtime": printed["train_runtime"], "steps": printed["steps"],
+    return {"seconds": seconds, "peak_rss_mib": round(peak), "train_runtime": printed["train_runtime"],
+            "steps": printed["steps"],
             "pairs": printed["pairs"], "pairs_per_second": printed["pairs_per_second"], "tokens": tokens,
             "tokens_per_second": tokens / printed["train_runtime"] if tokens else None,
             "train_loss": printed["train_loss"], "final_loss": printed["final_loss"]}
@@ -206,7 +227,7 @@ def dpo_record(ctx: Context, sides: dict[str, list[dict]], n: int) -> dict:
                     baseline_name="trl DPOTrainer + peft LoRA (scripts/bench/dpo_trl.py)",
                     target=f">= {TARGET} x trl's pairs/s", meets=ratio >= TARGET, paired_ratio=round(ratio, 4),
                     pairs_per_second=median_of("pairs_per_second"), tokens_per_second=median_of("tokens_per_second"),
-                    train_runtime=median_of("train_runtime"),
+                    train_runtime=median_of("train_runtime"), peak_rss_mib=median_of("peak_rss_mib"),
                     pairs={side: runs[0]["pairs"] for side, runs in sides.items()},
                     steps={side: runs[0]["steps"] for side, runs in sides.items()},
                     final_loss={side: runs[-1]["final_loss"] for side, runs in sides.items()},

@@ -27,7 +27,7 @@ from common import REPO, log, setup_logging  # noqa: E402
 
 CONFIG = REPO / "configs" / "finetune" / "minilm-sst2.yaml"
 
-# variant -> the train: settings it changes (each against the shipped config)
+# variant -> the settings it changes (train: keys, or section.key), each against the shipped config
 VARIANTS = {
     "optim_adamw_torch_not_fused": {"optim": "adamw_torch"},
     "batch_64_lr_2e-4": {"per_device_train_batch_size": 64, "learning_rate": 2.0e-4},
@@ -36,13 +36,19 @@ VARIANTS = {
     "precision_fp32": {"precision": "fp32"},
     "eval_batch_8": {"per_device_eval_batch_size": 8},
     "cpu_dropout_torch": {"cpu_dropout": "torch"},
+    # the word embeddings (half of MiniLM's weights) frozen: no dense 30,522 x 384 gradient and AdamW update per step
+    "freeze_embeddings": {"model.freeze_embeddings": True},
+    "fp32_freeze_embeddings": {"precision": "fp32", "model.freeze_embeddings": True},
 }
 
 
 def config(data_dir: Path, work: Path, train_file: Path, name: str, train: dict) -> dict:
     cfg = yaml.safe_load(CONFIG.read_text())
     cfg["data"].update(data_dir=str(data_dir), train_file=str(train_file), cache_dir=str(work / "cache"))
-    cfg["train"].update(save_strategy="no", disable_tqdm=True, **train)
+    cfg["train"].update(save_strategy="no", disable_tqdm=True)
+    for key, value in train.items():  # "section.key" for another section, a plain key for train:
+        section, _, name = key.rpartition(".")
+        cfg.setdefault(section or "train", {})[name] = value
     cfg["output_dir"] = str(work / "runs" / name)
     return cfg
 

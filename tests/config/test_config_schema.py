@@ -434,3 +434,35 @@ def test_a_config_error_and_the_schema_agree_on_a_shipped_config_with_a_mistake(
     with pytest.raises(ConfigError) as exc:
         commands.load_dict("finetune", data)
     assert "train.learning_rat: unknown key. Did you mean 'train.learning_rate'?" in str(exc.value)
+
+
+# ---------------------------------------------------------------- the docs' example configs
+
+
+def _without_required(node):
+    """The schema with every `required` list taken out: a doc's example may show one section only."""
+    if isinstance(node, dict):
+        return {k: _without_required(v) for k, v in node.items() if k != "required"}
+    if isinstance(node, list):
+        return [_without_required(v) for v in node]
+    return node
+
+
+DOC_EXAMPLES = [(page, i, block) for page in sorted((ROOT / "docs" / "commands").glob("*.md"))
+                for i, block in enumerate(re.findall(r"```yaml\n(.*?)```", page.read_text(), re.S))]
+
+
+@pytest.mark.parametrize("page, index, block", DOC_EXAMPLES,
+                         ids=[f"{p.stem}-{i}" for p, i, _ in DOC_EXAMPLES])
+def test_every_yaml_example_of_a_command_page_uses_only_keys_and_values_that_command_takes(page, index, block):
+    """A key misspelled or dropped from the config classes, or a value outside its choices, in a docs example
+    fails here (partial examples are allowed: nothing is required)."""
+    data = parse_yaml(block)
+    assert isinstance(data, dict), f"{page.name} example {index} is not a mapping"
+    errors = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
+              for e in Draft7Validator(_without_required(schema_of(page.stem))).iter_errors(data)]
+    assert not errors, f"{page.name} example {index}: {errors}"
+
+
+def test_the_docs_examples_are_found():
+    assert {p.stem for p, _, _ in DOC_EXAMPLES} >= {"compress", "finetune", "pretrain", "adapter", "prompt", "distill"}

@@ -86,15 +86,23 @@ def _approx(x: float) -> str:
     return f"{x:,.1f}" if x < 1e6 else f"{x:.1e}"
 
 
-def available_memory_bytes() -> int | None:
-    """Memory the system can still give this process (Linux MemAvailable; else free pages), or None if unknown."""
+def proc_bytes(path: str, field: str) -> int | None:
+    """A `field:  N kB` line of a Linux /proc file (/proc/meminfo, /proc/self/status) in bytes; None without it."""
     try:
-        with open("/proc/meminfo") as fh:
+        with open(path) as fh:
             for line in fh:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
+    return None
+
+
+def available_memory_bytes() -> int | None:
+    """Memory the system can still give this process (Linux MemAvailable; else free pages), or None if unknown."""
+    available = proc_bytes("/proc/meminfo", "MemAvailable")
+    if available is not None:
+        return available
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):

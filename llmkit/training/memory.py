@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmkit.config.sections import available_memory_bytes
+from llmkit.config.sections import available_memory_bytes, proc_bytes
 
 MIB = 2**20
 GIB = 2**30
@@ -231,11 +231,4 @@ def free_memory(device: str) -> tuple[int | None, str]:
 
 def _resident_bytes() -> int:
     """This process's resident memory (VmRSS), 0 where /proc is not there."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return proc_bytes("/proc/self/status", "VmRSS") or 0

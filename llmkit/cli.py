@@ -353,8 +353,11 @@ def info() -> None:
     """Print versions, the device, and whether bf16 is fast here."""
     from llmkit.info import collect_info
 
-    for key, value in collect_info().items():
-        typer.echo(f"{key:>22}: {value}")
+    def body() -> None:
+        for key, value in collect_info().items():
+            typer.echo(f"{key:>22}: {value}")
+
+    guarded(body)
 
 
 def version() -> None:

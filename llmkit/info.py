@@ -7,7 +7,7 @@ import platform
 import sys
 import time
 
-from llmkit.config.training_arguments import cpu_has_fast_bf16, resolve_precision
+from llmkit.config.training_arguments import auto_precision_reason, cpu_has_fast_bf16, resolve_precision
 
 
 def _version(pkg: str) -> str:
@@ -44,5 +44,5 @@ def collect_info() -> dict:
         out["device"] = f"cpu, {torch.get_num_threads()} torch threads"
         out["cpu bf16 instructions"] = "yes (AVX512-BF16/AMX)" if cpu_has_fast_bf16() else "no"
         out["matmul GFLOP/s"] = f"fp32 {fp32:.0f}, bf16 {bf16:.0f} ({bf16 / fp32:.1f}x)"
-    out["precision: auto ->"] = resolve_precision("auto")
+    out["precision: auto ->"] = f"{resolve_precision('auto')} ({auto_precision_reason()})"
     return out

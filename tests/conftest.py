@@ -19,6 +19,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+# `precision: auto` on a CPU with bf16 instructions times bf16 against fp32 matmuls once per machine; tests pin the
+# answer (fp32) so that every machine runs the same numerics. tests/config/test_cpu_precision.py unsets it.
+os.environ.setdefault("LLMKIT_CPU_BF16", "0")
 
 # Under pytest-xdist (scripts/test.sh runs one worker per core) each worker gets its share of the cores for
 # torch's intra-op threads, so workers do not oversubscribe the machine; subprocesses inherit the setting.

@@ -519,7 +519,8 @@ class TrainConfig:
     """Training settings: every HF TrainingArguments field, plus llmkit's own keys below."""
 
     precision: Precision = opt("auto | fp32 | bf16 | fp16. auto picks bf16 where the hardware runs it fast "
-                                "(recent GPUs; CPUs with AVX512-BF16/AMX), else fp32.", default="auto")
+                                "(GPUs that support it; CPUs whose bf16 matmuls are timed at >= 1.25 x fp32's, "
+                                "once per machine), else fp32.", default="auto")
     resume: str | None = opt("auto: continue from the newest checkpoint in the run directory; or a checkpoint "
                               "path.", default=None)
     on_nan: Literal["stop", "skip"] = opt(

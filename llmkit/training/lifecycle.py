@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.config.loader import save_config
-from llmkit.config.training_arguments import TrainingArgumentsError, make_training_arguments, resolve_precision
+from llmkit.config.training_arguments import (TrainingArgumentsError, auto_precision_reason, make_training_arguments,
+                                              resolve_precision)
 from llmkit.errors import UserError
 from llmkit.training import rundir
 from llmkit.training.arguments import launch_state, pad_multiple, planned_steps
@@ -65,8 +66,10 @@ class RunLifecycle:
     def plan(self, args: Any, train_examples: int, note: str = "") -> int:
         """Print the plan (optimizer steps, batch, processes, precision); return the steps."""
         steps = planned_steps(args, train_examples)
+        why = f" (auto: {auto_precision_reason()})" if self.cfg.train.precision == "auto" else ""
         self.print(f"plan: {steps} optimizer steps{note}, batch {args.per_device_train_batch_size} x accumulation "
-                   f"{args.gradient_accumulation_steps} x {args.world_size} process(es), precision {self.precision}")
+                   f"{args.gradient_accumulation_steps} x {args.world_size} process(es), precision {self.precision}"
+                   f"{why}")
         return steps
 
     def memory(self, model: Any, args: Any, length: int, *, logits: bool, rows_per_example: int = 1,

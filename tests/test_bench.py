@@ -72,9 +72,10 @@ def test_tta_runs_both_sides_as_processes_and_records_the_ratio(tiny_tta, tmp_pa
     train = tta.head_lines(ctx, ctx.data_dir / "sst2" / "train.tsv", 33, "train-32.tsv")
     dev = tta.dev_file(ctx, None)
     with ThreadPoolExecutor(2) as pool:
-        ours, plain = (pool.submit(fn, ctx, side, train, dev, ctx.tta_model)
+        ours, plain = (pool.submit(fn, ctx, side, train, dev, ctx.tta_model, 7)
                        for side, fn in (("llmkit", tta.run_llmkit), ("plain", tta.run_plain)))
         sides = {"llmkit": [ours.result()], "plain": [plain.result()]}
+    assert sides["llmkit"][0]["seed"] == sides["plain"][0]["seed"] == 7  # --seeds reaches both trainings
     record = tta.tta_record(ctx, sides, 32)
     assert record["name"] == "time_to_accuracy" and record["settings"]["rows"] == 32
     assert record["paired_ratio"] == pytest.approx(sides["llmkit"][0]["seconds"] / sides["plain"][0]["seconds"],
@@ -85,6 +86,20 @@ def test_tta_runs_both_sides_as_processes_and_records_the_ratio(tiny_tta, tmp_pa
     assert all(run["train_seconds"] > 0 for runs in sides.values() for run in runs)
     with pytest.raises(SystemExit):
         bench.parse_args(["--data-dir", str(ctx.data_dir), "--only", "tta", "--tta-rows", "0"])
+
+
+def test_tta_accuracy_is_the_mean_over_seeds_and_the_median_over_repeats(tmp_path):
+    import tta_benchmarks as tta
+    from common import Context
+
+    runs = {"llmkit": [(10.0, 0.80), (10.0, 0.90), (10.0, 0.91)], "plain": [(30.0, 0.85), (30.0, 0.86), (30.0, 0.87)]}
+    sides = {side: [{"seconds": s, "accuracy": a, "train_seconds": 1.0} for s, a in v] for side, v in runs.items()}
+    by_seed = tta.tta_record(Context(data_dir=tmp_path, quick=True, work_dir=tmp_path, tta_seeds=[1, 2, 3]), sides, 8)
+    assert by_seed["accuracy"] == {"llmkit": pytest.approx(0.87), "plain": pytest.approx(0.86)}
+    assert by_seed["meets_target"] and by_seed["settings"]["seeds"] == [1, 2, 3]
+    repeated = tta.tta_record(Context(data_dir=tmp_path, quick=True, work_dir=tmp_path, tta_rounds=3), sides, 8)
+    assert repeated["accuracy"] == {"llmkit": 0.9, "plain": 0.86} and repeated["meets_target"]
+    assert tta.parse_seeds("42, 43,44") == [42, 43, 44] and tta.parse_seeds(None) is None
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +157,52 @@ def test_dpo_runs_llmkit_and_trl_on_the_same_pairs_and_records_the_ratio(tiny_dp
         with pytest.raises(SystemExit):
             bench.parse_args(["--data-dir", str(ctx.data_dir), "--only", "dpo", *bad])
         assert "--dpo-pairs / --dpo-rounds: expected a positive number" in capsys.readouterr().err
+
+
+def test_memory_sft_measures_llmkit_and_a_plain_loop_on_the_same_examples(tiny_dpo, tmp_path, capsys):
+    """The memory group's sft comparison alone (--memory-kinds sft) on a tiny Llama: llmkit finetune on the shipped
+    SmolLM2 SFT config and the plain AdamW loop, each in its own process, 2 optimizer steps of 4 x 2 examples out of
+    32 alpaca rows; both fed the same examples (the Trainer's seeded order): the same token count."""
+    import json
+
+    import training_benchmarks as tb
+    from common import Context
+
+    rows = [{"instruction": f"say {'a good ' * (1 + i % 5)}word", "input": "hello world" if i % 3 else "",
+             "output": " ".join(["great and wonderful"] * (1 + i % 7))} for i in range(40)]
+    (tmp_path / "data" / "alpaca").mkdir(parents=True)
+    (tmp_path / "data" / "alpaca" / "alpaca_2k.json").write_text(json.dumps(rows))
+    (tmp_path / "data" / "sst2").mkdir()
+    (tmp_path / "data" / "sst2" / "train.tsv").write_text("sentence\tlabel\n")  # what --data-dir is checked for
+    args = bench.parse_args(["--data-dir", str(tmp_path / "data"), "--only", "memory", "--memory-kinds", "sft",
+                             "--memory-sft-model", str(tiny_dpo / "model"), "--memory-sft-steps", "2",
+                             "--memory-precision", "fp32"])
+    assert (args.memory_kinds, args.memory_sft_steps, args.memory_precision) == (("sft",), 2, "fp32")
+    ctx = Context(data_dir=tmp_path / "data", quick=True, work_dir=tmp_path / "work",
+                  memory={"kinds": args.memory_kinds, "sft_model": args.memory_sft_model,
+                          "sft_steps": args.memory_sft_steps, "precision": args.memory_precision})
+    [record] = tb.bench_memory(ctx)
+    assert record["name"] == "peak_rss_sft" and record["unit"] == "MB"
+    assert {"value", "baseline", "baseline_name", "ratio", "fed", "settings"} <= set(record)
+    assert 100 < record["value"] < 20_000 and 100 < record["baseline"] < 20_000  # each process's own peak, MB
+    assert record["ratio"] == pytest.approx(record["value"] / record["baseline"], abs=1e-3)
+    settings = record["settings"]
+    assert {"model", "batch", "steps", "max_length", "precision", "data", "feeds"} <= set(settings)
+    assert (settings["batch"], settings["gradient_accumulation_steps"], settings["steps"]) == (4, 2, 2)
+    assert settings["precision"] == "fp32" and settings["max_length"] == 384
+    assert settings["model"] == str(tiny_dpo / "model")
+    assert Path(settings["model_dir"]) == (tiny_dpo / "model").resolve()  # where llmkit resolves it
+    assert settings["attention"] == {"llmkit": "sdpa", "plain": "sdpa"}
+    plain, ours = record["fed"]["plain"], record["fed"]["llmkit"]
+    assert plain["steps"] == 2 and plain["examples"] == 16 and plain["positions"] >= plain["tokens"] > 16
+    # the same 16 of the 32 examples on both sides: llmkit's Trainer counts the packed rows' tokens that are not pad
+    assert ours["train_tokens"] == plain["tokens_not_pad_id"] == plain["tokens"]
+    assert 0 < plain["last_loss"] < 20 and 0 < ours["train_loss"] < 20
+    assert json.loads((tmp_path / "work" / "memory" / "sft.json").read_text())["train"]["max_steps"] == 2
+    for bad in (["--memory-kinds", "sft,disk"], ["--memory-sft-steps", "0"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--data-dir", str(tmp_path / "data"), *bad])
+        assert "--memory-kinds / --memory-sft-steps" in capsys.readouterr().err
 
 
 def test_profile_ops_maps_op_names_to_families():

@@ -21,8 +21,8 @@ log = logging.getLogger("bench")
 @dataclass
 class Context:
     """What every benchmark gets: where the data is, quick or full, a scratch directory for runs and caches, and
-    the `tta` group's own settings (training rows, rounds, a model directory instead of MiniLM-L6) and the `dpo`
-    group's."""
+    the `tta` group's own settings (training rows, rounds, a model directory instead of MiniLM-L6), the `dpo`
+    group's and the `memory` group's."""
 
     data_dir: Path
     quick: bool
@@ -30,7 +30,9 @@ class Context:
     tta_rows: int | None = None
     tta_rounds: int = 1
     tta_model: str | None = None
+    tta_seeds: list[int] | None = None  # one round per seed on both sides (tta_benchmarks.py)
     dpo: dict | None = None  # the dpo group's settings (dpo_benchmarks.DpoOptions)
+    memory: dict | None = None  # the memory group's settings (training_benchmarks.MemoryOptions)
 
     def path(self, *parts: str) -> Path:
         p = self.work_dir.joinpath(*parts)
@@ -56,11 +58,12 @@ def result(name: str, value: float, unit: str, *, baseline: float | None = None,
 def machine_info() -> dict:
     import torch
 
-    from llmkit.config.training_arguments import cpu_has_fast_bf16
+    from llmkit.config.training_arguments import cpu_bf16_speedup, cpu_has_fast_bf16, resolve_precision
 
     return {"cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
-            "cpu_bf16": cpu_has_fast_bf16(), "cuda": torch.cuda.is_available(),
+            "cpu_bf16": cpu_has_fast_bf16(), "cpu_bf16_matmul_speedup": cpu_bf16_speedup(),
+            "precision_auto": resolve_precision("auto"), "cuda": torch.cuda.is_available(),
             "load_average_1min": round(os.getloadavg()[0], 2)}
 
 

@@ -7,6 +7,11 @@ run's own `train_tokens_per_second` (non-padding tokens over the wall time of `t
 side is the loop a user writes: a shuffled DataLoader with the same collator, forward, backward, gradient
 clipping at 1.0 (the Trainer's default), the same AdamW implementation the Trainer picks (fused on CPU), timed
 from building the optimizer and DataLoader to the last step.
+
+The memory group measures each side's peak RSS in its own process: llmkit finetune / adapter / distill on MiniLM
+against classification_plain, and (peak_rss_sft) llmkit finetune on configs/finetune/smollm2-alpaca.yaml against
+sft_plain, a hand-written SFT loop on the same model directory and tokenized examples. Run only that one with
+`python scripts/bench/bench.py --only memory --memory-kinds sft` (--memory-sft-model DIR: a tiny model instead).
 """
 
 from __future__ import annotations
@@ -14,13 +19,28 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import Context, alternate, log, paired_ratio, result
+from common import REPO, Context, alternate, log, paired_ratio, result
 from data_benchmarks import MINILM, head_lines, sst2_train
 
 GPT_TINY = {"family": "gpt2", "num_layers": 4, "hidden_size": 256, "num_heads": 4, "max_position_embeddings": 256}
+SFT_CONFIG = REPO / "configs" / "finetune" / "smollm2-alpaca.yaml"  # the memory group's SFT recipe
+MEMORY_KINDS = ("minilm", "sft")
+
+
+@dataclass
+class MemoryOptions:
+    """The memory group's own settings (bench.py sets them as ctx.memory): which comparisons run (minilm: finetune /
+    adapter / distill on MiniLM; sft: SFT of a causal LM), a model directory for the sft comparison instead of the
+    config's SmolLM2 GGUF, its optimizer steps (None: 10, --quick 3), fp32 / bf16 (None: auto, resolved here)."""
+
+    kinds: tuple[str, ...] = MEMORY_KINDS
+    sft_model: str | None = None
+    sft_steps: int | None = None
+    precision: str | None = None
 
 
 # ---------------------------------------------------------------- llmkit side
@@ -57,6 +77,28 @@ def run_finetune(config: dict) -> dict:
     from llmkit.recipes.finetune import FinetuneConfig, run
 
     return run(load_config(FinetuneConfig, None, data=config), overwrite=True)
+
+
+def sft_config(ctx: Context, steps: int, precision: str, model: str | None, name: str = "memory-sft") -> dict:
+    """configs/finetune/smollm2-alpaca.yaml for a short run: `steps` optimizer steps (the config's batch 4 x
+    gradient accumulation 2), data from ctx.data_dir, twice the training examples the steps take (the Trainer's
+    seeded shuffle picks which are fed; the plain loop follows the same order), no validation split (so no evaluation
+    before, during or after training), no checkpoints, 8 new tokens per sample generation, the given precision and,
+    with `model`, that directory (its own tokenizer and chat template) instead of the SmolLM2 GGUF."""
+    import yaml
+
+    config = yaml.safe_load(SFT_CONFIG.read_text())
+    if model:
+        config["model"] = {"name_or_path": model}
+    train = config["train"]
+    examples = steps * train["per_device_train_batch_size"] * train.get("gradient_accumulation_steps", 1)
+    config["data"].pop("validation_split", None)
+    config["data"].update(data_dir=str(ctx.data_dir), max_train_samples=2 * examples, cache_dir=str(ctx.path("cache")))
+    train.update(max_steps=steps, save_strategy="no", eval_strategy="no", eval_on_start=False, precision=precision,
+                 disable_tqdm=True)
+    config["task"]["sample_max_new_tokens"] = 8
+    config["output_dir"] = str(ctx.path("runs", name))
+    return config
 
 
 def pretrain_config(ctx: Context, tokenizer: str | None, steps: int, precision: str, name: str) -> dict:
@@ -131,6 +173,85 @@ def classification_plain(config: dict, steps: int, precision: str) -> float:
     cpu_training_attention(model, None, precision, "cpu", "fast")  # the attention llmkit trains with: same model
     collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_multiple(precision, "cpu"))
     return plain_loop(model, data.splits["train"], collate, 32, steps, precision, 1e-4, 0.01, 42)
+
+
+def sft_plain(config: dict, steps: int, precision: str) -> dict:
+    """The SFT loop a user writes, on the sft config's own prepared data (llmkit's tokenized examples, from its
+    cache) and the same model directory llmkit loads (model_source: the converted GGUF, or model.name_or_path);
+    what it fed (steps, examples, tokens, positions, the last loss), the model directory and the attention of each
+    side.
+
+    Per optimizer step it feeds the same examples as llmkit (the Trainer shuffles with torch.randperm from a
+    generator seeded with train.seed; gradient_accumulation_steps micro-batches of per_device_train_batch_size
+    examples each). llmkit packs each micro-batch padding-free into one row (task.packing: true; position ids
+    restart per example, no attention mask); this loop pads it on the right to its longest example, with an
+    attention mask, so it computes on more positions for the same real tokens. Labels are llmkit's (-100 on the
+    prompt tokens) and -100 on the padding. AdamW (fused, the Trainer's default adamw_torch_fused) at the config's
+    learning rate and weight decay, gradient clipping at train.max_grad_norm, bf16 autocast when precision is bf16,
+    constant learning rate (the schedule costs no memory). The model keeps the attention it loads with (SDPA), as
+    a user's would; llmkit trains with eager attention in bf16 on CPU (cpu_training_attention)."""
+    import torch
+    from torch.utils.data import DataLoader, Subset
+    from transformers import AutoModelForCausalLM
+
+    from llmkit.config import load_config
+    from llmkit.models.loading import load_tokenizer, model_source
+    from llmkit.recipes.finetune import FinetuneConfig
+    from llmkit.tasks.strategies import task_for
+    from llmkit.training.arguments import attention_implementation, eager_attention_reason
+
+    cfg = load_config(FinetuneConfig, None, data=config)
+    seed = cfg.train.seed
+    tokenizer = load_tokenizer(cfg.model, cfg.tokenizer)
+    train = task_for(cfg).prepare(tokenizer, seed).splits["train"]  # input_ids + labels, as llmkit trains them
+    path = model_source(cfg.model)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    llmkit_attention = "eager" if eager_attention_reason(model, cfg.model.attn_implementation, precision, "cpu",
+                                                         cfg.train.cpu_dropout) else attention_implementation(model)
+    pad = tokenizer.pad_token_id
+
+    def collate(rows: list[dict]) -> dict:
+        longest = max(len(r["input_ids"]) for r in rows)
+        batch = {"input_ids": torch.full((len(rows), longest), pad), "labels": torch.full((len(rows), longest), -100),
+                 "attention_mask": torch.zeros((len(rows), longest), dtype=torch.long)}
+        for i, r in enumerate(rows):
+            n = len(r["input_ids"])
+            batch["input_ids"][i, :n] = torch.tensor(r["input_ids"])
+            batch["labels"][i, :n] = torch.tensor(r["labels"])
+            batch["attention_mask"][i, :n] = 1
+        return batch
+
+    micro, accumulation = cfg.train.per_device_train_batch_size, cfg.train.gradient_accumulation_steps
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).tolist()
+    loader = iter(DataLoader(Subset(train, order), batch_size=micro, collate_fn=collate))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay,
+                                  fused=True)
+    model.train()
+    fed = {"steps": 0, "examples": 0, "tokens": 0, "tokens_not_pad_id": 0, "positions": 0,
+           "longest_micro_batch": [0, 0]}
+    loss = None
+    for _ in range(steps):
+        for _ in range(accumulation):
+            batch = next(loader, None)
+            if batch is None:
+                raise RuntimeError(f"sft_plain: {len(train)} training examples are fewer than {steps} steps x {micro} "
+                                   f"x {accumulation} take")
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss = model(**batch).loss / accumulation
+            loss.backward()
+            ids = batch["input_ids"]
+            fed["examples"] += len(ids)
+            fed["tokens"] += int(batch["attention_mask"].sum())
+            fed["tokens_not_pad_id"] += int((ids != pad).sum())  # how the Trainer counts a packed row (no mask)
+            fed["positions"] += ids.numel()
+            fed["longest_micro_batch"] = max(fed["longest_micro_batch"], list(ids.shape), key=lambda s: s[0] * s[1])
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        fed["steps"] += 1
+    fed.update(last_loss=float(loss) * accumulation, model_dir=str(path),
+               attention={"llmkit": llmkit_attention, "plain": attention_implementation(model)})
+    return fed
 
 
 def causal_plain(config: dict, tokenizer_dir: str, steps: int, precision: str) -> tuple[float, Any]:
@@ -424,16 +545,21 @@ def bench_eval(ctx: Context) -> list[dict]:
                    settings={k: out[k] for k in ("model", "examples", "batch_size", "precision", "repeats")})]
 
 
-# The child process of bench_memory: one training run, then exit (its peak RSS is the parent's wait4 figure).
+# The child process of bench_memory: one training run, writes its own peak RSS (VmHWM) and exits. The sft kinds
+# also write what they fed (the plain loop's counts; llmkit's run metrics) to the peak file's name + ".json".
 CHILD = """
 import json, sys
 sys.path.insert(0, {bench_dir!r})
 import training_benchmarks as t
 kind, config, steps, precision = sys.argv[1], json.loads(open(sys.argv[2]).read()), int(sys.argv[3]), sys.argv[4]
+fed = None
 if kind == "plain":
     t.classification_plain(config, steps, precision)
-elif kind == "finetune":
-    t.run_finetune(config)
+elif kind == "sft_plain":
+    fed = t.sft_plain(config, steps, precision)
+elif kind in ("finetune", "sft"):
+    metrics = t.run_finetune(config)
+    fed = metrics if kind == "sft" else None
 else:
     from llmkit.config import load_config
     from llmkit.recipes import adapter, distill
@@ -442,6 +568,8 @@ else:
 # This process's own peak since exec (wait4's ru_maxrss would include the parent it was forked from).
 peak = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 open(sys.argv[5], "w").write(peak.split()[1])
+if fed is not None:
+    open(sys.argv[5] + ".json", "w").write(json.dumps(fed, default=str))
 """
 
 
@@ -461,12 +589,82 @@ def peak_rss_mb(ctx: Context, kind: str, config: dict, steps: int, precision: st
     return int(peak.read_text()) / 1024  # kB -> MB
 
 
+def child_output(ctx: Context, kind: str) -> dict:
+    """What an sft child wrote beside its peak (CHILD)."""
+    return json.loads(ctx.path("memory", f"{kind}.peak.json").read_text())
+
+
+def memory_options(ctx: Context) -> MemoryOptions:
+    opts = MemoryOptions(**(ctx.memory or {}))
+    unknown = [k for k in opts.kinds if k not in MEMORY_KINDS]
+    if unknown:
+        raise ValueError(f"memory: unknown comparison(s) {', '.join(unknown)}; choose from {', '.join(MEMORY_KINDS)}")
+    return opts
+
+
 def bench_memory(ctx: Context) -> list[dict]:
-    """Peak RSS of llmkit finetune / adapter (LoRA) / distill runs vs the plain loop, each in its own process,
-    on the same MiniLM model, data, batch, steps and precision."""
+    """Peak RSS of llmkit runs vs a hand-written loop, each in its own process, on the same model, data, batch,
+    steps and precision: minilm, llmkit finetune / adapter (LoRA) / distill on MiniLM (SST-2); sft, llmkit finetune
+    on configs/finetune/smollm2-alpaca.yaml (SmolLM2-135M-Instruct, Alpaca) vs a plain SFT loop (sft_plain)."""
     from llmkit.config.training_arguments import resolve_precision
 
-    precision = resolve_precision("auto")
+    opts = memory_options(ctx)
+    precision = opts.precision or resolve_precision("auto")
+    records = []
+    if "minilm" in opts.kinds:
+        records += minilm_memory(ctx, precision)
+    if "sft" in opts.kinds:
+        records.append(sft_memory(ctx, opts.sft_steps or (3 if ctx.quick else 10), precision, opts.sft_model))
+    return records
+
+
+def sft_memory(ctx: Context, steps: int, precision: str, model: str | None) -> dict:
+    """peak_rss_sft: llmkit finetune on the SmolLM2 SFT config (sft_config) vs sft_plain on the same model
+    directory, tokenized examples (in the same order), batch, gradient accumulation, steps and precision."""
+    from llmkit.config import load_config
+    from llmkit.models.loading import model_source
+    from llmkit.recipes.finetune import FinetuneConfig
+
+    config = sft_config(ctx, steps, precision, model)
+    model_source(load_config(FinetuneConfig, None, data=config).model)  # converts the GGUF here, not in a child
+    for kind in ("sft_plain", "sft"):
+        ctx.path("memory", f"{kind}.peak.json").unlink(missing_ok=True)  # a previous run's
+    plain = peak_rss_mb(ctx, "sft_plain", config, steps, precision)  # first: it tokenizes into llmkit's cache
+    ours = peak_rss_mb(ctx, "sft", config, steps, precision)
+    fed_plain, metrics = child_output(ctx, "sft_plain"), child_output(ctx, "sft")
+    train, data = config["train"], config["data"]
+    batch, accumulation = train["per_device_train_batch_size"], train.get("gradient_accumulation_steps", 1)
+    packed = config["task"].get("packing", True)
+    source = config["model"]
+    label = model or f"SmolLM2-135M-Instruct ({source['name_or_path']} {source['gguf_file']}, converted by llmkit)"
+    attention = fed_plain.pop("attention")
+    log.info("peak RSS, sft: llmkit %.0f MB, plain %.0f MB (%s)", ours, plain, label)
+    return result(
+        "peak_rss_sft", ours, "MB", baseline=plain,
+        baseline_name="hand-written AdamW SFT loop (AutoModelForCausalLM, right-padded micro-batches; same process "
+                      "layout)",
+        fed={"llmkit": {k: metrics.get(k) for k in ("train_tokens", "train_loss", "epoch", "train_runtime")},
+             "plain": fed_plain},
+        settings={"model": label, "model_dir": fed_plain.pop("model_dir"), "batch": batch,
+                  "gradient_accumulation_steps": accumulation, "steps": steps, "max_length": data["max_length"],
+                  "precision": precision, "attention": attention, "learning_rate": train["learning_rate"],
+                  "data": f"{data['train_file']} in {data['data_dir']}: {data['max_train_samples']} examples (seeded "
+                          f"shuffle), the first {steps * batch * accumulation} of the Trainer's order fed on both "
+                          "sides",
+                  "feeds": {"llmkit": ("each micro-batch packed padding-free into one row (task.packing: position "
+                                       "ids restart per example, no attention mask)" if packed else
+                                       "each micro-batch padded to its longest example") +
+                                      "; loss on response tokens only (-100 on prompt tokens); the config's recipe "
+                                      "(cosine schedule, warm-up, sample generations before and after training, the "
+                                      "model saved at the end)",
+                            "plain": "the same examples per micro-batch, right-padded to the longest with an "
+                                     "attention mask; llmkit's labels, -100 on padding; fused AdamW, clipping, "
+                                     "constant learning rate, no saving"}})
+
+
+def minilm_memory(ctx: Context, precision: str) -> list[dict]:
+    """Peak RSS of llmkit finetune / adapter (LoRA) / distill runs vs the plain loop on the same MiniLM model,
+    data, batch, steps and precision."""
     steps = 10 if ctx.quick else 40
     config = finetune_config(ctx, sst2_train(ctx, 4000), steps, precision, "memory-finetune")
     plain = peak_rss_mb(ctx, "plain", config, steps, precision)

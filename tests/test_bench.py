@@ -250,3 +250,21 @@ def test_profile_ops_profiles_real_training_steps_by_family(tiny_config, tmp_pat
     assert record["tokens_per_step"] > 0 and record["unprofiled"]["steps"] == 2
     assert record["command"] == "finetune" and "train.max_steps=6" in record["overrides"]
     assert "matmul" in out.stdout.splitlines()[1] and (tmp_path / "profiled" / "model").is_dir()
+
+
+def test_mfu_is_taken_against_the_best_matmul_peak_of_the_machine(monkeypatch):
+    """On a CPU whose bf16 matmuls are slower than fp32's, fp32's peak is the ceiling, whatever the run used."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    import training_benchmarks as tb
+
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=32, n_embd=16, n_layer=2, n_head=2))
+    monkeypatch.setattr(tb, "matmul_peak", lambda precision, quick: {"fp32": 300e9, "bf16": 150e9}[precision])
+    for precision in ("bf16", "fp32"):
+        record = tb.mfu(model, 1e6, precision, block=32, quick=True)
+        achieved = record["settings"]["achieved_flops_per_second"]
+        assert record["value"] == pytest.approx(achieved / 300e9, abs=1e-4)
+        assert record["of_run_precision_peak"] == pytest.approx(achieved / (150e9 if precision == "bf16" else 300e9),
+                                                                abs=1e-4)
+    n = sum(p.numel() for p in model.parameters()) - 64 * 16 - 32 * 16 + 64 * 16  # tied LM head counted once
+    assert record["settings"]["flops_per_token"] == 6 * n + 12 * 2 * 16 * 32

@@ -383,8 +383,9 @@ def mfu(model: Any, tokens_per_second: float, precision: str, block: int, quick:
 
 
 def bench_precision(ctx: Context) -> list[dict]:
-    """precision auto (bf16 autocast where the CPU runs it fast) vs fp32 on MiniLM classification: tokens/s
-    alternating, and the SST-2 dev accuracy of each after the same training budget."""
+    """bf16 autocast vs fp32 on MiniLM classification: tokens/s alternating, and the SST-2 dev accuracy of each
+    after the same training budget. Compared explicitly, whatever `precision: auto` resolves to on this machine
+    (recorded as auto_resolves_to): where auto picks fp32, this says what bf16 would have cost."""
     from llmkit.config.training_arguments import resolve_precision
 
     auto = resolve_precision("auto")
@@ -405,16 +406,16 @@ def bench_precision(ctx: Context) -> list[dict]:
         config = finetune_config(ctx, train_file, n, "auto", f"precision-speed-{label}")
         config["train"]["per_device_train_batch_size"] = batch
         config["data"]["max_length"] = 128
-        speed: dict[str, list[float]] = {"auto": [], "fp32": []}
+        speed: dict[str, list[float]] = {"bf16": [], "fp32": []}
         run_finetune({**config, "train": {**config["train"], "max_steps": 3, "precision": "fp32"}})  # warm-up
         for _ in range(rounds):
-            for p in ("auto", "fp32"):
+            for p in ("bf16", "fp32"):
                 speed[p].append(run_finetune({**config, "train": {**config["train"], "precision": p}})[
                     "train_tokens_per_second"])
-        ratio = paired_ratio(speed["auto"], speed["fp32"])
+        ratio = paired_ratio(speed["bf16"], speed["fp32"])
         targeted = label.startswith("rows_of_128_tokens")
-        records.append(result(f"mixed_precision_speedup_{label}", ratio, "x (auto / fp32 tokens/s, paired)",
-                              target=">= 1.8" if targeted else None, meets=auto == "bf16" and ratio >= 1.8,
+        records.append(result(f"mixed_precision_speedup_{label}", ratio, "x (bf16 autocast / fp32 tokens/s, paired)",
+                              target=">= 1.8" if targeted else None, meets=ratio >= 1.8,
                               settings={"auto_resolves_to": auto, "per_round": speed, "steps": n, "batch": batch,
                                         "model": "MiniLM-L6", "data": label.replace("_", " ")},
                               **({} if targeted else {"note": "short steps: see mixed_precision_bare_step_32x16"})))
@@ -423,13 +424,13 @@ def bench_precision(ctx: Context) -> list[dict]:
     records.append(padding_to_eight(quick=ctx.quick))
     budget = 2000 if ctx.quick else 8000
     accuracy = {}
-    for p in ("auto", "fp32"):
+    for p in ("bf16", "fp32"):
         cfg = finetune_config(ctx, sst2_train(ctx, budget), None, p, f"precision-accuracy-{p}", validation=True)
         accuracy[p] = run_finetune(cfg)["eval_accuracy"]
-    gap = abs(accuracy["auto"] - accuracy["fp32"]) * 100
+    gap = abs(accuracy["bf16"] - accuracy["fp32"]) * 100
     return records + [
-            result("mixed_precision_accuracy_gap", gap, "points (|auto - fp32| dev accuracy)", target="<= 0.5",
-                   meets=gap <= 0.5, settings={"accuracy": accuracy, "budget": f"{budget} SST-2 training rows, 1 "
+            result("mixed_precision_accuracy_gap", gap, "points (|bf16 - fp32| dev accuracy)", target="<= 0.5",
+                   meets=gap <= 0.5, settings={"accuracy": accuracy, "auto_resolves_to": auto, "budget": f"{budget} SST-2 training rows, 1 "
                                                "epoch, batch 32, lr 1e-4, seed 42", "eval": "872 SST-2 dev sentences"})]
 
 

@@ -254,9 +254,8 @@ def test_profile_ops_profiles_real_training_steps_by_family(tiny_config, tmp_pat
 
 def test_mfu_is_taken_against_the_best_matmul_peak_of_the_machine(monkeypatch):
     """On a CPU whose bf16 matmuls are slower than fp32's, fp32's peak is the ceiling, whatever the run used."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     import training_benchmarks as tb
+    from transformers import GPT2Config, GPT2LMHeadModel
 
     model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=32, n_embd=16, n_layer=2, n_head=2))
     monkeypatch.setattr(tb, "matmul_peak", lambda precision, quick: {"fp32": 300e9, "bf16": 150e9}[precision])
@@ -268,3 +267,23 @@ def test_mfu_is_taken_against_the_best_matmul_peak_of_the_machine(monkeypatch):
                                                                 abs=1e-4)
     n = sum(p.numel() for p in model.parameters()) - 64 * 16 - 32 * 16 + 64 * 16  # tied LM head counted once
     assert record["settings"]["flops_per_token"] == 6 * n + 12 * 2 * 16 * 32
+
+
+def test_bench_table_renders_every_record_and_lists_failed_groups(tmp_path, capsys):
+    import json
+
+    import bench_table
+
+    report = {"mode": "full", "total_seconds": 12.0, "machine": {"cpu_cores": 2, "precision_auto": "fp32"},
+              "results": [result("a_loop", 983.34, "tokens/s", baseline=969.0, baseline_name="plain loop",
+                                 target=">= 0.95", meets=True, paired_ratio=0.9897),
+                          result("mfu", 0.4819, "fraction")],
+              "errors": {"dpo": "RuntimeError: trl missing"}}
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(report))
+    assert bench_table.main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "| a_loop | 983 tokens/s | 969 (plain loop) | 0.9897 | >= 0.95 | yes |" in out
+    assert "| mfu | 0.4819 fraction | — | — | — | — |" in out
+    assert "- dpo: RuntimeError: trl missing" in out and "`precision: auto` → fp32" in out
+    assert bench_table.main([]) == 2

@@ -20,8 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.config.loader import save_config
-from llmkit.config.training_arguments import (TrainingArgumentsError, auto_precision_reason, make_training_arguments,
-                                              resolve_precision)
+from llmkit.config.training_arguments import (
+    TrainingArgumentsError,
+    auto_precision_reason,
+    make_training_arguments,
+    resolve_precision,
+)
 from llmkit.errors import UserError
 from llmkit.training import rundir
 from llmkit.training.arguments import launch_state, pad_multiple, planned_steps

@@ -430,8 +430,9 @@ def bench_precision(ctx: Context) -> list[dict]:
     gap = abs(accuracy["bf16"] - accuracy["fp32"]) * 100
     return records + [
             result("mixed_precision_accuracy_gap", gap, "points (|bf16 - fp32| dev accuracy)", target="<= 0.5",
-                   meets=gap <= 0.5, settings={"accuracy": accuracy, "auto_resolves_to": auto, "budget": f"{budget} SST-2 training rows, 1 "
-                                               "epoch, batch 32, lr 1e-4, seed 42", "eval": "872 SST-2 dev sentences"})]
+                   meets=gap <= 0.5, settings={"accuracy": accuracy, "auto_resolves_to": auto,
+                                               "budget": f"{budget} SST-2 training rows, 1 epoch, batch 32, lr 1e-4, "
+                                                         "seed 42", "eval": "872 SST-2 dev sentences"})]
 
 
 def bare_step(quick: bool) -> list[dict]:

@@ -287,3 +287,15 @@ def test_bench_table_renders_every_record_and_lists_failed_groups(tmp_path, caps
     assert "| mfu | 0.4819 fraction | — | — | — | — |" in out
     assert "- dpo: RuntimeError: trl missing" in out and "`precision: auto` → fp32" in out
     assert bench_table.main([]) == 2
+
+
+def test_bench_table_escapes_pipes_inside_cells(tmp_path, capsys):
+    import json
+
+    import bench_table
+
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps({"results": [result("gap", 0.0, "points (|bf16 - fp32| dev accuracy)")]}))
+    assert bench_table.main([str(path)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| gap"))
+    assert row.replace("\\|", "").count("|") == 7  # six cells

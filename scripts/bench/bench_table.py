@@ -22,6 +22,10 @@ def number(value) -> str:
     return f"{value:,.0f}" if isinstance(value, (int, float)) else str(value)
 
 
+def cell(text: str) -> str:
+    return text.replace("|", "\\|")  # a unit such as "|bf16 - fp32|" would end the cell
+
+
 def table(report: dict) -> str:
     machine = report.get("machine", {})
     lines = [f"`python scripts/bench/bench.py` ({report.get('mode', '?')} mode), "
@@ -34,8 +38,9 @@ def table(report: dict) -> str:
         ratio = r.get("paired_ratio", r.get("ratio"))
         baseline = f"{number(r['baseline'])} ({r.get('baseline_name') or ''})" if r.get("baseline") is not None else "—"
         met = {True: "yes", False: "no"}.get(r.get("meets_target"), "—")
-        lines.append(f"| {r['name']} | {number(r['value'])} {r['unit']} | {baseline} | {number(ratio)} | "
-                     f"{r.get('target') or '—'} | {met} |")
+        value = cell(f"{number(r['value'])} {r['unit']}")
+        target = cell(r.get("target") or "—")
+        lines.append(f"| {r['name']} | {value} | {cell(baseline)} | {number(ratio)} | {target} | {met} |")
     errors = report.get("errors") or {}
     if errors:
         lines += ["", "Groups that failed:"] + [f"- {name}: {message}" for name, message in errors.items()]

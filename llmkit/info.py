@@ -5,9 +5,13 @@ from __future__ import annotations
 import importlib.metadata as md
 import platform
 import sys
-import time
 
-from llmkit.config.training_arguments import auto_precision_reason, cpu_has_fast_bf16, resolve_precision
+from llmkit.config.training_arguments import (
+    auto_precision_reason,
+    cpu_has_fast_bf16,
+    matmul_seconds,
+    resolve_precision,
+)
 
 
 def _version(pkg: str) -> str:
@@ -17,16 +21,8 @@ def _version(pkg: str) -> str:
         return "not installed"
 
 
-def _matmul_gflops(dtype, size: int = 512, seconds: float = 0.25) -> float:
-    import torch
-
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    a @ b  # warm-up
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        n += 1
-    return 2 * size**3 * n / (time.perf_counter() - start) / 1e9
+def _matmul_gflops(dtype, size: int = 512, reps: int = 20) -> float:
+    return 2 * size**3 * reps / matmul_seconds(dtype, size, reps) / 1e9
 
 
 def collect_info() -> dict:

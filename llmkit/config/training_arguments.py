@@ -48,7 +48,7 @@ CPU_BF16_ENV = "LLMKIT_CPU_BF16"
 CPU_PRECISION_FILE = "cpu-precision.json"
 
 
-def _matmul_seconds(dtype, size: int, reps: int) -> float:
+def matmul_seconds(dtype, size: int, reps: int) -> float:
     import time
 
     import torch
@@ -68,8 +68,8 @@ def time_cpu_bf16_speedup(size: int = 768, reps: int = 4, rounds: int = 5) -> fl
 
     fp32 = bf16 = float("inf")
     for _ in range(rounds):
-        fp32 = min(fp32, _matmul_seconds(torch.float32, size, reps))
-        bf16 = min(bf16, _matmul_seconds(torch.bfloat16, size, reps))
+        fp32 = min(fp32, matmul_seconds(torch.float32, size, reps))
+        bf16 = min(bf16, matmul_seconds(torch.bfloat16, size, reps))
     return fp32 / bf16
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmkit.data.cache import cached_dataset, files_digest, tokenizer_digest
+from llmkit.data.columns import column_values, list_lengths
 from llmkit.data.loading import (
     SPLIT_KEYS,
     as_text,
@@ -103,7 +104,7 @@ def check_labels(splits: dict, cfg: Any, multi_label: bool) -> list[str]:
     for split, ds in splits.items():
         problems: dict[str, list[tuple[int, Any]]] = {}
         stripped = 0
-        for row, value in enumerate(ds[cfg.label_column], 1):
+        for row, value in enumerate(column_values(ds, cfg.label_column), 1):
             try:
                 stripped += cell_labels(value, multi_label, cfg.label_separator)[1]
             except _BadLabel as bad:
@@ -198,7 +199,7 @@ class LabelReading:
 
 def label_values(splits: dict, cfg: Any, multi_label: bool) -> set:
     """The distinct label values of every split (normalised: 1.0 and True read as 1)."""
-    return {normalise_label(v) for ds in splits.values() for row in ds[cfg.label_column]
+    return {normalise_label(v) for ds in splits.values() for row in column_values(ds, cfg.label_column)
             for v in cell_labels(row, multi_label, cfg.label_separator)[0]}
 
 
@@ -210,7 +211,7 @@ def encode_labels(splits: dict, label_names: list[str], cfg: Any, multi_label: b
     out = {}
     for name, ds in splits.items():
         encoded, bad = [], {}
-        for value in ds[cfg.label_column]:
+        for value in column_values(ds, cfg.label_column):
             labels = [normalise_label(v) for v in cell_labels(value, multi_label, cfg.label_separator)[0]]
             for v in labels:
                 if v in reading.outside:
@@ -249,9 +250,9 @@ def token_stats(splits: Any) -> dict:
     """Example and token counts per split (after truncation)."""
     stats = {}
     for name, ds in splits.items():
-        lengths = [len(ids) for ids in ds["input_ids"]]
-        stats[name] = {"examples": len(lengths), "tokens": int(sum(lengths)),
-                       "max_tokens": int(max(lengths)) if lengths else 0}
+        lengths = list_lengths(ds, "input_ids")
+        stats[name] = {"examples": len(lengths), "tokens": int(lengths.sum()),
+                       "max_tokens": int(lengths.max()) if len(lengths) else 0}
     return stats
 
 

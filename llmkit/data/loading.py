@@ -8,6 +8,7 @@ import os
 import tempfile
 from typing import Any
 
+from llmkit.data.columns import column_values
 from llmkit.data.formats import detect_format
 from llmkit.errors import UserError, first_line, not_utf8_message
 
@@ -457,7 +458,7 @@ def refuse_non_text(splits: dict, cfg: Any, keys: tuple[str, ...] | list[str] = 
     model as its Python spelling, "['a', 'b']"."""
     for key, column in _text_columns(cfg, keys):
         for split, ds in splits.items():
-            for row, value in enumerate(ds[column], 1):
+            for row, value in enumerate(column_values(ds, column), 1):
                 if isinstance(value, (list, tuple, dict)):
                     kind = "an object" if isinstance(value, dict) else "a list"
                     raise UserError(f"data.{key}: {column!r} holds {kind} in row {row} of the {split} data "
@@ -474,7 +475,7 @@ def empty_text_notes(splits: dict, cfg: Any, keys: tuple[str, ...] | list[str] =
     for key, column in _text_columns(cfg, keys):
         what = "an empty text" if key == "text_column" else f"an empty second text ({column!r})"
         for split, ds in splits.items():
-            rows = [row for row, value in enumerate(ds[column], 1) if is_empty_text(value)]
+            rows = [row for row, value in enumerate(column_values(ds, column), 1) if is_empty_text(value)]
             if rows and len(rows) == len(ds):
                 raise UserError(f"data.{key}: {column!r} is empty in every row of the {split} data "
                                 f"({split_source(cfg, split)}); check the file, and that data.{key} names the "

@@ -11,6 +11,7 @@ from typing import Any
 
 from llmkit.data.cache import cached_dataset, files_digest, tokenizer_digest
 from llmkit.data.classification import PreparedData
+from llmkit.data.columns import column_values, list_lengths
 from llmkit.data.loading import (
     SPLIT_KEYS,
     as_text,
@@ -57,7 +58,7 @@ def read_scores(ds: Any, cfg: Any, split: str) -> list[float]:
     outside the range, is refused naming its rows."""
     low, high = cfg.score_range or (0.0, 1.0)
     scores, bad, outside = [], [], []
-    for i, value in enumerate(ds[cfg.score_column], 1):
+    for i, value in enumerate(column_values(ds, cfg.score_column), 1):
         number = parse_score(value)  # the same reading as eval's (numbers written as text are numbers)
         if not isinstance(number, float):
             bad.append(i)
@@ -137,8 +138,9 @@ def _drop_empty_sentences(raw: dict, cfg: Any) -> list[str]:
 
 
 def _stats(ds: Any, roles: list[str]) -> dict:
-    lengths = [len(ids) for role in roles for ids in ds[f"{role}_input_ids"]]
-    return {"examples": len(ds), "tokens": int(sum(lengths)), "max_tokens": max(lengths, default=0)}
+    lengths = [list_lengths(ds, f"{role}_input_ids") for role in roles]
+    return {"examples": len(ds), "tokens": int(sum(part.sum() for part in lengths)),
+            "max_tokens": int(max((part.max() for part in lengths if len(part)), default=0))}
 
 
 def _require_pair_columns(raw: dict, cfg: Any, scored: bool, roles: list[str]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from llmkit.data.columns import column_values
 from llmkit.data.loading import (
     SPLIT_KEYS,
     as_text,
@@ -39,7 +40,8 @@ def check_pair_columns(splits: dict, cfg: Any, task: str) -> None:
 
 def pair_texts(ds: Any, cfg: Any) -> tuple[list[str], list[str]]:
     """The first and second text of every row, in file order (a missing cell is "")."""
-    return [as_text(v) for v in ds[cfg.text_column]], [as_text(v) for v in ds[cfg.text_pair_column]]
+    return ([as_text(v) for v in column_values(ds, cfg.text_column)],
+            [as_text(v) for v in column_values(ds, cfg.text_pair_column)])
 
 
 def parse_score(value: Any) -> float | None | str:
@@ -63,7 +65,7 @@ def gold_scores(ds: Any, cfg: Any, split: str) -> list[float]:
     """The gold scores of a split as floats: every cell a finite number (numbers written as text are read as
     numbers), inside data.score_range when it is set, and not all the same (a correlation needs them to vary)."""
     column, where = cfg.score_column, f"the {split} data ({split_source(cfg, split)})"
-    values = [parse_score(v) for v in ds[column]]
+    values = [parse_score(v) for v in column_values(ds, column)]
     missing = [row for row, v in enumerate(values, 1) if v is None]
     if missing:
         raise UserError(f"data.score_column: {column!r} is empty in {rows_text(missing)} of {where}; every pair "

@@ -8,6 +8,7 @@ from typing import Any
 
 from llmkit.data.cache import cached_dataset, files_digest, tokenizer_digest
 from llmkit.data.classification import LabelReading, PreparedData, normalise_label, token_stats
+from llmkit.data.columns import column_values
 from llmkit.data.loading import (
     SPLIT_KEYS,
     as_text,
@@ -40,7 +41,7 @@ def check_sentences(splits: dict, cfg: Any) -> list[str]:
         stripped = 0
         for key in ("tokens_column", "tags_column"):
             column = getattr(cfg, key)
-            for row, value in enumerate(ds[column], 1):
+            for row, value in enumerate(column_values(ds, column), 1):
                 if not isinstance(value, (list, tuple)):
                     raise UserError(f"data.{key}: {column!r} holds {short(value)} in row {row} of the {split} data "
                                     f"({split_source(cfg, split)}), not a list; each row needs a list of words and "
@@ -59,7 +60,7 @@ def tag_names(splits: dict, cfg: Any) -> list[str]:
     if "train" not in splits:
         raise UserError("data.label_names: there is no training data to read the tag set from; list the tags in "
                         "data.label_names.")
-    return sorted({str(t).strip() for row in splits["train"][cfg.tags_column] for t in row})
+    return sorted({str(t).strip() for row in column_values(splits["train"], cfg.tags_column) for t in row})
 
 
 def encode(splits: dict, tokenizer: Any, names: list[str], cfg: Any) -> dict:
@@ -71,7 +72,8 @@ def encode(splits: dict, tokenizer: Any, names: list[str], cfg: Any) -> dict:
 
     # The one rule of labels (data/classification.py): a tag equal to a tag name is that tag; integers are
     # positions in data.label_names only when no tag is a name.
-    reading = LabelReading(names, {tag_value(t) for ds in splits.values() for row in ds[cfg.tags_column] for t in row})
+    reading = LabelReading(names, {tag_value(t) for ds in splits.values() for row in column_values(ds, cfg.tags_column)
+                                  for t in row})
 
     def to_id(tag: Any, split: str) -> int:
         value = tag_value(tag)
@@ -83,7 +85,8 @@ def encode(splits: dict, tokenizer: Any, names: list[str], cfg: Any) -> dict:
 
     out = {}
     for split, ds in splits.items():
-        for i, (words, tags) in enumerate(zip(ds[cfg.tokens_column], ds[cfg.tags_column])):
+        words_and_tags = zip(column_values(ds, cfg.tokens_column), column_values(ds, cfg.tags_column))
+        for i, (words, tags) in enumerate(words_and_tags):
             if len(words) != len(tags):
                 raise UserError(f"data.tags_column: sentence {i} of the {split} data has {len(words)} words but "
                                 f"{len(tags)} tags; they must pair up one to one.")

@@ -24,6 +24,7 @@ from llmkit.config.loader import save_config
 from llmkit.config.schema import to_dict
 from llmkit.config.sections import DataConfig, ModelConfig, TokenizerConfig, opt
 from llmkit.data.classification import prepare_classification_data
+from llmkit.data.columns import length_order, list_lengths
 from llmkit.data.eval_text import read_eval_text
 from llmkit.data.loading import load_raw_splits, note, require_columns
 from llmkit.data.similarity import check_pair_columns, gold_scores, pair_texts, retrieval_pairs
@@ -432,8 +433,8 @@ def predict_logits(model: Any, tokenizer: Any, dataset: Any, batch_size: int, pr
     from transformers import DataCollatorWithPadding
 
     collate = DataCollatorWithPadding(tokenizer)
-    lengths = [len(ids) for ids in dataset["input_ids"]]
-    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    lengths = list_lengths(dataset, "input_ids")
+    order = length_order(dataset)
     features = [{k: v for k, v in row.items() if k != "labels"} for row in dataset]
     device = next(model.parameters()).device
     model.eval()
@@ -449,7 +450,7 @@ def predict_logits(model: Any, tokenizer: Any, dataset: Any, batch_size: int, pr
             for j, row in zip(idx, logits):
                 out[j] = row[: lengths[j]] if row.dim() > 1 else row  # per-token logits: drop the padding
     stacked = torch.stack(out) if out and out[0].dim() == 1 else out
-    return stacked, sum(lengths), max(seconds, 1e-9)
+    return stacked, int(lengths.sum()), max(seconds, 1e-9)
 
 
 def evaluate_token_classification(cfg: EvalConfig, model_cfg: ModelConfig, tokenizer: Any, dry_run: bool = False):

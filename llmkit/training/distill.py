@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from transformers import TrainerCallback
 
+from llmkit.data.columns import column_values, length_order, list_lengths
 from llmkit.training.trainer import GuardedTrainer
 
 INDEX_COLUMN = "example_index"  # row index of a training example, to find its cached teacher outputs
@@ -291,7 +292,7 @@ class TeacherCache:
 def data_digest(dataset) -> str:
     """A hash of the token ids of every example, in order (what the teacher's outputs depend on)."""
     h = hashlib.sha256()
-    for ids in dataset["input_ids"]:
+    for ids in column_values(dataset, "input_ids"):
         h.update(np.asarray(ids, dtype=np.int64).tobytes())
         h.update(b"|")
     return h.hexdigest()
@@ -299,8 +300,7 @@ def data_digest(dataset) -> str:
 
 def teacher_batches(dataset, tokenizer, batch_size: int):
     """(indices, padded batch) over the dataset in length order, so batches carry little padding."""
-    lengths = [len(ids) for ids in dataset["input_ids"]]
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    order = length_order(dataset)
     columns = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in dataset.column_names]
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
@@ -332,7 +332,7 @@ def build_teacher_cache(directory: Path, teacher, dataset, tokenizer, *, batch_s
                         per_token_logits: bool, num_outputs: int, hidden_width: int, precision: str,
                         device) -> TeacherCache:
     """Compute the cache into a temporary folder, then rename it into place (a crash leaves no half cache)."""
-    lengths = np.asarray([len(ids) for ids in dataset["input_ids"]], dtype=np.int64)
+    lengths = list_lengths(dataset, "input_ids")
     token_offsets = np.concatenate([[0], np.cumsum(lengths)])
     offsets = token_offsets if per_token_logits else np.arange(len(lengths) + 1, dtype=np.int64)
     tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
@@ -368,7 +368,7 @@ def build_teacher_cache(directory: Path, teacher, dataset, tokenizer, *, batch_s
 
 def cache_size_bytes(dataset, *, per_token_logits: bool, num_outputs: int, layers: list[int],
                      hidden_width: int) -> int:
-    tokens = sum(len(ids) for ids in dataset["input_ids"])
+    tokens = int(list_lengths(dataset, "input_ids").sum())
     positions = tokens if per_token_logits else len(dataset)
     return positions * num_outputs * (2 if per_token_logits else 4) + tokens * hidden_width * 2 * len(layers)
 

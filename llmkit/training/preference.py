@@ -41,6 +41,7 @@ from accelerate import PartialState
 from torch import nn
 
 from llmkit.data.cache import cache_error, cache_key, cache_root
+from llmkit.data.columns import column_values
 from llmkit.errors import UserError
 from llmkit.training.trainer import MeanLossTrainer
 
@@ -168,7 +169,7 @@ def ids_digest(ds: Any) -> str:
     """A hash of a split's token ids, in order (what the reference's log-probs depend on, with the model)."""
     h = hashlib.sha256()
     for column in ("prompt_ids", "chosen_ids", "rejected_ids"):
-        for ids in ds[column]:
+        for ids in column_values(ds, column):
             h.update(np.asarray(ids, dtype=np.int64).tobytes() + b"|")
     return h.hexdigest()
 

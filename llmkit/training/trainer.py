@@ -10,6 +10,7 @@ from typing import Any
 
 from transformers import Trainer, TrainerCallback
 
+from llmkit.data import columns
 from llmkit.training.dropout import CpuDropout
 from llmkit.training.progress import TrainingProgress, use_llmkit_progress
 
@@ -37,8 +38,7 @@ def length_order(dataset: Any) -> list[int] | None:
     names = getattr(dataset, "column_names", None)
     if not isinstance(names, list) or "input_ids" not in names:
         return None
-    lengths = [len(ids) for ids in dataset.with_format(None)["input_ids"]]
-    return sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return columns.length_order(dataset, longest_first=True)
 
 
 class NonFiniteGuard(TrainerCallback):

@@ -413,6 +413,27 @@ def test_kto_learns_from_unpaired_rows(tmp_path, pref_config):
     assert samples[0]["reference"] == GOOD and samples[1]["reference"] is None  # an undesirable completion
 
 
+@pytest.mark.xdist_group("multi-process")  # with tests/training/test_distributed.py: one launch at a time
+def test_kto_two_processes_share_one_kl_estimate(tmp_path, pref_config):
+    """KTO's KL estimate is the mean over the whole global batch, gathered across processes as trl does. With the
+    same completion on every row, a row's mismatched KL completion does not depend on how the batch is split, so
+    torchrun with 2 processes of 4 rows trains like one process of 8: the same losses and weights. An estimate
+    per process (4 rows each, different prompts) would give each rank its own loss."""
+    from tests.training.test_distributed import compare, run_both
+
+    rows = [{"prompt": "tell me " + "more " * (i % 5) + f"about the number {i}", "completion": GOOD,
+             "label": i % 4 != 3} for i in range(32)]
+    pref_config["preference"] = {"method": "kto", "beta": 0.5}
+    pref_config["data"]["train_file"] = write_jsonl(tmp_path / "data/kto-one-answer.jsonl", rows)
+    pref_config["data"].pop("validation_file")
+    pref_config["train"].update(max_steps=4, logging_steps=1, eval_strategy="no", learning_rate=1e-2)
+    pref_config.pop("output_dir")
+    one, two = run_both(tmp_path, "finetune", pref_config, batch=4)
+    kl = [h["kl"] for h in history(one) if "kl" in h]
+    assert len(kl) == 4 and max(kl) > 0.01, kl  # not clamped to 0 throughout: the estimate shapes the loss
+    compare(one, two)
+
+
 def test_kto_loss_matches_trl_formula():
     """trl's KTOTrainer (loss_type kto): 1 - s(b (r - z)) x desirable_weight, 1 - s(b (z - r)) x undesirable."""
     import math

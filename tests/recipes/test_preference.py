@@ -417,20 +417,23 @@ def test_kto_learns_from_unpaired_rows(tmp_path, pref_config):
 def test_kto_two_processes_share_one_kl_estimate(tmp_path, pref_config):
     """KTO's KL estimate is the mean over the whole global batch, gathered across processes as trl does. With the
     same completion on every row, a row's mismatched KL completion does not depend on how the batch is split, so
-    torchrun with 2 processes of 4 rows trains like one process of 8: the same losses and weights. An estimate
-    per process (4 rows each, different prompts) would give each rank its own loss."""
+    torchrun with 2 processes of 4 rows trains like one process of 8: the same KL, losses and weights. An estimate
+    per process (4 rows each, different prompts) gives other figures; beta is 5 so that they show (at beta 0.5 a
+    per-process estimate moved the losses by less than the tolerance: its first-order effects cancel across the
+    two ranks)."""
     from tests.training.test_distributed import compare, run_both
 
     rows = [{"prompt": "tell me " + "more " * (i % 5) + f"about the number {i}", "completion": GOOD,
              "label": i % 4 != 3} for i in range(32)]
-    pref_config["preference"] = {"method": "kto", "beta": 0.5}
+    pref_config["preference"] = {"method": "kto", "beta": 5.0}
     pref_config["data"]["train_file"] = write_jsonl(tmp_path / "data/kto-one-answer.jsonl", rows)
     pref_config["data"].pop("validation_file")
-    pref_config["train"].update(max_steps=4, logging_steps=1, eval_strategy="no", learning_rate=1e-2)
+    pref_config["train"].update(max_steps=4, logging_steps=1, eval_strategy="no", learning_rate=3e-2)
     pref_config.pop("output_dir")
     one, two = run_both(tmp_path, "finetune", pref_config, batch=4)
-    kl = [h["kl"] for h in history(one) if "kl" in h]
-    assert len(kl) == 4 and max(kl) > 0.01, kl  # not clamped to 0 throughout: the estimate shapes the loss
+    kl_one, kl_two = ([h["kl"] for h in history(run) if "kl" in h] for run in (one, two))
+    assert len(kl_one) == 4 and max(kl_one) > 0.1, kl_one  # not clamped to 0 throughout: it shapes the loss
+    assert kl_two == pytest.approx(kl_one, rel=1e-4, abs=1e-5)  # what rank 0 used: the whole batch's estimate
     compare(one, two)
 
 

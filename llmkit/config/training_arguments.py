@@ -109,7 +109,10 @@ def cpu_bf16_speedup() -> float:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path.with_suffix(".lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            known = json.loads(path.read_text()) if path.is_file() else {}
+            try:
+                known = json.loads(path.read_text()) if path.is_file() else {}
+            except ValueError:  # not JSON (a torn or hand-edited file): timed again and rewritten below
+                known = {}
             if not isinstance(known, dict):
                 known = {}
             if not isinstance(known.get(key), (int, float)):
@@ -118,7 +121,7 @@ def cpu_bf16_speedup() -> float:
                 tmp.write_text(json.dumps(known, indent=1))
                 os.replace(tmp, path)
             return float(known[key])
-    except (OSError, ValueError):  # a read-only or corrupt cache: time it for this process only
+    except OSError:  # a read-only cache: time it for this process only
         return round(time_cpu_bf16_speedup(), 3)
 
 

@@ -78,6 +78,9 @@ def test_corrupt_cache_is_timed_again(timed, tmp_path, content):
     cache_file(tmp_path).parent.mkdir(parents=True)
     cache_file(tmp_path).write_text(content.replace("KEY", ta._cpu_identity()))
     assert ta.resolve_precision("auto") == "bf16" and timed.calls == 1
+    assert json.loads(cache_file(tmp_path).read_text()) == {ta._cpu_identity(): 2.0}  # rewritten
+    ta.cpu_bf16_speedup.cache_clear()  # a new process reads the repaired file
+    assert ta.resolve_precision("auto") == "bf16" and timed.calls == 1
 
 
 def test_no_bf16_instructions_is_fp32_without_timing(timed, monkeypatch):

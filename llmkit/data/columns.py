@@ -48,5 +48,9 @@ def list_lengths(ds: Any, name: str) -> np.ndarray:
 def length_order(ds: Any, name: str = "input_ids", longest_first: bool = False) -> list[int]:
     """Row indices sorted by the length of column `name`, shortest (or longest) first, stable among equal lengths:
     the order that batches rows of similar length together (evaluation, the distillation teacher's pass)."""
-    lengths = list_lengths(ds, name)
+    return order_by_length(list_lengths(ds, name), longest_first)
+
+
+def order_by_length(lengths: np.ndarray, longest_first: bool = False) -> list[int]:
+    """length_order for lengths already read (list_lengths)."""
     return np.argsort(-lengths if longest_first else lengths, kind="stable").tolist()

@@ -24,7 +24,7 @@ from llmkit.config.loader import save_config
 from llmkit.config.schema import to_dict
 from llmkit.config.sections import DataConfig, ModelConfig, TokenizerConfig, opt
 from llmkit.data.classification import prepare_classification_data
-from llmkit.data.columns import length_order, list_lengths
+from llmkit.data.columns import list_lengths, order_by_length
 from llmkit.data.eval_text import read_eval_text
 from llmkit.data.loading import load_raw_splits, note, require_columns
 from llmkit.data.similarity import check_pair_columns, gold_scores, pair_texts, retrieval_pairs
@@ -434,7 +434,7 @@ def predict_logits(model: Any, tokenizer: Any, dataset: Any, batch_size: int, pr
 
     collate = DataCollatorWithPadding(tokenizer)
     lengths = list_lengths(dataset, "input_ids")
-    order = length_order(dataset)
+    order = order_by_length(lengths)
     features = [{k: v for k, v in row.items() if k != "labels"} for row in dataset]
     device = next(model.parameters()).device
     model.eval()

@@ -26,8 +26,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from llmkit.data.cache import cached_dataset, files_digest, tokenizer_digest
 from llmkit.data.classification import PreparedData
+from llmkit.data.columns import column_values, list_lengths
 from llmkit.data.loading import SPLIT_KEYS, load_raw_splits
 from llmkit.data.sft import IGNORE_INDEX, PLAIN_TEMPLATE, choose_template, encode_conversation, to_messages
 from llmkit.errors import UserError
@@ -204,15 +207,13 @@ def unpaired_encoder(tokenizer: Any, template: str | None, max_length: int):
 
 def _split_stats(ds: Any, extra: dict) -> dict:
     if "completion_ids" in ds.column_names:  # unpaired rows
-        p, c = ds["prompt_ids"], ds["completion_ids"]
-        desirable = sum(ds["label"])
-        return {"examples": len(ds), "tokens": int(sum(len(a) + len(b) for a, b in zip(p, c))),
-                "max_tokens": int(max((len(a) + len(b) for a, b in zip(p, c)), default=0)),
+        rows = list_lengths(ds, "prompt_ids") + list_lengths(ds, "completion_ids")
+        desirable = sum(column_values(ds, "label"))
+        return {"examples": len(ds), "tokens": int(rows.sum()), "max_tokens": int(rows.max(initial=0)),
                 "desirable": int(desirable), "undesirable": len(ds) - int(desirable), **extra}
-    p, c, r = ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"]
-    tokens = sum(2 * len(a) + len(b) + len(d) for a, b, d in zip(p, c, r))
-    longest = max((len(a) + max(len(b), len(d)) for a, b, d in zip(p, c, r)), default=0)
-    return {"examples": len(ds), "tokens": int(tokens), "max_tokens": int(longest), **extra}
+    p, c, r = (list_lengths(ds, name) for name in ("prompt_ids", "chosen_ids", "rejected_ids"))
+    return {"examples": len(ds), "tokens": int((2 * p + c + r).sum()),
+            "max_tokens": int((p + np.maximum(c, r)).max(initial=0)), **extra}
 
 
 def _check_one_layout(raw: dict, unpaired: bool) -> str:

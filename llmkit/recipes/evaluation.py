@@ -24,7 +24,7 @@ from llmkit.config.loader import save_config
 from llmkit.config.schema import to_dict
 from llmkit.config.sections import DataConfig, ModelConfig, TokenizerConfig, opt
 from llmkit.data.classification import prepare_classification_data
-from llmkit.data.columns import list_lengths, order_by_length
+from llmkit.data.columns import column_values, list_lengths, order_by_length
 from llmkit.data.eval_text import read_eval_text
 from llmkit.data.loading import load_raw_splits, note, require_columns
 from llmkit.data.similarity import check_pair_columns, gold_scores, pair_texts, retrieval_pairs
@@ -411,7 +411,7 @@ def evaluate_classification(cfg: EvalConfig, model_cfg: ModelConfig, tokenizer: 
         prefix = "eval" if split == "validation" else split
         logits, tokens, seconds = predict_logits(model, tokenizer, ds, cfg.eval.batch_size, cfg.eval.precision)
         preds = metrics_fn.predictions_from_logits(logits)
-        refs = ds["labels"]
+        refs = column_values(ds, "labels")
         scores = metrics_fn.compute(preds, refs)
         metrics.update({f"{prefix}_{k}": v for k, v in scores.items()})
         metrics.update({f"{prefix}_examples": len(ds), f"{prefix}_tokens": tokens,
@@ -435,7 +435,8 @@ def predict_logits(model: Any, tokenizer: Any, dataset: Any, batch_size: int, pr
     collate = DataCollatorWithPadding(tokenizer)
     lengths = list_lengths(dataset, "input_ids")
     order = order_by_length(lengths)
-    features = [{k: v for k, v in row.items() if k != "labels"} for row in dataset]
+    inputs = {name: column_values(dataset, name) for name in dataset.column_names if name != "labels"}
+    features = [dict(zip(inputs, values)) for values in zip(*inputs.values())]
     device = next(model.parameters()).device
     model.eval()
     out: list[Any] = [None] * len(order)
@@ -466,7 +467,7 @@ def evaluate_token_classification(cfg: EvalConfig, model_cfg: ModelConfig, token
     for split, ds in data.splits.items():
         prefix = "eval" if split == "validation" else split
         rows, tokens, seconds = predict_logits(model, tokenizer, ds, cfg.eval.batch_size, cfg.eval.precision)
-        scores = metrics_fn.compute([r.argmax(-1) for r in rows], ds["labels"])
+        scores = metrics_fn.compute([r.argmax(-1) for r in rows], column_values(ds, "labels"))
         metrics.update({f"{prefix}_{k}": v for k, v in scores.items()})
         metrics.update({f"{prefix}_examples": len(ds), f"{prefix}_tokens": tokens,
                         f"{prefix}_tokens_per_second": round(tokens / seconds, 1)})

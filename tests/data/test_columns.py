@@ -49,3 +49,32 @@ def test_length_order_is_stable_both_ways(ds):
     assert length_order(ds, longest_first=True) == sorted(range(len(IDS)), key=lambda i: -lengths[i])
     assert length_order(ds) == [4, 1, 0, 3, 2, 5]  # the two rows of 3 ids keep their order
     assert length_order(ds.select([]), longest_first=True) == []
+
+
+@pytest.mark.parametrize("unpaired", [False, True])
+def test_preference_split_statistics_equal_the_row_by_row_sums(unpaired):
+    """The preference data's statistics (tokens, longest row) read column lengths through Arrow; on a shuffled
+    selection they equal the sums and maxima taken row by row."""
+    import random
+
+    from llmkit.data.preference import _split_stats
+
+    rng = random.Random(0)
+    columns = ("prompt_ids", "completion_ids") if unpaired else ("prompt_ids", "chosen_ids", "rejected_ids")
+    rows = {name: [[7] * rng.randrange(0, 20) for _ in range(40)] for name in columns}
+    if unpaired:
+        rows["label"] = [rng.random() < 0.5 for _ in range(40)]
+    ds = datasets.Dataset.from_dict(rows).shuffle(seed=1).select(range(25))
+    plain = [dict(row) for row in ds]
+    if unpaired:
+        sizes = [len(r["prompt_ids"]) + len(r["completion_ids"]) for r in plain]
+        desirable = sum(r["label"] for r in plain)
+        want = {"examples": 25, "tokens": sum(sizes), "max_tokens": max(sizes), "desirable": desirable,
+                "undesirable": 25 - desirable, "format": "x"}
+    else:
+        want = {"examples": 25, "format": "x",
+                "tokens": sum(2 * len(r["prompt_ids"]) + len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in plain),
+                "max_tokens": max(len(r["prompt_ids"]) + max(len(r["chosen_ids"]), len(r["rejected_ids"]))
+                                  for r in plain)}
+    assert _split_stats(ds, {"format": "x"}) == want
+    assert _split_stats(ds.select([]), {})["max_tokens"] == 0

@@ -72,21 +72,24 @@ def pooling_of(path: str | Path) -> str | None:
 
 
 def build_sentence_model(model_path: str, pooling: str | None = None, max_length: int | None = None,
-                         trust_remote_code: bool = False, model_kwargs: dict | None = None) -> Any:
+                         trust_remote_code: bool = False, model_kwargs: dict | None = None,
+                         revision: str | None = None) -> Any:
     """A SentenceTransformer over a transformers model directory: its encoder, then `pooling` (default mean). A
     directory in the sentence-transformers format keeps its own modules and pooling unless `pooling` names
     another one (see with_pooling). `model_kwargs` go to the encoder's from_pretrained (e.g. use_safetensors,
-    revision). A tokenizer without a padding token pads with its end-of-sequence token (decoders), as llmkit's
-    own tokenizer loading does."""
+    attn_implementation); `revision` to every file it reads (config, weights, tokenizer). A tokenizer without a
+    padding token pads with its end-of-sequence token (decoders), as llmkit's own tokenizer loading does.
+    Training callers use loading.sentence_model_for, which adds a model section's safety and loading options."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
     from llmkit.models.quiet import quiet_transformers
 
+    hub = {"revision": revision} if revision else {}
     with quiet_transformers(), _quiet_progress():
         if is_sentence_model(model_path):
             model = SentenceTransformer(model_path, device="cpu", trust_remote_code=trust_remote_code,
-                                        model_kwargs=dict(model_kwargs or {}))
+                                        model_kwargs=dict(model_kwargs or {}), **hub)
             if max_length:
                 model.max_seq_length = max_length
             if pooling:
@@ -94,8 +97,8 @@ def build_sentence_model(model_path: str, pooling: str | None = None, max_length
             _pad_with_eos(model)
             return model
         encoder = Transformer(model_path, max_seq_length=max_length,
-                              model_kwargs={"trust_remote_code": trust_remote_code, **(model_kwargs or {})},
-                              config_kwargs={"trust_remote_code": trust_remote_code})
+                              model_kwargs={"trust_remote_code": trust_remote_code, **hub, **(model_kwargs or {})},
+                              config_kwargs={"trust_remote_code": trust_remote_code, **hub}, processor_kwargs=dict(hub))
         width = encoder.get_embedding_dimension() if hasattr(encoder, "get_embedding_dimension") else \
             encoder.get_word_embedding_dimension()
         model = SentenceTransformer(modules=[encoder, Pooling(width, ST_POOLING[pooling or "mean"])], device="cpu")

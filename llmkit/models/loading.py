@@ -358,3 +358,22 @@ def model_kind(model_cfg: Any) -> str:
              "AutoModelForCausalLM": "causal-lm"}
     kind = kinds.get(auto_class_for(config.architectures or []))
     return kind or ("masked-lm" if config.model_type in ENCODER_TYPES else "causal-lm")
+
+
+def sentence_model_for(model_cfg: Any, source: str, pooling: str | None, max_length: int | None) -> Any:
+    """build_sentence_model for a model section (finetune's sentence-embedding, pretrain's contrastive), with what
+    load_model gives every other from_pretrained: safetensors only unless allow_pickle (a folder holding only
+    pickle weights is refused), its revision and attn_implementation; a failed load is a UserError naming the key."""
+    from llmkit.models.embedding import build_sentence_model
+
+    check_attn_implementation(model_cfg)
+    key, allow_key = source_key(model_cfg), option_key(model_cfg, "allow_pickle")
+    kwargs = weights_kwargs(key, source, model_cfg.allow_pickle, allow_key)
+    if model_cfg.attn_implementation:
+        kwargs["attn_implementation"] = model_cfg.attn_implementation
+    revision = None if key.endswith("gguf_file") else model_cfg.revision  # the converted GGUF directory is local
+    try:
+        return build_sentence_model(source, pooling, max_length, model_cfg.trust_remote_code, kwargs, revision)
+    except load_errors() as e:
+        raise attention_error(e, model_cfg) or UserError(
+            explain_load_error(e, key, model_label(model_cfg), source, allow_key)) from None

@@ -22,7 +22,15 @@ from llmkit.config.sections import DataConfig, FromConfigSpec, ModelConfig, Toke
 from llmkit.data.pretraining import BlockCollator, LazySplits, MaskingSettings, prepare_pretrain_data
 from llmkit.errors import ConfigIssue, UserError
 from llmkit.metrics.tables import markdown_table
-from llmkit.models.loading import count_parameters, load_model, load_tokenizer, model_label, model_source
+from llmkit.models.loading import (
+    count_parameters,
+    freeze,
+    load_model,
+    load_tokenizer,
+    model_label,
+    model_source,
+    sentence_model_for,
+)
 from llmkit.models.quiet import quiet_transformers
 from llmkit.models.tokenizer_training import cached_tokenizer
 from llmkit.smoke import Shrink, SmokeSpec, honoured, shrink_sweep
@@ -289,7 +297,7 @@ def pretrain_contrastive(cfg: PretrainConfig, run: Any, dry_run: bool) -> dict:
     sentence-transformers format with the pooling it trained with (the MLP over [CLS] is for training only)."""
     from llmkit.data.pairs import prepare_pair_data
     from llmkit.data.preview import preview_splits
-    from llmkit.models.embedding import build_sentence_model, require_sentence_transformers, save_sentence_model
+    from llmkit.models.embedding import require_sentence_transformers, save_sentence_model
     from llmkit.training.contrastive import (
         ContrastiveTrainer,
         PairCollator,
@@ -307,11 +315,13 @@ def pretrain_contrastive(cfg: PretrainConfig, run: Any, dry_run: bool) -> dict:
         data = prepare_pair_data(cfg.data, tokenizer, cfg.train.seed, scored=False, with_pairs=False)
     run.print(f"data: {len(data.splits['train'])} sentences / {data.stats['train']['tokens']} tokens; "
               f"{'from cache' if data.from_cache else 'prepared'} in {data.seconds:.1f} s")
-    model = SentenceEncoder(build_sentence_model(source, p.pooling, cfg.data.max_length, cfg.model.trust_remote_code),
+    model = SentenceEncoder(sentence_model_for(cfg.model, source, p.pooling, cfg.data.max_length),
                             mlp_head=p.pooling == "cls")
+    freeze(model, cfg.model.freeze_embeddings, cfg.model.freeze_layers)
     trainable, total = count_parameters(model)
     run.print(f"model: {model_label(cfg.model)} with {p.pooling} pooling"
-              f"{' and an MLP over it in training' if p.pooling == 'cls' else ''}, {total / 1e6:.2f} M parameters")
+              f"{' and an MLP over it in training' if p.pooling == 'cls' else ''}, {total / 1e6:.2f} M parameters"
+              f"{frozen_note(trainable, total)}")
     args = run.arguments(remove_unused_columns=False, eval_strategy="no", load_best_model_at_end=False)
     check_batch_for_negatives(args.per_device_train_batch_size, args.world_size)
     run.print(negatives_line(args.per_device_train_batch_size, args.world_size, gathered=args.world_size > 1))
@@ -319,7 +329,8 @@ def pretrain_contrastive(cfg: PretrainConfig, run: Any, dry_run: bool) -> dict:
     run.memory(model, args, data.stats["train"]["max_tokens"], logits=False, rows_per_example=2)  # two views
     if dry_run:
         run.preview(preview_splits(tokenizer, data.splits, "pairs", roles=("anchor",)))
-        return {"dry_run": True, "train_steps": steps, "total_params": total, "data": data.stats}
+        return {"dry_run": True, "train_steps": steps, "trainable_params": trainable, "total_params": total,
+                "data": data.stats}
     run.claim()
 
     def save(trainer: Any, directory: Path) -> None:
@@ -387,6 +398,7 @@ class Plan:
         auto = "AutoModelForMaskedLM" if cfg.pretrain.objective == "mlm" else "AutoModelForCausalLM"
         model, _ = load_model(auto, cfg.model, self.tokenizer)
         check_model_fits(model, self.tokenizer, cfg.pretrain.block_size)
+        freeze(model, cfg.model.freeze_embeddings, cfg.model.freeze_layers)
         return model
 
     def arguments(self, cfg: PretrainConfig, run_dir: Path | None = None):
@@ -413,12 +425,13 @@ class Plan:
             model = self.build_model(cfg)
             args = self.arguments(cfg)
             steps = arguments.planned_steps(args, len(self.data.splits["train"]))
-            total = count_parameters(model)[1]
+            trainable, total = count_parameters(model)
             self.state.print(f"model: {type(model).__name__}, {total / 1e6:.2f} M parameters "
-                             f"({non_embedding_parameters(model) / 1e6:.2f} M non-embedding); plan: {steps} steps")
+                             f"({non_embedding_parameters(model) / 1e6:.2f} M non-embedding)"
+                             f"{frozen_note(trainable, total)}; plan: {steps} steps")
             self.memory(cfg, model, args)
-            out["sizes"].append({"total_params": total, "non_embedding_params": non_embedding_parameters(model),
-                                 "train_steps": steps})
+            out["sizes"].append({"trainable_params": trainable, "total_params": total,
+                                 "non_embedding_params": non_embedding_parameters(model), "train_steps": steps})
         return out
 
     def train(self, cfg: PretrainConfig, run_dir: Path, sweep_member: bool, model: Any = None) -> dict:
@@ -433,7 +446,8 @@ class Plan:
         steps = arguments.planned_steps(args, len(self.data.splits["train"]))
         precision = self.run.precision
         self.state.print(f"model: {type(model).__name__} ({model_label(cfg.model)}), {total / 1e6:.2f} M "
-                         f"parameters, {non_embedding / 1e6:.2f} M non-embedding; plan: {steps} optimizer steps of "
+                         f"parameters, {non_embedding / 1e6:.2f} M non-embedding{frozen_note(trainable, total)}; "
+                         f"plan: {steps} optimizer steps of "
                          f"{args.per_device_train_batch_size} x {args.gradient_accumulation_steps} x "
                          f"{args.world_size} blocks of {cfg.pretrain.block_size} tokens, precision {precision}")
         self.memory(cfg, model, args)
@@ -457,6 +471,11 @@ class Plan:
             "padding": f"{100 * train_padding:.4f} % of training positions",
         }, headline=[k for k in ("eval_loss", "eval_perplexity", "test_perplexity") if k in metrics]
             + ([] if sweep_member else ["train_tokens_per_second"]))
+
+
+def frozen_note(trainable: int, total: int) -> str:
+    """", N M trainable" when model.freeze_* left part of the model out of training; else nothing."""
+    return f", {trainable / 1e6:.2f} M trainable" if trainable < total else ""
 
 
 def final_train_loss(trainer) -> float | None:

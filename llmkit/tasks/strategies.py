@@ -292,8 +292,8 @@ class SentenceEmbeddingTask(SequenceClassificationTask):
         return f"{kind}; loss {self.loss}"
 
     def load(self, tokenizer, labels: list[str]):
-        from llmkit.models.embedding import build_sentence_model, pooling_of
-        from llmkit.models.loading import model_source
+        from llmkit.models.embedding import pooling_of
+        from llmkit.models.loading import model_source, sentence_model_for
         from llmkit.training.contrastive import SentenceEncoder
 
         if self.loss in ("cosent", "cosine") and not self.data.scored:
@@ -302,7 +302,7 @@ class SentenceEmbeddingTask(SequenceClassificationTask):
                             "in-batch-negatives, or point data.score_column at the scores.")
         source = model_source(self.cfg.model)
         pooling = self.cfg.task.pooling or pooling_of(source) or "mean"
-        model = build_sentence_model(source, pooling, self.cfg.data.max_length, self.cfg.model.trust_remote_code)
+        model = sentence_model_for(self.cfg.model, source, pooling, self.cfg.data.max_length)
         return SentenceEncoder(model), set()
 
     def model_kwargs(self, labels: list[str]) -> dict:

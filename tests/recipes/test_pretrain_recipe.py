@@ -288,3 +288,43 @@ def test_config_mistakes(tmp_path, corpus, change, needle):
         config["tokenizer"] = {"train": {"type": "wordpiece", "vocab_size": 200}}
     assert needle in error_of(tmp_path, config)
     assert not (tmp_path / "run").exists()  # nothing written for a rejected config
+
+
+@pytest.mark.parametrize("objective", ["clm", "mlm"])
+def test_freeze_settings_apply_to_pretraining(tmp_path, corpus, tokenizer_dir, chat_tokenizer_dir, objective):
+    """model.freeze_embeddings / freeze_layers: fewer trainable parameters, and the frozen weights stay as they
+    were while the rest trains."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    base = tmp_path / "base"
+    if objective == "clm":
+        tok = AutoTokenizer.from_pretrained(chat_tokenizer_dir)
+        model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=64, vocab_size=len(tok),
+                                           eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id))
+        frozen_prefixes = ("transformer.wte.", "transformer.wpe.", "transformer.h.0.")
+        trained_layer = "transformer.h.1."
+    else:
+        tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+        model = BertForMaskedLM(BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2,
+                                           intermediate_size=64, max_position_embeddings=64, vocab_size=len(tok)))
+        frozen_prefixes, trained_layer = ("bert.embeddings.", "bert.encoder.layer.0."), "bert.encoder.layer.1."
+    model.save_pretrained(base)
+    tok.save_pretrained(base)
+    config = gpt_config(tmp_path, corpus, objective=objective)
+    config["model"] = {"name_or_path": str(base), "freeze_embeddings": True, "freeze_layers": 1}
+    del config["tokenizer"]
+    config["train"]["max_steps"] = 4
+    result = pretrain(tmp_path, config)
+    assert result.exit_code == 0, result.output
+    metrics, _ = read_run(tmp_path / "run")
+    before, after = load_file(base / "model.safetensors"), load_file(tmp_path / "run/model/model.safetensors")
+    frozen = [k for k in before if k.startswith(frozen_prefixes)]
+    assert len(frozen) > 10
+    for name in frozen:
+        assert torch.equal(after[name], before[name]), name
+    layer = [k for k in before if k.startswith(trained_layer) and k.endswith("weight")]
+    assert any(not torch.equal(after[k], before[k]) for k in layer)  # the rest trains
+    assert metrics["trainable_params"] == metrics["total_params"] - sum(before[k].numel() for k in frozen)

@@ -393,3 +393,91 @@ def test_pair_data_and_adapter_bad_input(tmp_path, encoder, pairs, case, expecte
         assert result.exit_code == 2, result.output
         assert expected in result.output and "Traceback" not in result.output, result.output
     assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def pickled_encoder(tmp_path_factory, tokenizer_dir) -> str:
+    """A BERT whose only weights are a torch pickle (pytorch_model.bin), like an old hub checkpoint."""
+    from transformers import AutoTokenizer, BertModel
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = BertModel(tiny_bert_config(tokenizer, labels=False))
+    out = tmp_path_factory.mktemp("pickled")
+    model.config.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    torch.save(model.state_dict(), out / "pytorch_model.bin")
+    return str(out)
+
+
+def simcse_config(tmp_path, encoder) -> dict:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(r["text"] for r in sentiment_rows(32, seed=8)) + "\n")
+    return {"model": {"name_or_path": encoder}, "data": {"train_file": str(corpus), "max_length": 32},
+            "pretrain": {"objective": "contrastive", "pooling": "mean"},
+            "train": {"max_steps": 2, "per_device_train_batch_size": 8, "precision": "fp32", "save_strategy": "no"},
+            "output_dir": str(tmp_path / "run")}
+
+
+@pytest.mark.parametrize("command", ["finetune", "pretrain"])
+def test_pickle_weights_are_refused_unless_allowed(tmp_path, pickled_encoder, pairs, command):
+    """Sentence models load safetensors only, as every other model does: model.allow_pickle opens the door."""
+    config = scored_config(tmp_path, pickled_encoder, pairs) if command == "finetune" else \
+        simcse_config(tmp_path, pickled_encoder)
+    config["train"]["max_steps"] = 2
+    for extra in ((), ("--dry-run",)):
+        refused = run(tmp_path, command, config, *extra)
+        assert refused.exit_code == 2, refused.output
+        assert "pytorch_model.bin is a pickle file" in refused.output
+        assert "set model.allow_pickle=true" in refused.output and "Traceback" not in refused.output
+    assert not (tmp_path / "run").exists()
+    config["model"]["allow_pickle"] = True
+    result = run(tmp_path, command, config)
+    assert result.exit_code == 0, result.output
+    assert "loading pickle weights" in result.output and (tmp_path / "run" / "model" / "modules.json").is_file()
+
+
+@pytest.mark.parametrize("command", ["finetune", "pretrain"])
+def test_revision_and_attention_reach_the_sentence_model(tmp_path, encoder, pairs, monkeypatch, command):
+    """model.revision and model.attn_implementation go to the encoder's from_pretrained as on every other path; an
+    unknown attention implementation is refused, naming the key."""
+    from sentence_transformers.sentence_transformer import modules
+
+    seen = {}
+    real = modules.Transformer
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(modules, "Transformer", spy)
+    config = scored_config(tmp_path, encoder, pairs) if command == "finetune" else simcse_config(tmp_path, encoder)
+    config["model"].update(revision="v1", attn_implementation="eager")
+    result = run(tmp_path, command, config, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert seen["model_kwargs"]["revision"] == "v1" and seen["config_kwargs"]["revision"] == "v1"
+    assert seen["model_kwargs"]["attn_implementation"] == "eager" and seen["model_kwargs"]["use_safetensors"]
+    config["model"]["attn_implementation"] = "flash_attn"
+    bad = run(tmp_path, command, config, "--dry-run")
+    assert bad.exit_code == 2 and "model.attn_implementation: 'flash_attn' is not an attention" in bad.output
+
+
+def test_freeze_settings_apply_to_contrastive_pretraining(tmp_path, encoder):
+    """model.freeze_embeddings / freeze_layers: fewer trainable parameters, and the frozen weights stay as they were."""
+    from safetensors.torch import load_file
+
+    base = load_file(Path(encoder) / "model.safetensors")
+    config = simcse_config(tmp_path, encoder)
+    config["model"].update(freeze_embeddings=True, freeze_layers=1)
+    config["train"]["learning_rate"] = 1e-2
+    result = run(tmp_path, "pretrain", config)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    trained = load_file(tmp_path / "run" / "model" / "model.safetensors")
+    frozen = [k for k in trained if k.startswith(("embeddings.", "encoder.layer.0."))]
+    assert len(frozen) > 10
+    for name in frozen:
+        assert torch.equal(trained[name], base["bert." + name]), name
+    for name in ("encoder.layer.1.attention.self.query.weight", "encoder.layer.1.output.dense.weight"):
+        assert not torch.equal(trained[name], base["bert." + name]), name  # the rest trains
+    assert metrics["trainable_params"] == metrics["total_params"] - sum(trained[k].numel() for k in frozen)

@@ -383,7 +383,7 @@ def test_smoke_page_shows_the_example_test_that_runs_here():
 
 def test_eval_perplexity_of_a_text_file_reads_its_first_lines_with_max_eval_samples(tmp_path):
     from llmkit.config.sections import DataConfig
-    from llmkit.recipes.evaluation import read_eval_text
+    from llmkit.data.eval_text import read_eval_text
 
     path = tmp_path / "text.txt"
     path.write_text("".join(f"line {i}\n" for i in range(10)))

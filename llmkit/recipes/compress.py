@@ -385,7 +385,7 @@ def build_eval_set(cfg: CompressConfig, kind: str, tokenizer: Any, model: Any) -
     """The evaluation rows (or text) and the rows importance is scored on, tokenized."""
     if kind == "causal-lm":
         window = min(cfg.data.max_length, getattr(model.config, "max_position_embeddings", None) or 512)
-        text, _ = read_eval_text(cfg.data)
+        text, _ = read_eval_text(cfg.data, "validation_file")  # compress measures this one text only
         if not text.strip():
             raise UserError(f"data.validation_file: {cfg.data.validation_file} holds no text to score.")
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -25,8 +25,8 @@ from llmkit.config.schema import to_dict
 from llmkit.config.sections import DataConfig, ModelConfig, TokenizerConfig, opt
 from llmkit.data.classification import prepare_classification_data
 from llmkit.data.columns import column_values, list_lengths, order_by_length
-from llmkit.data.eval_text import read_eval_text
-from llmkit.data.loading import load_raw_splits, note, require_columns
+from llmkit.data.eval_text import read_eval_texts
+from llmkit.data.loading import SPLIT_KEYS, load_raw_splits, note, require_columns
 from llmkit.data.similarity import check_pair_columns, gold_scores, pair_texts, retrieval_pairs
 from llmkit.data.token_classification import prepare_token_classification_data
 from llmkit.errors import ConfigIssue, UserError
@@ -480,17 +480,15 @@ def evaluate_token_classification(cfg: EvalConfig, model_cfg: ModelConfig, token
 
 
 def evaluate_perplexity(cfg: EvalConfig, model_cfg: ModelConfig, tokenizer: Any, kind: str, dry_run: bool = False):
-    """Perplexity, NLL, tokens scored and bits per byte of the evaluation text."""
-    import torch
-
-    from llmkit.metrics import perplexity as ppl
-
+    """Perplexity, NLL, tokens scored and bits per byte of every given split's text (validation: eval_*, test:
+    test_*), as classification evaluates every split."""
     spec = cfg.eval.perplexity
-    text, source = read_eval_text(cfg.data)
-    if not text.strip():
-        raise UserError(f"data.validation_file: {source} holds no text to score.")
-    n_bytes = len(text.encode("utf-8"))
-    ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    texts = read_eval_texts(cfg.data)
+    for split, (text, source) in texts.items():
+        if not text.strip():
+            raise UserError(f"data.{SPLIT_KEYS[split]}: {source} holds no text to score; give a file with text.")
+    ids = {split: tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+           for split, (text, _) in texts.items()}
     auto = "AutoModelForCausalLM" if kind == "causal-lm" else "AutoModelForMaskedLM"
     model, missing = load_model(auto, model_cfg, tokenizer)
     if missing and any("lm_head" in k or "predictions" in k or "cls." in k for k in missing):
@@ -506,26 +504,44 @@ def evaluate_perplexity(cfg: EvalConfig, model_cfg: ModelConfig, tokenizer: Any,
         raise UserError(f"eval.perplexity.stride: {spec.stride} is more than the window of {max_length} tokens "
                         "(the model's positions); lower it.")
     if dry_run:
-        return {"examples": {"validation": f"{len(ids)} tokens"}}, [], {}
+        return {"examples": {split: f"{len(split_ids)} tokens" for split, split_ids in ids.items()}}, [], {}
     model.eval()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.eval.precision == "bf16"):
+    if kind == "causal-lm":
+        settings = {"method": "sliding window", "max_length": spec.max_length, "stride": spec.stride,
+                    "bos_prepended": tokenizer.bos_token_id is not None}
+    else:
+        settings = {"method": "fixed-seed masking", "block_size": spec.max_length,
+                    "mlm_probability": spec.mlm_probability, "seed": spec.seed}
+    metrics = {}
+    for split, (text, _) in texts.items():
+        # a test text alone keeps eval_* (its keys before test files were scored beside validation, and compare's)
+        prefix = "eval" if split == "validation" or len(texts) == 1 else split
+        n_bytes = len(text.encode("utf-8"))
+        metrics.update(_perplexity_of(model, tokenizer, ids[split], spec, kind, cfg.eval)
+                       .as_dict(prefix=f"{prefix}_", n_bytes=n_bytes))
+        metrics.update({f"{prefix}_bytes": n_bytes, f"{prefix}_text_tokens": len(ids[split])})
+    # one split: its files, as before; several: which files each split's figures are of
+    source = (next(iter(texts.values()))[1] if len(texts) == 1
+              else "; ".join(f"{split}: {src}" for split, (_, src) in texts.items()))
+    return metrics, [], {"perplexity_settings": {**settings, "model_kind": kind, "source": source}}
+
+
+def _perplexity_of(model: Any, tokenizer: Any, ids: list[int], spec: PerplexitySpec, kind: str, section: EvalSection):
+    """One text's perplexity: the sliding window (causal LMs) or fixed-seed masking of blocks (masked LMs)."""
+    import torch
+
+    from llmkit.metrics import perplexity as ppl
+
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=section.precision == "bf16"):
         if kind == "causal-lm":
             bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-            result = ppl.causal_lm_perplexity(model, bos + ids, spec.max_length, spec.stride, cfg.eval.batch_size)
-            settings = {"method": "sliding window", "max_length": spec.max_length, "stride": spec.stride,
-                        "bos_prepended": bool(bos)}
-        else:
-            body = spec.max_length - 2
-            blocks = [_with_special_tokens(tokenizer, ids[i:i + body]) for i in range(0, len(ids), body)]
-            result = ppl.masked_lm_perplexity(
-                model, blocks, lambda b: tokenizer.get_special_tokens_mask(b, already_has_special_tokens=True),
-                tokenizer.mask_token_id, len(tokenizer), spec.mlm_probability, spec.seed, cfg.eval.batch_size,
-                pad_token_id=tokenizer.pad_token_id or 0)
-            settings = {"method": "fixed-seed masking", "block_size": spec.max_length,
-                        "mlm_probability": spec.mlm_probability, "seed": spec.seed}
-    metrics = result.as_dict(prefix="eval_", n_bytes=n_bytes)
-    metrics.update(eval_bytes=n_bytes, eval_text_tokens=len(ids))
-    return metrics, [], {"perplexity_settings": {**settings, "model_kind": kind, "source": source}}
+            return ppl.causal_lm_perplexity(model, bos + ids, spec.max_length, spec.stride, section.batch_size)
+        body = spec.max_length - 2
+        blocks = [_with_special_tokens(tokenizer, ids[i:i + body]) for i in range(0, len(ids), body)]
+        return ppl.masked_lm_perplexity(
+            model, blocks, lambda b: tokenizer.get_special_tokens_mask(b, already_has_special_tokens=True),
+            tokenizer.mask_token_id, len(tokenizer), spec.mlm_probability, spec.seed, section.batch_size,
+            pad_token_id=tokenizer.pad_token_id or 0)
 
 
 def _with_special_tokens(tokenizer: Any, ids: list[int]) -> list[int]:

@@ -196,3 +196,24 @@ def test_generation_on_a_masked_lm_is_refused(tmp_path, tokenizer_dir):
 def test_eval_of_a_path_that_does_not_exist(tmp_path):
     result = invoke("eval", tmp_path / "runs/nope", "--data", "x.csv")
     assert result.exit_code == 2 and "does not exist" in result.output and "run or model directory" in result.output
+
+
+def test_perplexity_scores_the_validation_and_the_test_text(tmp_path, tiny_causal_lm):
+    """data.test_file is scored beside data.validation_file (test_* beside eval_*), each as it is alone."""
+    dev, test = tmp_path / "dev.txt", tmp_path / "test.txt"
+    dev.write_text("the film was great and the acting was superb\n" * 6)
+    test.write_text("a dull plot and a clumsy story felt tedious to sit through\n" * 9)
+    window = ["eval.perplexity.max_length=16", "eval.perplexity.stride=8"]
+    result = invoke("eval", tiny_causal_lm, "--data", dev, f"data.test_file={test}", *window, "-o", tmp_path / "both")
+    assert result.exit_code == 0, result.output
+    both = json.loads((tmp_path / "both/eval.json").read_text())["metrics"]
+    printed = {line.split()[0] for line in result.output.splitlines() if line.startswith("  ") and line.strip()}
+    assert {"eval_perplexity", "test_perplexity"} <= printed  # the table, not the tmp path (named after the test)
+    for prefix, path in (("eval", dev), ("test", test)):
+        alone = invoke("eval", tiny_causal_lm, "--data", path, *window, "-o", tmp_path / prefix)
+        assert alone.exit_code == 0, alone.output
+        single = json.loads((tmp_path / prefix / "eval.json").read_text())["metrics"]
+        assert sorted(single) == sorted(k for k in both if k.startswith("eval_"))  # the one-file keys, unchanged
+        for key in ("tokens_scored", "nll", "perplexity", "bits_per_byte", "bytes", "text_tokens"):
+            assert both[f"{prefix}_{key}"] == pytest.approx(single[f"eval_{key}"]), (prefix, key)
+    assert both["eval_perplexity"] != pytest.approx(both["test_perplexity"])

@@ -302,6 +302,8 @@ FINETUNE = [
          ("task.multilabel", "Did you mean 'task.multi_label'?")),
     Case("finetune-threshold-out-of-range", "finetune", put({"task.threshold": 2.0}),
          ("task.threshold", "between 0 and 1", "2.0")),
+    Case("finetune-threshold-without-multi-label", "finetune", put({"task.threshold": 0.7}),
+         ("task.threshold", "only applies to task.multi_label: true", "0.7")),
     Case("finetune-num-layers-string", "finetune", put({"model.from_config.num_layers": "two"}),
          ("model.from_config.num_layers", "expected int, got 'two'")),
     Case("finetune-num-layers-huge", "finetune", put({"model.from_config.num_layers": 10**6}),

@@ -165,5 +165,6 @@ def _tokenize(ds: Any, cfg: Any, tokenizer: Any, roles: list[str], scored: bool,
             out[f"{role}_input_ids"] = tokenizer(texts, truncation=True, max_length=cfg.max_length)["input_ids"]
         return out
 
-    encoded = ds.map(encode, batched=True, remove_columns=ds.column_names, desc=f"tokenizing {split}")
+    encoded = ds.map(encode, batched=True, remove_columns=ds.column_names, num_proc=cfg.preprocessing_num_workers,
+                     desc=f"tokenizing {split}")
     return encoded.add_column("labels", labels)

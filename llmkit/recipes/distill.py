@@ -39,7 +39,7 @@ from llmkit.models.loading import (
 from llmkit.models.resolve import ModelNotFound, resolve_model_path
 from llmkit.models.student import select_layers, student_from_teacher
 from llmkit.smoke import EXTRA_TEXTS, Shrink, SmokeSpec, cap, honoured, model_references
-from llmkit.tasks import TASKS, TaskConfig, describe_splits, refuse_adapter_model, shorter_samples
+from llmkit.tasks import TASKS, TaskConfig, describe_splits, refuse_adapter_model
 from llmkit.training.arguments import check_best_metric
 from llmkit.training.rundir import find_run_directory
 
@@ -220,6 +220,11 @@ class DistillConfig:
         if self.task.multi_label:
             issues.append(ConfigIssue("task.multi_label", "distillation uses softmax distributions over the classes; "
                                                           "multi-label (sigmoid) classifiers are not supported."))
+        for key, default in (("sample_prompts", []), ("sample_max_new_tokens", 64)):
+            if getattr(self.task, key) != default:  # finetune's samples.jsonl; distill writes none
+                issues.append(ConfigIssue(f"task.{key}", "llmkit distill writes no sample generations; remove it "
+                                                         "and generate from the student's model/ with llmkit eval "
+                                                         "(eval.task: generation)."))
         if self.task.type == "causal-lm" and self.distill.unlabeled is not None:
             issues.append(ConfigIssue("distill.unlabeled", "teacher-labelled texts apply to sequence-classification; "
                                                            "for causal-lm add the texts to data.train_file (every "
@@ -259,7 +264,6 @@ def smoke_adjust(cfg: DistillConfig, shrink: Shrink) -> None:
         shrink.model_section(d.student, "distill.student.", None)
     if d.unlabeled is not None:
         shrink.note(f"{cap(d, 'unlabeled_max_samples', EXTRA_TEXTS)} unlabeled texts")
-    shorter_samples(cfg, shrink)
 
 
 def smoke_references(raw: dict) -> list[tuple[str, str, int | None]]:

@@ -57,6 +57,10 @@ class TaskConfig:
         issues = []
         if not 0 < self.threshold < 1:
             issues.append(ConfigIssue("threshold", f"must be between 0 and 1, got {self.threshold}."))
+        elif self.threshold != 0.5 and not self.multi_label:
+            issues.append(ConfigIssue("threshold", f"only applies to task.multi_label: true, got {self.threshold} "
+                                                   "for single-label predictions (the most likely class wins); "
+                                                   "remove it or set task.multi_label: true."))
         if self.type != "causal-lm":
             for key, default in (("packing", True), ("sample_prompts", []), ("sample_max_new_tokens", 64),
                                  ("too_long", "truncate")):

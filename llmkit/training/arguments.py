@@ -38,6 +38,15 @@ def cpu_training_attention(model: Any, requested: str | None, precision: str, de
     return reason
 
 
+def requested_attention(cfg: Any) -> tuple[str, str | None]:
+    """The config key that sets the trained model's attention and its value: model.attn_implementation, or for
+    a distillation the student's (a distill config has no model section)."""
+    student = getattr(getattr(cfg, "distill", None), "student", None)
+    if student is not None:
+        return "distill.student.attn_implementation", student.attn_implementation
+    return "model.attn_implementation", getattr(getattr(cfg, "model", None), "attn_implementation", None)
+
+
 def eager_attention_reason(model: Any, requested: str | None, precision: str, device_type: str,
                            cpu_dropout: str) -> str | None:
     """Why training will switch the model to eager attention (cpu_training_attention), or None; changes nothing

@@ -83,11 +83,11 @@ class RunLifecycle:
         vocabulary-wide logits at every position; `frozen`: models kept beside it), and a warning with the
         settings that reduce it when it exceeds the free memory; `packed`: the batch is flattened into one row
         (task.packing), so attention spans all of its tokens; return the estimate (training/memory.py)."""
-        from llmkit.training.arguments import eager_attention_reason
+        from llmkit.training.arguments import eager_attention_reason, requested_attention
         from llmkit.training.memory import BASELINE, Workload, estimate, free_memory
 
         device = args.device.type
-        requested = getattr(getattr(self.cfg, "model", None), "attn_implementation", None)
+        _, requested = requested_attention(self.cfg)
         eager = eager_attention_reason(model, requested, self.precision, device, self.cfg.train.cpu_dropout)
         rows = args.per_device_train_batch_size * rows_per_example
         rows, length = (1, rows * length) if packed else (rows, length)

@@ -17,7 +17,12 @@ from typing import Any
 from llmkit.config.loader import save_config
 from llmkit.errors import UserError, first_line
 from llmkit.training import rundir
-from llmkit.training.arguments import attention_implementation, cpu_training_attention, ddp_find_unused_parameters
+from llmkit.training.arguments import (
+    attention_implementation,
+    cpu_training_attention,
+    ddp_find_unused_parameters,
+    requested_attention,
+)
 from llmkit.training.callbacks import InterruptCallback, JsonlLogCallback, TrainingStartedCallback
 from llmkit.training.report import write_report
 from llmkit.training.tracking import use_llmkit_tracking
@@ -71,6 +76,18 @@ class TrainingRun:
         return metrics
 
 
+def _refuse_label_smoothing(args: Any, trainer_cls: type, command: str) -> None:
+    """transformers smooths labels inside Trainer.compute_loss; a trainer with its own loss (distillation,
+    contrastive, preference, prompt scoring) never reads train.label_smoothing_factor: refuse it, not ignore it."""
+    from transformers import Trainer
+
+    if args.label_smoothing_factor and trainer_cls.compute_loss is not Trainer.compute_loss:
+        raise UserError(f"train.label_smoothing_factor: {args.label_smoothing_factor} applies to transformers' own "
+                        f"loss, and llmkit {command} trains this model with its own ({trainer_cls.__name__}), which "
+                        "does not smooth labels. Remove it (a preference run's conservative DPO is "
+                        "preference.label_smoothing).")
+
+
 def train_and_save(*, cfg: Any, command: str, run_dir: Path, args: Any, model: Any, tokenizer: Any,
                    train_dataset: Any, eval_dataset: Any, data_collator: Any, precision: str,
                    trainer_cls: type = MeanLossTrainer, save: Callable[[Any, Path], None] | None = None,
@@ -81,11 +98,12 @@ def train_and_save(*, cfg: Any, command: str, run_dir: Path, args: Any, model: A
     `resume_dir`: the run directory the command's resume hint names
     when `run_dir` is a member's folder inside it (a prompt seed, a sweep size); default `run_dir`."""
     main = args.process_index == 0
+    _refuse_label_smoothing(args, trainer_cls, command)
     rundir.check_resume_config(run_dir, cfg)
-    requested = getattr(getattr(cfg, "model", None), "attn_implementation", None)
+    key, requested = requested_attention(cfg)
     reason = cpu_training_attention(model, requested, precision, args.device.type, cfg.train.cpu_dropout)
     if reason and main:
-        print(f"attention: eager for {reason}; model.attn_implementation overrides")
+        print(f"attention: eager for {reason}; {key} overrides")
     if args.world_size > 1 and args.ddp_find_unused_parameters is None:
         args.ddp_find_unused_parameters = ddp_find_unused_parameters(model)
     if main:

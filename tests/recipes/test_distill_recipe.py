@@ -299,6 +299,13 @@ def test_other_refusals(tmp_path, distill_config):
     distill_config["distill"].pop("unlabeled")
     distill_config["task"] = {"type": "token-classification"}
     fails(tmp_path, distill_config, "task.type", "sequence-classification and causal-lm")
+    distill_config["task"] = {"type": "sequence-classification"}
+    distill_config["train"]["label_smoothing_factor"] = 0.1  # read only by transformers' loss, not distill's
+    fails(tmp_path, distill_config, "train.label_smoothing_factor: 0.1", "DistillTrainer", "Remove it")
+    distill_config["train"].pop("label_smoothing_factor")
+    for key, value in (("sample_prompts", ["Say hi"]), ("sample_max_new_tokens", 8)):  # finetune's samples.jsonl
+        distill_config["task"] = {"type": "causal-lm", key: value}
+        fails(tmp_path, distill_config, f"task.{key}", "writes no sample generations", "eval.task: generation")
 
 
 def test_different_tokenizer_needs_the_cache(tmp_path, distill_config, tmp_path_factory):
@@ -320,3 +327,16 @@ def test_unlabeled_file_without_the_text_column(tmp_path, distill_config):
     write_csv(tmp_path / "extra.csv", [{"review": "great film", "stars": 5}])
     distill_config["distill"]["unlabeled"] = str(tmp_path / "extra.csv")
     fails(tmp_path, distill_config, "distill.unlabeled_text_column", "'text' is not a column", "review")
+
+
+@pytest.mark.parametrize("requested", [None, "sdpa"])
+def test_the_students_attention_setting_is_honoured_on_cpu(tmp_path, distill_config, requested):
+    """distill.student.attn_implementation plays the part model.attn_implementation plays elsewhere: set, it
+    keeps the student's attention; unset, fp32 training with attention dropout switches to eager and names it."""
+    distill_config["distill"]["student"]["attn_implementation"] = requested
+    distill_config["train"].update(max_steps=2, precision="fp32")
+    result, run = run_distill(tmp_path, distill_config)
+    expected = "sdpa" if requested else "eager"
+    assert json.loads((run / "env.json").read_text())["attn_implementation"] == expected
+    assert ("attention: eager for attention dropout on CPU" in result.output) == (requested is None), result.output
+    assert requested or "distill.student.attn_implementation overrides" in result.output

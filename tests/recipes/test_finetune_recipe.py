@@ -179,6 +179,20 @@ def test_cpu_training_switches_sdpa_to_eager_attention_where_it_is_faster(tmp_pa
         assert "eager" not in (tmp_path / name / "model" / "config.json").read_text()  # not saved with the model
 
 
+def test_label_smoothing_reaches_the_classification_loss(tmp_path, tiny_config):
+    """train.label_smoothing_factor is transformers' and finetune's classification loss honours it (the custom
+    losses of distill, contrastive and preference training refuse it: their tests)."""
+    tiny_config["train"].update(max_steps=2, eval_strategy="no", save_strategy="no")
+    losses = {}
+    for factor in (0.0, 0.5):
+        cfg = {**tiny_config, "output_dir": str(tmp_path / str(factor)),
+               "train": {**tiny_config["train"], "label_smoothing_factor": factor}}
+        result = invoke("finetune", write_yaml(tmp_path / f"{factor}.yaml", cfg))
+        assert result.exit_code == 0, result.output
+        losses[factor] = json.loads((tmp_path / str(factor) / "metrics.json").read_text())["train_loss"]
+    assert abs(losses[0.5] - losses[0.0]) > 1e-4 * abs(losses[0.0]), losses
+
+
 def test_same_config_and_seed_give_the_same_metrics_and_weights(tmp_path, tiny_config):
     from safetensors.torch import load_file
 

@@ -175,7 +175,7 @@ def _command_function(command: commands.Command) -> Callable[..., None]:
                                                                                   "output_dir).")),
         ("overwrite", bool, typer.Option(False, "--overwrite", help="Replace an existing run directory (only one "
                                                                     "llmkit created).")),
-        ("smoke", bool, typer.Option(False, "--smoke", help=SMOKE_HELP)),
+        ("smoke", bool, typer.Option(False, "--smoke", help=command.smoke_help or SMOKE_HELP)),
     ]
     own = [(o.name, o.type | None, typer.Option(o.default, f"--{o.name.replace('_', '-')}", help=o.help))
            for o in command.options]

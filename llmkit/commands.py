@@ -46,6 +46,7 @@ class Command:
     help: str  # one line for `llmkit --help`
     argument_help: str = "YAML config"
     options: tuple[Option, ...] = field(default_factory=tuple)
+    smoke_help: str | None = None  # --smoke's help where smoke mode is not the training one
 
     def recipe(self) -> ModuleType:
         return importlib.import_module(self.module)
@@ -97,7 +98,9 @@ for _command in (
             "Evaluate a model or run directory (classification metrics, perplexity, generation); `eval compare "
             "RUN...` tabulates runs.",
             "A YAML config; or a run/model directory (short form, with --data); or `compare` followed by run "
-            "directories", (Option("data", "The data to evaluate (sets data.validation_file)."),)),
+            "directories", (Option("data", "The data to evaluate (sets data.validation_file)."),),
+            "Smoke mode: the same config on a tiny random copy of its model (same family and tokenizer), the first "
+            "32 rows (or lines) and 8 generated tokens, output in smoke/ (also eval.smoke: true)."),
 ):
     register(_command)
 

@@ -31,6 +31,24 @@ def test_help_lists_commands_and_does_not_import_heavy_libraries():
         assert command in result.output
 
 
+def test_smoke_help_says_what_each_command_shrinks():
+    """--smoke's help is the training one (rows and steps) for training commands and eval's own for eval."""
+    from llmkit.config.sections import TrainConfig
+    from llmkit.recipes.evaluation import EvalSection
+
+    def help_text(command):
+        result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "400"})
+        assert result.exit_code == 0, result.output
+        return " ".join(result.output.split())
+
+    assert "128 training / 32 evaluation rows and 3 steps" in help_text("finetune")
+    eval_help = help_text("eval")
+    assert "the first 32 rows (or lines) and 8 generated tokens" in eval_help and "3 steps" not in eval_help
+    # and each agrees with its config key's own help
+    assert "128 training / 32 evaluation rows, 3 steps" in TrainConfig.__dataclass_fields__["smoke"].metadata["help"]
+    assert "first 32 rows (or lines), 8 generated tokens" in EvalSection.__dataclass_fields__["smoke"].metadata["help"]
+
+
 def test_init_writes_a_commented_config_that_loads(tmp_path, monkeypatch, sentiment_data):
     monkeypatch.chdir(sentiment_data)  # the starter config names train.csv / dev.csv
     out = tmp_path / "starter.yaml"

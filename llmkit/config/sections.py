@@ -281,8 +281,9 @@ class DataConfig:
                             "5 in the STS Benchmark): scored pairs for sentence-embedding training and for eval.task "
                             "sts.", default="score")
     score_range: list[float] | None = opt("[low, high]: the range the gold scores lie in (e.g. [0, 5]); a row whose "
-                                          "score lies outside it is refused, naming the row. Default: not checked.",
-                                          default=None)
+                                          "score lies outside it is refused, naming the row. Default: [0, 1] for "
+                                          "sentence-embedding training (its losses compare similarities with "
+                                          "scores on that scale); not checked for eval.task sts.", default=None)
     negative_column: str | None = opt("Sentence embeddings: column holding a hard negative for each (anchor, "
                                       "positive) pair, scored against the anchor beside the batch's other "
                                       "positives.", default=None)

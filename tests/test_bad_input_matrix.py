@@ -580,6 +580,8 @@ DISTILL = [
 
 EVAL = [
     Case("eval-batch-size-zero", "eval", put({"eval.batch_size": 0}), ("eval.batch_size", "must be >= 1, got 0")),
+    Case("eval-freeze-layers", "eval", put({"model.freeze_layers": 2}),
+         ("model.freeze_layers", "llmkit eval trains nothing", "remove it")),
     Case("eval-batch-size-string", "eval", put({"eval.batch_size": "all"}),
          ("eval.batch_size", "expected int, got 'all'")),
     Case("eval-task-typo", "eval", put({"eval.task": "classify"}),

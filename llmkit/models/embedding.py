@@ -98,7 +98,8 @@ def build_sentence_model(model_path: str, pooling: str | None = None, max_length
             return model
         encoder = Transformer(model_path, max_seq_length=max_length,
                               model_kwargs={"trust_remote_code": trust_remote_code, **hub, **(model_kwargs or {})},
-                              config_kwargs={"trust_remote_code": trust_remote_code, **hub}, processor_kwargs=dict(hub))
+                              config_kwargs={"trust_remote_code": trust_remote_code, **hub},
+                              processor_kwargs={"trust_remote_code": trust_remote_code, **hub})
         width = encoder.get_embedding_dimension() if hasattr(encoder, "get_embedding_dimension") else \
             encoder.get_word_embedding_dimension()
         model = SentenceTransformer(modules=[encoder, Pooling(width, ST_POOLING[pooling or "mean"])], device="cpu")

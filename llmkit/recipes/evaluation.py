@@ -224,6 +224,10 @@ class EvalConfig:
         if self.data.validation_file is None and self.data.test_file is None and self.data.dataset_name is None:
             issues.append(ConfigIssue("data.validation_file", "nothing to evaluate: set data.validation_file (or "
                                                               "data.test_file), or pass --data PATH."))
+        for key in ("freeze_embeddings", "freeze_layers"):
+            if getattr(self.model, key):  # eval trains nothing
+                issues.append(ConfigIssue(f"model.{key}", "llmkit eval trains nothing, so nothing is frozen; remove "
+                                                          "it."))
         if self.eval.task in EMBEDDING_TASKS and not self.data.text_pair_column:
             first = "the first sentence" if self.eval.task == "sts" else "the query"
             issues.append(ConfigIssue("data.text_pair_column", f"eval.task {self.eval.task} reads pairs: set it to "

@@ -481,3 +481,30 @@ def test_freeze_settings_apply_to_contrastive_pretraining(tmp_path, encoder):
     for name in ("encoder.layer.1.attention.self.query.weight", "encoder.layer.1.output.dense.weight"):
         assert not torch.equal(trained[name], base["bert." + name]), name  # the rest trains
     assert metrics["trainable_params"] == metrics["total_params"] - sum(trained[k].numel() for k in frozen)
+
+
+def test_score_range_defaults_to_zero_one_for_training(tmp_path, encoder):
+    """data.score_range defaults to [0, 1] for sentence-embedding training: scores of 0-5 without it are refused
+    (exit 2, naming data.score_range, the rows and the default range) before a run directory exists; with
+    data.score_range: [0, 5] the same file trains."""
+    rows = scored_rows(8, seed=11)
+    for row, score in zip(rows, [0, 1, 0.5, 3, 1, 5, 0, 2]):
+        row["score"] = score
+    write_csv(tmp_path / "train.csv", rows)
+    config = {"model": {"name_or_path": encoder}, "task": {"type": "sentence-embedding"},
+              "data": {"train_file": str(tmp_path / "train.csv"), "text_column": "sentence1",
+                       "text_pair_column": "sentence2", "max_length": 32},
+              "train": {"max_steps": 1, "per_device_train_batch_size": 8, "precision": "fp32", "save_strategy": "no",
+                        "eval_strategy": "no"},
+              "output_dir": str(tmp_path / "run")}
+    refused = run(tmp_path, "finetune", config)
+    assert refused.exit_code == 2, refused.output
+    output = " ".join(refused.output.split())
+    assert "data.score_range: 3 row(s) of the train data" in output, output
+    assert "outside [0, 1] (rows 4, 6, 8)" in output and "the default range [0, 1]" in output, output
+    assert "Traceback" not in output and not (tmp_path / "run").exists()
+    config["data"]["score_range"] = [0, 5]
+    result = run(tmp_path, "finetune", config)
+    assert result.exit_code == 0, result.output
+    assert "scored pairs; loss cosent" in result.output
+    assert (tmp_path / "run" / "model" / "modules.json").is_file()

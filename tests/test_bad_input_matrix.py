@@ -664,6 +664,8 @@ COMPRESS = [
          ("compress.steps: required key is missing",)),
     Case("compress-train-key", "compress", put({"train.learning_rate": 1e-3}),
          ("train.learning_rate", "only a recover step trains", "add one or remove them")),
+    Case("compress-train-precision-without-recover", "compress", put({"train.precision": "bf16"}),
+         ("train.precision", "only a recover step trains", "add one or remove them")),
     Case("compress-no-validation-file", "compress", drop("data.validation_file"),
          ("data.validation_file", "every step is measured on this data")),
     Case("compress-every-head-of-bert", "compress", steps({"prune": {"heads": 2}}),

@@ -252,6 +252,8 @@ class CompressConfig:
             issues.append(ConfigIssue("data.train_file", "a recover step trains on it: set it."))
         given = sorted(k for k, v in self.train.passthrough.items()
                        if k != "seed" and TRAIN_DEFAULTS.get(k, _UNSET) != v)
+        given += [k for k, default in (("precision", "auto"), ("on_nan", "stop"), ("cpu_dropout", "fast"))
+                  if getattr(self.train, k) != default]  # llmkit's own training keys, read only by a recover step
         if given and not recovers:
             keys = ", ".join(f"train.{k}" for k in given)
             issues.append(ConfigIssue("train", f"{keys}: only a recover step trains; add one or remove them "

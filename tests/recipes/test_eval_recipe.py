@@ -217,3 +217,33 @@ def test_perplexity_scores_the_validation_and_the_test_text(tmp_path, tiny_causa
         for key in ("tokens_scored", "nll", "perplexity", "bits_per_byte", "bytes", "text_tokens"):
             assert both[f"{prefix}_{key}"] == pytest.approx(single[f"eval_{key}"]), (prefix, key)
     assert both["eval_perplexity"] != pytest.approx(both["test_perplexity"])
+
+
+@pytest.mark.parametrize("base", ["bert", "llama"])
+def test_perplexity_of_a_model_without_a_trained_lm_head_is_refused(tmp_path, tokenizer_dir, base):
+    """A model directory saved from a base model (no LM head: MiniLM's case, and a decoder's body alone) would
+    be scored by a newly initialised head: eval.task perplexity refuses it (exit 2), naming the missing weights."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaModel
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(0)
+    if base == "bert":
+        model = BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=64))
+    else:
+        model = LlamaModel(LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
+                                       num_attention_heads=2, num_key_value_heads=2, intermediate_size=64,
+                                       max_position_embeddings=64, pad_token_id=tok.pad_token_id))
+    out = tmp_path / f"tiny-{base}-base"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    text = tmp_path / "t.txt"
+    text.write_text("the film was great and the acting was superb " * 5)
+    result = invoke("eval", out, "--data", text, "eval.task=perplexity", "eval.perplexity.max_length=32",
+                    "eval.perplexity.stride=32", "-o", tmp_path / "ev")
+    assert result.exit_code == 2, result.output
+    output = " ".join(result.output.split())
+    assert f"model.name_or_path: {out} has no trained language-model head" in output, output
+    assert ("cls.predictions" if base == "bert" else "lm_head") in output and "would be meaningless" in output
+    assert "Traceback" not in output

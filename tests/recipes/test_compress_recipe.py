@@ -565,3 +565,41 @@ def test_head_pruning_of_a_bert_is_recorded_in_its_config_and_loaded_by_llmkit(t
             row["accuracy"], abs=1e-4)
     with pytest.raises(Exception, match="size mismatch|mismatch"):  # plain transformers cannot (documented)
         AutoModelForSequenceClassification.from_pretrained(pruned_dir)
+
+
+def test_float8_dynamic_is_refused_on_cpu(tmp_path, compress_config):
+    """quantize method float8-dynamic needs a CUDA GPU (docs/commands/compress.md): refused with exit 2 before any
+    work, with and without --dry-run, naming the CPU methods to use instead."""
+    compress_config["compress"]["steps"] = [{"quantize": {"method": "float8-dynamic"}}]
+    for extra in ((), ("--dry-run",)):
+        result = compress(tmp_path, compress_config, *extra, code=2)
+        output = " ".join(result.output.split())
+        assert "compress.steps[0].quantize.method: float8-dynamic" in output, output
+        assert "need a CUDA GPU" in output and "int8-dynamic or int8-weight-only or torch-int8-dynamic" in output
+        assert "Traceback" not in output and not Path(compress_config["output_dir"]).exists()
+
+
+@pytest.mark.parametrize("prune", [{"heads": 1}, {"ffn_fraction": 0.5}])
+def test_structured_pruning_of_gpt2_is_refused(tmp_path, tmp_path_factory, chat_tokenizer_dir, prune):
+    """GPT-2 (Conv1D) is not pruned: heads / neurons of a GPT-2 model are refused with exit 2, naming the key, the
+    architectures llmkit prunes and the steps that do work, and nothing is written."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(chat_tokenizer_dir)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=64,
+                                       pad_token_id=tokenizer.pad_token_id))
+    gpt2 = save_model_dir(tmp_path_factory, "gpt2", model, tokenizer)
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(r["text"] for r in sentiment_rows(16, seed=5)) + "\n")
+    config = {"model": {"name_or_path": gpt2},
+              "data": {"train_file": str(text), "validation_file": str(text), "max_length": 32},
+              "compress": {"steps": [{"prune": {**prune, "importance_batches": 1}}], "timing_rounds": 1},
+              "output_dir": str(tmp_path / "run")}
+    for extra in ((), ("--dry-run",)):
+        result = compress(tmp_path, config, *extra, code=2)
+        output = " ".join(result.output.split())
+        assert "compress.steps[0].prune: structured pruning knows BERT-family encoders and Llama-family decoders; " \
+               "GPT2LMHeadModel has another layout" in output, output
+        assert "low_rank / quantize or prune.magnitude" in output and "Traceback" not in output
+        assert not (tmp_path / "run").exists()

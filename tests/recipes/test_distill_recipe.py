@@ -340,3 +340,17 @@ def test_the_students_attention_setting_is_honoured_on_cpu(tmp_path, distill_con
     assert json.loads((run / "env.json").read_text())["attn_implementation"] == expected
     assert ("attention: eager for attention dropout on CPU" in result.output) == (requested is None), result.output
     assert requested or "distill.student.attn_implementation overrides" in result.output
+
+
+def test_inference_speedup_is_the_student_speed_over_the_teacher_speed(tmp_path, distill_config):
+    """metrics.json's inference_speedup is student examples/s over teacher examples/s (rounded to 3 decimals,
+    from the unrounded speeds; the two speeds beside it are rounded to 0.1)."""
+    distill_config["train"].update(max_steps=2)
+    _, run = run_distill(tmp_path, distill_config)
+    metrics = json.loads((run / "metrics.json").read_text())
+    teacher, student = metrics["teacher_examples_per_second"], metrics["student_examples_per_second"]
+    speedup = metrics["inference_speedup"]
+    assert teacher > 0.05 and student > 0.05 and speedup == round(speedup, 3)
+    # the ratio of the recorded speeds, give or take their rounding (0.05 each) and the speedup's own (0.0005)
+    low, high = (student - 0.05) / (teacher + 0.05), (student + 0.05) / (teacher - 0.05)
+    assert low - 0.0005 <= speedup <= high + 0.0005, (speedup, student / teacher)

@@ -370,3 +370,32 @@ def test_a_classification_adapter_run_is_refused_for_sts(tmp_path, encoders, pai
     monkeypatch.setattr(evaluation, "find_adapter_dir", lambda name: tmp_path)
     result = invoke("eval", encoders["st"], "--data", pairs["dev"], *COLUMNS, "eval.task=sts", "--dry-run")
     assert result.exit_code == 2 and "llmkit adapter merge" in result.output, result.output
+
+
+def test_sts_of_a_constant_prediction_writes_a_null_correlation(tmp_path, tokenizer_dir, pairs):
+    """docs/commands/eval.md: "A prediction with no variance has no correlation: written as null". An encoder
+    whose last LayerNorm gives every token the same vector (weight 0, bias 1) makes every pair's cosine 1.0: the
+    gold scores vary, the prediction does not, and eval.json holds null (not NaN) for both correlations."""
+    import torch
+    from transformers import AutoTokenizer, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(0)
+    model = BertModel(tiny_bert_config(tokenizer, labels=False))
+    with torch.no_grad():
+        model.encoder.layer[-1].output.LayerNorm.weight.zero_()
+        model.encoder.layer[-1].output.LayerNorm.bias.fill_(1.0)
+    constant = tmp_path / "constant-bert"
+    model.save_pretrained(constant)
+    tokenizer.save_pretrained(constant)
+    out = tmp_path / "ev"
+    result = invoke("eval", constant, "--data", pairs["dev"], *COLUMNS, "eval.task=sts", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "every pair of the validation data is equally similar to the model: no correlation (null)" in \
+        " ".join(result.output.split())
+    text = (out / "eval.json").read_text()
+    assert "NaN" not in text and '"eval_spearman": null' in text and '"eval_pearson": null' in text
+    rec = json.loads(text)
+    assert rec["metrics"]["eval_spearman"] is None and rec["metrics"]["eval_pearson"] is None
+    assert rec["metrics"]["eval_examples"] == 24
+    assert len({r["score"] for r in pairs["dev_rows"]}) > 1  # the gold scores vary: the prediction is constant

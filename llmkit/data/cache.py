@@ -36,16 +36,28 @@ def cache_root(cache_dir: str | None) -> Path:
 
 
 def file_digest(path: str | Path) -> str:
-    """sha256 of a file, or of every file under a directory (save_to_disk datasets)."""
+    """sha256 of a file's name and bytes, or of every file under a directory (save_to_disk datasets, model
+    directories). A directory's digest is marked as one and gives each file's name and size before its bytes,
+    so that neither a folder holding one file nor a different split of the same bytes into files hashes like
+    something else (a folder and the file inside it once shared a key: the cache answered for the wrong input)."""
     path = Path(path)
     h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+    if not path.is_dir():
+        h.update(path.name.encode())
+        _hash_bytes(h, path)
+        return h.hexdigest()
+    h.update(b"directory\0")
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        name = str(f.relative_to(path)).encode()
+        h.update(len(name).to_bytes(8, "little") + name + f.stat().st_size.to_bytes(8, "little"))
+        _hash_bytes(h, f)
     return h.hexdigest()
+
+
+def _hash_bytes(h: Any, path: Path) -> None:
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
 
 
 def files_digest(value: str | list[str] | None) -> list[str] | None:

@@ -321,6 +321,33 @@ def test_file_digest_of_a_directory(tmp_path):
     assert file_digest(tmp_path / "saved") != digest
 
 
+def test_a_folder_does_not_hash_like_the_file_inside_it(tmp_path):
+    """A folder holding small.tsv and small.tsv itself are different inputs (one a save_to_disk directory to
+    load, one a table): their digests differ, and so do two folders that split the same bytes differently."""
+    (tmp_path / "small.tsv").write_text("sentence\tlabel\ngood\t1\n")
+    (tmp_path / "folder").mkdir()
+    shutil.copy(tmp_path / "small.tsv", tmp_path / "folder" / "small.tsv")
+    assert file_digest(tmp_path / "folder") != file_digest(tmp_path / "small.tsv")
+    for name, parts in {"one": {"ab": "cd"}, "two": {"a": "bcd"}}.items():
+        (tmp_path / name).mkdir()
+        for file, text in parts.items():
+            (tmp_path / name / file).write_text(text)
+    assert file_digest(tmp_path / "one") != file_digest(tmp_path / "two")
+
+
+def test_a_cached_table_is_not_reused_for_the_folder_holding_it(tiny_config, files, tokenizer_dir, tmp_path):
+    """The audit's case: after preparing train.csv, a folder holding that file is not answered from the cache
+    (it is read as a save_to_disk directory and refused, as without a cache)."""
+    from llmkit.errors import UserError
+
+    prepare(data_cfg(tiny_config, **files), load_tokenizer(tokenizer_dir))
+    folder = tmp_path / "adir"
+    folder.mkdir()
+    shutil.copy(files["train_file"], folder / Path(files["train_file"]).name)
+    with pytest.raises(UserError, match="save_to_disk"):
+        prepare(data_cfg(tiny_config, **{**files, "train_file": str(folder)}), load_tokenizer(tokenizer_dir))
+
+
 def test_tokenizer_digest(tmp_path, tokenizer_dir, small_vocab_tokenizer_dir):
     one, two = load_tokenizer(tokenizer_dir), load_tokenizer(tokenizer_dir)
     digest = tokenizer_digest(one)

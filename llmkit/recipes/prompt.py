@@ -130,6 +130,9 @@ class PromptSection:
                                                    "remove prompt.seeds."))
             elif not self.seeds or len(set(self.seeds)) != len(self.seeds):
                 issues.append(ConfigIssue("seeds", f"give one or more distinct seeds, got {self.seeds}."))
+            elif any(not 0 <= seed < 2**32 for seed in self.seeds):  # as train.seed: numpy's seed range
+                issues.append(ConfigIssue("seeds", f"each must be between 0 and 2**32 - 1 (numpy's seed range), got "
+                                                   f"{self.seeds}."))
         if self.head_baseline and mode not in TRAINING_MODES:
             issues.append(ConfigIssue("head_baseline", f"compares training on the same examples; only with mode "
                                                        f"few-shot or soft-prompt, not {mode}."))

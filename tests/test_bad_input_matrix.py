@@ -270,8 +270,9 @@ def _train_cases(c: str) -> list[Case]:
         Case(f"{c}-train-precision", c, put({"train.precision": "fp8"}),
              ("train.precision", "one of: 'auto', 'fp32', 'bf16', 'fp16'", "'fp8'")),
         Case(f"{c}-existing-run-dir", c, put({"output_dir": lambda tmp: _dir(tmp / "done")}),
-             ("already exists and is not empty", "nothing was changed", "Use --overwrite to replace it, "
-              "train.resume=auto to continue that run, or --output-dir for a new one")),
+             ("already exists and is not empty", "nothing was changed", "Use --overwrite to replace it (only a "
+              "run llmkit created) or --output-dir for a new one; a training run that stopped continues with "
+              "train.resume=auto")),
     ]
 
 

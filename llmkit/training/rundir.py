@@ -141,8 +141,8 @@ def check_output_dir(path: Path, *, overwrite: bool | str = False, resume: str |
         _check_replaceable(path, overwrite, inputs, key)
     else:
         raise UserError(f"{key}: {path} already exists and is not empty; nothing was changed. Use --overwrite to "
-                        "replace it, train.resume=auto to continue that run, or --output-dir for a new one."
-                        + _stale_note(path))
+                        "replace it (only a run llmkit created) or --output-dir for a new one; a training run that "
+                        "stopped continues with train.resume=auto." + _stale_note(path))
     return True
 
 
@@ -427,6 +427,10 @@ def find_run_directory(name: str | None, key: str = "model.name_or_path") -> Run
     except OSError:  # a name the file system cannot take (too long): not a run directory
         return None
     if not (path / "model" / "config.json").is_file() and find_adapter_dir(path) is None:
+        if (path / "eval.json").is_file():
+            raise UserError(f"{key}: {path} is an llmkit eval run directory: it holds evaluation results, not a "
+                            "model. Point to the run or model directory it evaluated (its config.yaml names it "
+                            "under model.name_or_path).")
         raise UserError(f"{key}: {path} is an llmkit run directory without a model (no "
                         "model/config.json nor adapter/): the run did not finish. Resume it with train.resume=auto, "
                         "or point to a checkpoint folder under checkpoints/.")

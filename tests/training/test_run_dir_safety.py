@@ -376,3 +376,20 @@ def test_settings_needing_a_missing_package_are_refused_before_loading(workdir, 
         pytest.skip(f"{package} is installed here")
     refused(invoke("finetune", "cfg.yaml", setting, "--dry-run"), setting.split("=")[0], package)
     refused(invoke("config", "validate", "cfg.yaml", setting), setting.split("=")[0])
+
+
+def test_an_eval_run_directory_used_as_a_model_is_named_as_such(tmp_path):
+    """An eval run has config.yaml and eval.json but no model: the message says so (not 'did not finish, resume
+    it', which an eval run cannot do); a training run without a model still gets the resume advice."""
+    from llmkit.errors import UserError
+    from llmkit.training.rundir import find_run_directory
+
+    for name, extra in (("eval-run", "eval.json"), ("stopped", None)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text("model: {name_or_path: x}\n")
+        if extra:
+            (tmp_path / name / extra).write_text("{}")
+    with pytest.raises(UserError, match="eval run directory: it holds evaluation results, not a model"):
+        find_run_directory(str(tmp_path / "eval-run"))
+    with pytest.raises(UserError, match="did not finish. Resume it with train.resume=auto"):
+        find_run_directory(str(tmp_path / "stopped"))

@@ -22,14 +22,14 @@ from llmkit.config import apply_overrides, read_yaml
 from llmkit.config import load_config as load
 from llmkit.config.loader import save_config
 from llmkit.config.schema import to_dict
-from llmkit.config.sections import DataConfig, ModelConfig, TokenizerConfig, opt
+from llmkit.config.sections import SEED_MAX, DataConfig, ModelConfig, TokenizerConfig, opt
 from llmkit.data.classification import prepare_classification_data
 from llmkit.data.columns import column_values, list_lengths, order_by_length
 from llmkit.data.eval_text import read_eval_texts
 from llmkit.data.loading import SPLIT_KEYS, load_raw_splits, note, require_columns
 from llmkit.data.similarity import check_pair_columns, gold_scores, pair_texts, retrieval_pairs
 from llmkit.data.token_classification import prepare_token_classification_data
-from llmkit.errors import ConfigIssue, UserError
+from llmkit.errors import ConfigIssue, UserError, shown
 from llmkit.metrics import embedding as similarity
 from llmkit.metrics.classification import ClassificationMetrics, classification_report
 from llmkit.metrics.tables import markdown_table, plot_confusion_matrix, plot_similarity
@@ -112,26 +112,52 @@ class GenerationSpec:
                                         default=None)
 
     def validate(self) -> list[ConfigIssue]:
-        import re
-
-        from llmkit.metrics.generation import ANSWER_PRESETS
-
         issues = []
         if self.max_new_tokens < 1:
             issues.append(ConfigIssue("max_new_tokens", f"must be >= 1, got {self.max_new_tokens}."))
         if self.do_sample and self.temperature <= 0:
             issues.append(ConfigIssue("temperature", f"must be > 0 when sampling, got {self.temperature}."))
+        # ranges transformers enforces only once generation starts (a ValueError mid-run), or never (top_p > 1)
+        if self.top_k < 0:
+            issues.append(ConfigIssue("top_k", f"must be >= 0 (0: no top-k filter), got {self.top_k}."))
+        if not 0 < self.top_p <= 1:
+            issues.append(ConfigIssue("top_p", f"must be > 0 and <= 1 (1: no nucleus filter), got {self.top_p}."))
+        if self.repetition_penalty <= 0:
+            issues.append(ConfigIssue("repetition_penalty", f"must be > 0 (1: no penalty, above 1 discourages "
+                                                            f"repeats), got {self.repetition_penalty}."))
+        if not 0 <= self.seed <= SEED_MAX:
+            issues.append(ConfigIssue("seed", f"must be between 0 and 2**32 - 1, got {self.seed}."))
         if "{prompt}" not in self.prompt_template:
             issues.append(ConfigIssue("prompt_template", "must contain {prompt}."))
         for key in ("answer_pattern", "reference_pattern"):
-            value = getattr(self, key)
-            if value is not None and value not in ANSWER_PRESETS:
-                try:
-                    re.compile(value)
-                except re.error as e:
-                    issues.append(ConfigIssue(key, f"{value!r} is neither a preset ({', '.join(ANSWER_PRESETS)}) "
-                                                   f"nor a valid regex: {e}."))
+            message = answer_pattern_problem(getattr(self, key))
+            if message:
+                issues.append(ConfigIssue(key, message))
         return issues
+
+
+def answer_pattern_problem(value: str | None) -> str | None:
+    """What is wrong with an answer_pattern / reference_pattern, or None: it must be a preset, or a regex with
+    exactly one capturing group (the answer; a regex without one, or with more, would extract something else).
+    A value close to a preset name (a typo such as gsm9k) is answered with that name."""
+    import difflib
+    import re
+
+    from llmkit.metrics.generation import ANSWER_PRESETS
+
+    if value is None or value in ANSWER_PRESETS:
+        return None
+    presets = ", ".join(ANSWER_PRESETS)
+    close = difflib.get_close_matches(value, ANSWER_PRESETS, n=1)
+    hint = f" Did you mean the preset {close[0]!r}?" if close else ""
+    try:
+        groups = re.compile(value).groups
+    except re.error as e:
+        return f"{shown(value)} is neither a preset ({presets}) nor a valid regex: {e}.{hint}"
+    if groups != 1:
+        return (f"{shown(value)} is not a preset ({presets}), and as a regex it has {groups} capturing groups; it "
+                f"needs exactly one, around the answer (e.g. 'answer: (\\d+)'; write other groups as (?:...)).{hint}")
+    return None
 
 
 @dataclass
@@ -197,6 +223,9 @@ class EvalSection:
         issues = []
         if self.batch_size < 1:
             issues.append(ConfigIssue("batch_size", f"must be >= 1, got {self.batch_size}."))
+        if self.threshold is not None and not 0 < self.threshold < 1:
+            issues.append(ConfigIssue("threshold", f"must be between 0 and 1 (exclusive), got {self.threshold}; "
+                                                   "remove it for the run's task.threshold (else 0.5)."))
         if self.pooling is not None and self.task not in ("auto", *EMBEDDING_TASKS):
             issues.append(ConfigIssue("pooling", f"only applies to sentence embeddings (eval.task sts or "
                                                  f"retrieval), not {self.task}; remove eval.pooling."))
@@ -263,8 +292,22 @@ def prepare_raw_config(raw: dict) -> dict:
     return rundir.inherit_from_run(raw)
 
 
+COMPARE_REFUSED = {  # options of `llmkit eval` that mean nothing to compare, which only reads saved figures
+    "output_dir": "-o/--output-dir (compare writes nothing: it prints the table; redirect it to keep it, e.g. "
+                  "`llmkit eval compare A B > table.md`)",
+    "overwrite": "--overwrite (compare writes nothing)",
+    "smoke": "--smoke (compare runs no model: it reads the figures the runs saved)",
+    "data": "--data (compare evaluates no data: it reads the figures the runs saved; evaluate a run on other data "
+            "first with `llmkit eval RUN --data PATH -o DIR`, then compare DIR)",
+}
+
+
 def compare(args: list[str], options: dict) -> None:
     """`llmkit eval compare RUN...`: one table across run or eval directories."""
+    given = [why for key, why in COMPARE_REFUSED.items() if options.get(key) not in (None, False)]
+    if given:
+        raise UserError("eval compare: " + "; ".join(given) + ". Remove " + ("it" if len(given) == 1 else "them")
+                        + "; compare takes only run or eval directories.")
     if not args:
         raise UserError("eval compare: give one or more run directories.")
     print(compare_runs(args))
@@ -936,15 +979,44 @@ HEADLINE = ("eval_accuracy", "eval_f1", "test_accuracy", "test_f1", "eval_logps/
             "trainable_params")
 
 
+def read_figures(file: Path) -> dict:
+    """The figures of one eval.json ("metrics") or metrics.json (the whole object), or a UserError naming the file
+    when it cannot be read as one (empty, cut off, not JSON, not UTF-8, not an object)."""
+    fix = ("re-run the evaluation (or the training) that wrote it, or leave that directory out of the "
+           "comparison.")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise UserError(f"compare: cannot read {file}: {e.strerror}; check its permissions, or {fix}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"compare: {file} is not UTF-8 text (not a file llmkit wrote, or a damaged one); {fix}") \
+            from None
+    except ValueError as e:
+        what = "is empty" if not file.read_bytes().strip() else f"is not valid JSON ({e})"
+        raise UserError(f"compare: {file} {what}; {fix}") from None
+    except RecursionError:
+        raise UserError(f"compare: {file} nests JSON too deeply to be a file of figures; {fix}") from None
+    figures = data.get("metrics", data) if isinstance(data, dict) else data
+    if not isinstance(figures, dict):
+        where = "its \"metrics\"" if isinstance(data, dict) else "it"
+        raise UserError(f"compare: {file} holds JSON, but {where} is a {type(figures).__name__}, not an object of "
+                        f"metric names and figures; {fix}")
+    return figures
+
+
 def compare_runs(paths: list[str]) -> str:
     """One markdown table across run or eval directories (eval.json preferred, else metrics.json)."""
     rows = []
     for p in paths:
         path = Path(p)
+        if not path.exists():
+            raise UserError(f"compare: {p} does not exist; check the path, or give llmkit run or eval directories.")
+        if not path.is_dir():
+            raise UserError(f"compare: {p} is a file, not a directory; give llmkit run or eval directories (the "
+                            "folders that hold eval.json or metrics.json).")
         for name in ("eval.json", "metrics.json"):
             if (path / name).is_file():
-                data = json.loads((path / name).read_text())
-                rows.append((path.name, data.get("metrics", data)))
+                rows.append((path.name, read_figures(path / name)))
                 break
         else:
             raise UserError(f"compare: {p} holds neither eval.json nor metrics.json; give llmkit run or eval "

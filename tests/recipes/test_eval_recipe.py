@@ -247,3 +247,90 @@ def test_perplexity_of_a_model_without_a_trained_lm_head_is_refused(tmp_path, to
     assert f"model.name_or_path: {out} has no trained language-model head" in output, output
     assert ("cls.predictions" if base == "bert" else "lm_head") in output and "would be meaningless" in output
     assert "Traceback" not in output
+
+
+@pytest.mark.parametrize("name, content, problem", [
+    ("metrics.json", b"", "is empty"),
+    ("metrics.json", b"[0.5, 0.7]", "it is a list, not an object of metric names"),
+    ("eval.json", b'{"metrics": [0.5]}', 'its "metrics" is a list'),
+    ("eval.json", b'{"metrics": {"eval_acc', "is not valid JSON"),
+    ("eval.json", b"\xff\xfe{\x00}", "is not UTF-8"),
+])
+def test_compare_of_a_damaged_results_file(tmp_path, name, content, problem):
+    """An empty, cut-off, non-UTF-8 or non-object eval.json / metrics.json is named with the fix (exit 2)."""
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    good.mkdir(), bad.mkdir()
+    (good / "metrics.json").write_text('{"eval_accuracy": 0.5}')
+    (bad / name).write_bytes(content)
+    result = invoke("eval", "compare", good, bad)
+    assert result.exit_code == 2, result.output
+    output = " ".join(result.output.split())
+    assert f"{bad / name}" in output and problem in output and "re-run the evaluation" in output, output
+    assert "leave that directory out of the comparison" in output and "Traceback" not in output
+
+
+def test_compare_of_a_path_that_does_not_exist(tmp_path):
+    result = invoke("eval", "compare", tmp_path / "runs/nope")
+    assert result.exit_code == 2 and f"{tmp_path / 'runs/nope'} does not exist" in result.output, result.output
+
+
+@pytest.mark.parametrize("option", [["-o", "OUT"], ["--smoke"], ["--data", "missing.csv"], ["--overwrite"]])
+def test_compare_refuses_options_it_would_ignore(tmp_path, option):
+    """compare only reads saved figures and prints them: -o, --smoke, --data and --overwrite are refused, not
+    silently dropped, and nothing is written."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text('{"eval_accuracy": 0.5}')
+    option = [str(tmp_path / a) if a in ("OUT", "missing.csv") else a for a in option]
+    result = invoke("eval", "compare", run, *option)
+    assert result.exit_code == 2, result.output
+    assert option[0].lstrip("-") in result.output and "compare takes only run or eval directories" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_generation_settings_out_of_range_are_refused(tmp_path, tiny_causal_lm):
+    """Values transformers rejects mid-run (repetition_penalty <= 0, top_k < 0) or never (top_p > 1, a negative
+    seed) are refused by the config check, exit 2, before anything runs; the boundaries stay valid."""
+    data = write_csv(tmp_path / "p.csv", [{"prompt": "hello there"}, {"prompt": "good morning"}])
+    base = ["eval", tiny_causal_lm, "--data", data, "eval.task=generation", "eval.generation.do_sample=true",
+            "eval.generation.max_new_tokens=2"]
+    seed_range = "must be between 0 and 2**32 - 1"
+    for key, value, expected in (("repetition_penalty", 0, "must be > 0"), ("repetition_penalty", -1, "must be > 0"),
+                                 ("top_k", -1, "must be >= 0"), ("top_p", 1.5, "must be > 0 and <= 1"),
+                                 ("top_p", 0, "must be > 0 and <= 1"), ("seed", -1, seed_range),
+                                 ("seed", 2**32, seed_range)):
+        result = invoke(*base, f"eval.generation.{key}={value}", "-o", tmp_path / "ev")
+        assert result.exit_code == 2, (key, value, result.output)
+        assert f"eval.generation.{key}: {expected}" in result.output, (key, value, result.output)
+        assert not (tmp_path / "ev").exists()
+    edge = ["eval.generation.top_k=0", "eval.generation.top_p=1", "eval.generation.repetition_penalty=0.5",
+            f"eval.generation.seed={2**32 - 1}"]
+    result = invoke(*base, *edge, "-o", tmp_path / "edge")
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("value", [2, -0.5, 0, 1])
+def test_threshold_outside_zero_one_is_refused(tmp_path, tiny_causal_lm, value):
+    text = tmp_path / "t.txt"
+    text.write_text("the film was great\n")
+    result = invoke("eval", tiny_causal_lm, "--data", text, f"eval.threshold={value}", "-o", tmp_path / "ev")
+    assert result.exit_code == 2, result.output
+    assert "eval.threshold: must be between 0 and 1" in result.output and not (tmp_path / "ev").exists()
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("answer_pattern", r"(\d+)(\d+)", "it has 2 capturing groups; it needs exactly one"),
+    ("reference_pattern", r"answer=\d+", "it has 0 capturing groups; it needs exactly one"),
+    ("answer_pattern", "gsm9k", "Did you mean the preset 'gsm8k'?"),
+    ("answer_pattern", "last_numbr", "Did you mean the preset 'last_number'?"),
+])
+def test_answer_pattern_needs_exactly_one_group(tmp_path, tiny_causal_lm, key, value, expected):
+    """The answer is the regex's one group: none (a preset's typo included) or two would extract something else."""
+    data = write_csv(tmp_path / "qa.csv", [{"prompt": "2 + 2", "answer": "#### 4"}])
+    result = invoke("eval", tiny_causal_lm, "--data", data, "eval.task=generation",
+                    "eval.generation.reference_column=answer", f"eval.generation.{key}={value}",
+                    "-o", tmp_path / "ev")
+    assert result.exit_code == 2, result.output
+    output = " ".join(result.output.split())
+    assert f"eval.generation.{key}:" in output and expected in output, output
+    assert not (tmp_path / "ev").exists()

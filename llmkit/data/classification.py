@@ -203,7 +203,12 @@ def label_values(splits: dict, cfg: Any, multi_label: bool) -> set:
             for v in cell_labels(row, multi_label, cfg.label_separator)[0]}
 
 
-def encode_labels(splits: dict, label_names: list[str], cfg: Any, multi_label: bool, origin: str | None = None) -> dict:
+MODEL_CLASSES = "the model's classes, its config.json id2label"
+MODEL_FIX = "use a model trained with these labels: a model predicts only its own classes"
+
+
+def encode_labels(splits: dict, label_names: list[str], cfg: Any, multi_label: bool, origin: str | None = None,
+                  fix: str = "list every class in data.label_names") -> dict:
     """Replace the label column by `labels`: class ids, or multi-hot float vectors for multi-label, read by the
     one rule of LabelReading. The labels must have passed `check_labels` (which reports cells that are not
     labels at all)."""
@@ -225,7 +230,7 @@ def encode_labels(splits: dict, label_names: list[str], cfg: Any, multi_label: b
             source = getattr(cfg, SPLIT_KEYS[name]) or cfg.dataset_name
             raise UserError(f"data.label_column: the {name} data ({source}) has labels outside the label set: "
                             f"{shown}. The label set (from {origin}) is: {', '.join(label_names)}."
-                            f"{reading.index_note} Fix the data, or list every class in data.label_names.")
+                            f"{reading.index_note} Fix the data, or {fix}.")
         out[name] = ds.remove_columns([cfg.label_column]).add_column("labels", encoded)
     return out
 
@@ -257,11 +262,11 @@ def token_stats(splits: Any) -> dict:
 
 
 def prepare_classification_data(cfg: Any, tokenizer: Any, multi_label: bool, seed: int,
-                                label_names: list[str] | None = None) -> PreparedData:
+                                label_names: list[str] | None = None, from_model: bool = False) -> PreparedData:
     """Load, label and tokenize the data (or take it from the cache).
 
-    `label_names` fixes the label set (e.g. a trained model's `id2label` for
-    evaluation); otherwise it comes from data.label_names or the training data.
+    `label_names` fixes the label set (e.g. a trained model's `id2label` for evaluation: `from_model`, which
+    messages then name as the model's classes); otherwise it comes from data.label_names or the training data.
     """
     import datasets
 
@@ -278,7 +283,9 @@ def prepare_classification_data(cfg: Any, tokenizer: Any, multi_label: bool, see
         if len(names) < 2 and not multi_label:
             raise UserError(f"data.label_column: the training data has only one class ({', '.join(names)}); "
                             "classification needs at least two.")
-        splits = datasets.DatasetDict(tokenize_splits(encode_labels(raw, names, cfg, multi_label), tokenizer, cfg))
+        encoded = (encode_labels(raw, names, cfg, multi_label, MODEL_CLASSES, MODEL_FIX) if from_model
+                   else encode_labels(raw, names, cfg, multi_label))
+        splits = datasets.DatasetDict(tokenize_splits(encoded, tokenizer, cfg))
         return splits, {"label_names": names, "stats": token_stats(splits), "notes": notes}
 
     parts = {

@@ -448,7 +448,8 @@ def evaluate_classification(cfg: EvalConfig, model_cfg: ModelConfig, tokenizer: 
     multi_label = model.config.problem_type == "multi_label_classification"
     saved_threshold = ((run_dir.config.get("task") or {}).get("threshold") if run_dir else None)
     threshold = cfg.eval.threshold or saved_threshold or 0.5
-    data = prepare_classification_data(cfg.data, tokenizer, multi_label, seed=0, label_names=labels)
+    data = prepare_classification_data(cfg.data, tokenizer, multi_label, seed=0,
+                                       label_names=model_label_names(cfg.data, labels), from_model=True)
     check_sequence_length(model, data.stats)
     if dry_run:
         return {"examples": {split: len(ds) for split, ds in data.splits.items()}}, [], {}
@@ -468,6 +469,17 @@ def evaluate_classification(cfg: EvalConfig, model_cfg: ModelConfig, tokenizer: 
         sections += split_sections
     extra.update(labels=labels, multi_label=multi_label, threshold=threshold if multi_label else None)
     return metrics, sections, extra
+
+
+def model_label_names(data_cfg: DataConfig, labels: list[str]) -> list[str]:
+    """The model's classes (its id2label), which the data's labels are read against; a data.label_names that
+    names others is refused rather than silently replaced (eval and compress score what the model predicts)."""
+    given = data_cfg.label_names
+    if given and [str(name) for name in given] != labels:
+        raise UserError(f"data.label_names: {list(given)} is not the model's classes ({', '.join(labels)}: its "
+                        "config.json id2label), which the labels are read against; remove data.label_names or "
+                        "list the model's classes in that order.")
+    return labels
 
 
 def predict_logits(model: Any, tokenizer: Any, dataset: Any, batch_size: int, precision: str):

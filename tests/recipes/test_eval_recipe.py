@@ -334,3 +334,20 @@ def test_answer_pattern_needs_exactly_one_group(tmp_path, tiny_causal_lm, key, v
     output = " ".join(result.output.split())
     assert f"eval.generation.{key}:" in output and expected in output, output
     assert not (tmp_path / "ev").exists()
+
+
+def test_labels_are_read_against_the_models_classes(tmp_path, finetuned, sentiment_data):
+    """eval scores the model's classes: a data.label_names naming others is refused (not silently replaced), and
+    a label outside them names the model's classes as the label set, with a fix that applies to eval."""
+    result = invoke("eval", finetuned, "--data", sentiment_data / "dev.csv", "-o", tmp_path / "ev1",
+                    "data.label_names=[negative, positive, neutral]")
+    assert result.exit_code == 2, result.output
+    assert "data.label_names: ['negative', 'positive', 'neutral'] is not the model's classes" in result.output
+    assert not (tmp_path / "ev1").exists()
+    neutral = write_csv(tmp_path / "neutral.csv", [{"text": "the film was a film", "label": "neutral"},
+                                                   {"text": "superb acting", "label": "positive"}])
+    result = invoke("eval", finetuned, "--data", neutral, "-o", tmp_path / "ev2")
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "The label set (from the model's classes, its config.json id2label) is: negative, positive" in text
+    assert "use a model trained with these labels" in text and "list every class in data.label_names" not in text

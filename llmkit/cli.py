@@ -108,7 +108,8 @@ def run_command(command: commands.Command, config: str, overrides: list[str], *,
     --smoke, check the output directory before any work, run the recipe."""
     forms = command.forms()
     if config in forms:
-        forms[config](list(overrides), {"output_dir": output_dir, "overwrite": overwrite, "smoke": smoke, **options})
+        forms[config](list(overrides), {"output_dir": output_dir, "overwrite": overwrite, "smoke": smoke,
+                                        "dry_run": dry_run, **options})
         return
     from llmkit.config import dump_config
     from llmkit.smoke import prepare as prepare_smoke

@@ -65,8 +65,14 @@ def merge(args: list[str], options: dict) -> None:
     if len(args) != 1 or output is None:
         raise UserError("adapter merge: give one adapter run directory and --output DIR, e.g. llmkit adapter "
                         "merge runs/minilm-sst2-lora --output merged/minilm-sst2.")
+    if options.get("smoke"):
+        raise UserError("adapter merge: --smoke does not apply (a merge trains nothing); remove it, or use --dry-run "
+                        "to check the run and the output folder without writing.")
     inputs = merge_inputs(args[0])
     rundir.check_output_dir(output, overwrite=overwrite, inputs=inputs, key="--output")
+    if options.get("dry_run"):
+        print(f"dry run: {args[0]} and --output {output} pass the checks; nothing was written.")
+        return
 
     def claim(path: Path) -> Path:
         return rundir.prepare_run_dir(path, overwrite, None, command="adapter merge", inputs=inputs, key="--output")

@@ -137,6 +137,18 @@ def test_merge_never_writes_into_its_inputs(tmp_path, lora_config):
     assert before == {p: p.read_bytes() for p in Path(run).rglob("*") if p.is_file()}
 
 
+def test_merge_dry_run_writes_nothing_and_smoke_is_refused(tmp_path, lora_config):
+    """--dry-run checks the run and the output folder and writes nothing (it used to merge for real); --smoke,
+    which a merge cannot honour, is refused."""
+    _, run = run_adapter(tmp_path, lora_config)
+    result = invoke("adapter", "merge", run, "--output", tmp_path / "merged", "--dry-run")
+    assert result.exit_code == 0 and "nothing was written" in result.output, result.output
+    assert not (tmp_path / "merged").exists()
+    result = invoke("adapter", "merge", run, "--output", tmp_path / "merged", "--smoke")
+    assert result.exit_code == 2 and "--smoke does not apply" in result.output, result.output
+    assert not (tmp_path / "merged").exists()
+
+
 def test_merge_equivalence_for_a_causal_lm(tmp_path, sft_like_config):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

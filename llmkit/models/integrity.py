@@ -85,12 +85,20 @@ def _file_fix(key: str, path: Path) -> str:
     return "Check the path."
 
 
+def _natural(path: Path) -> list:
+    """Sort key: numbers in a name compare as numbers (checkpoint-75 before checkpoint-100)."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", path.name)]
+
+
 def _missing_config_fix(key: str, path: Path) -> str:
     """The likeliest fix for a folder without config.json, from what it holds."""
     ggufs = sorted(p.name for p in path.glob("*.gguf"))
     if ggufs and key.startswith("model."):
         return f"It holds a GGUF file: set model.gguf_file: {ggufs[0]} beside {key}."
-    nested = sorted(p for p in path.iterdir() if (p / CONFIG).is_file()) if os.access(path, os.R_OK) else []
+    nested = sorted((p for p in path.iterdir() if (p / CONFIG).is_file()), key=_natural) \
+        if os.access(path, os.R_OK) else []
+    if nested and all(p.name.startswith("checkpoint-") for p in nested):  # a run's checkpoints/: the newest
+        return f"Its newest checkpoint {nested[-1].name}/ holds a {CONFIG}: point {key} at {nested[-1]}."
     if nested:
         return f"Its subfolder {nested[0].name}/ holds a {CONFIG}: point {key} at {nested[0]}."
     if (path / "adapter_config.json").is_file():

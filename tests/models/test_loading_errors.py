@@ -140,6 +140,17 @@ def test_run_directory_as_model_points_to_its_model_folder(tmp_path, tiny_config
                    expect=("model.name_or_path", "no config.json", f"point model.name_or_path at {run / 'model'}"))
 
 
+def test_checkpoints_folder_as_model_points_to_the_newest_checkpoint(tmp_path, tiny_config, model_dir):
+    """checkpoint-2105 is newer than checkpoint-2000 (and checkpoint-75 older than checkpoint-100): numbers in the
+    names compare as numbers, not as text."""
+    checkpoints = tmp_path / "an-earlier-run" / "checkpoints"
+    for step in (75, 100, 2000, 2105):
+        copy_model(model_dir, checkpoints / f"checkpoint-{step}")
+    finetune_fails(tmp_path, tiny_config, {"name_or_path": str(checkpoints)},
+                   expect=("model.name_or_path", "Its newest checkpoint checkpoint-2105/",
+                           f"point model.name_or_path at {checkpoints / 'checkpoint-2105'}"))
+
+
 def test_tokenizer_dir_without_tokenizer_files(tmp_path, tiny_config, model_dir):
     bare = copy_model(model_dir, tmp_path / "no-tokenizer", skip=("tokenizer.json", "tokenizer_config.json"))
     finetune_fails(tmp_path, tiny_config, {"name_or_path": str(model_dir)}, tokenizer=bare,

@@ -23,7 +23,14 @@ from llmkit.data.classification import prepare_classification_data
 from llmkit.data.eval_text import read_eval_text
 from llmkit.errors import ConfigIssue, UserError
 from llmkit.models import compression as surgery
-from llmkit.models.loading import count_parameters, load_model, load_tokenizer, model_kind, model_source
+from llmkit.models.loading import (
+    check_sequence_length,
+    count_parameters,
+    load_model,
+    load_tokenizer,
+    model_kind,
+    model_source,
+)
 from llmkit.models.quiet import quiet_transformers
 from llmkit.models.student import student_from_teacher
 from llmkit.smoke import Shrink, SmokeSpec, honoured
@@ -403,6 +410,7 @@ def build_eval_set(cfg: CompressConfig, kind: str, tokenizer: Any, model: Any) -
                        train_source="data.train_file" if cfg.data.train_file else "data.validation_file")
     labels = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
     data = prepare_classification_data(cfg.data, tokenizer, False, cfg.train.seed, label_names=labels)
+    check_sequence_length(model, data.stats)  # as finetune and eval: a tensor size error mid-run otherwise
     evaluation = [dict(row) for row in data.splits["validation"]]
     train = [dict(row) for row in data.splits["train"]] if "train" in data.splits else evaluation
     return EvalSet(kind, tokenizer, rows=evaluation, train_rows=train, label_names=labels,

@@ -29,11 +29,13 @@ from llmkit.data.preview import KINDS, preview_splits
 from llmkit.errors import ConfigIssue, UserError
 from llmkit.metrics.tables import markdown_table
 from llmkit.models.loading import (
+    check_sequence_length,
     check_vocabulary_fits,
     count_parameters,
     freeze,
     load_model,
     load_tokenizer,
+    model_kind,
     model_label,
 )
 from llmkit.models.resolve import ModelNotFound, resolve_model_path
@@ -139,6 +141,11 @@ class DistillSection:
         if self.layer_map is not None and self.beta == 0:
             issues.append(ConfigIssue("layer_map", "only used by the feature loss; set distill.beta > 0 or remove "
                                                    "layer_map."))
+        if self.layer_map is not None and not self.layer_map and self.beta > 0:
+            issues.append(ConfigIssue("layer_map", f"is empty, but distill.beta={self.beta:g} turns the feature loss "
+                                                   "on, which needs at least one student layer: teacher layer pair. "
+                                                   "Remove layer_map (the default maps the layers uniformly), give "
+                                                   "pairs such as {0: 1, 1: 3}, or set beta: 0."))
         for s, t in (self.layer_map or {}).items():
             if s < 0 or t < 0:
                 issues.append(ConfigIssue("layer_map", f"layer indices are 0-based and >= 0, got {s}: {t}."))
@@ -306,6 +313,8 @@ def run(cfg: DistillConfig, *, config_path: str | None = None, overwrite: bool |
     overrides = {} if "validation" in data.splits else {"eval_strategy": "no", "load_best_model_at_end": False}
     args = run.arguments(**overrides, **task.training_overrides)
     student, settings, sizes = build_distillation(cfg, task, models, labels, run)
+    with run.state.main_process_first():  # a teacher with its own tokenizer may tokenize the texts (cached)
+        check_lengths(cfg, models, student, settings, data, labels, texts)
     metrics_fn = task.metrics(labels)
     check_best_metric(cfg.train, task.metric_names(metrics_fn))
     if dry_run:
@@ -369,13 +378,77 @@ def load_teacher(cfg: DistillConfig, task: Any) -> TeacherAndTokenizers:
                               allow_pickle=d.teacher_allow_pickle)
     teacher_cfg.option_prefix = "distill.teacher_"  # messages name distill.teacher_allow_pickle
     teacher_tokenizer = load_tokenizer(teacher_cfg, TokenizerConfig())
-    teacher = load_model(task.auto_class, teacher_cfg, teacher_tokenizer)[0].eval().requires_grad_(False)
+    check_teacher_kind(cfg, teacher_cfg)
+    teacher, missing = load_model(task.auto_class, teacher_cfg, teacher_tokenizer)
+    if missing:  # a head (or more) the teacher's files lack: random weights would teach random outputs
+        raise UserError(f"distill.teacher: {d.teacher} has no trained {cfg.task.type} head for distillation "
+                        f"(newly initialised: {', '.join(sorted(missing)[:3])}"
+                        f"{f' and {len(missing) - 3} more' if len(missing) > 3 else ''}), so it would teach "
+                        f"random outputs. {TEACHER_FIX[cfg.task.type]}")
+    teacher = teacher.eval().requires_grad_(False)
     own_tokenizer = bool(cfg.tokenizer.name_or_path or d.student.name_or_path)
     tokenizer = load_tokenizer(d.student if own_tokenizer else teacher_cfg, cfg.tokenizer)
     same_vocab = tokenizer.get_vocab() == teacher_tokenizer.get_vocab()
     if cfg.task.type == "causal-lm" and not same_vocab:
         raise UserError(VOCABULARY_MISMATCH.format(detail="the student's tokenizer differs from the teacher's"))
     return TeacherAndTokenizers(teacher, teacher_tokenizer, tokenizer, same_vocab)
+
+
+TEACHER_FIX = {
+    "sequence-classification": "Fine-tune the teacher first (llmkit finetune with task.type: "
+                               "sequence-classification) and give that run as distill.teacher.",
+    "causal-lm": "Give a causal language model (or an llmkit finetune run of one, task.type: causal-lm) as "
+                 "distill.teacher.",
+}
+
+
+def check_teacher_kind(cfg: DistillConfig, teacher_cfg: ModelConfig) -> None:
+    """Refuse a teacher made for another task (a masked LM, a token classifier, ...), from its saved architecture
+    as llmkit compress and eval read it: loaded for this task it would get a new, random head."""
+    try:
+        kind = model_kind(teacher_cfg)
+    except UserError:  # an unreadable config: loading the teacher names it under distill.teacher's keys
+        return
+    if kind != cfg.task.type:
+        raise UserError(f"distill.teacher: {cfg.distill.teacher} is a {kind} model, but task.type is "
+                        f"{cfg.task.type}: loaded as a {cfg.task.type} teacher it would get a newly initialised, "
+                        f"untrained head and teach random outputs. {TEACHER_FIX[cfg.task.type]}")
+
+
+def check_lengths(cfg: DistillConfig, models: TeacherAndTokenizers, student: Any, settings: Any, data: Any,
+                  labels: list[str], texts: list[str] | None) -> None:
+    """Refuse examples longer than the student's or the teacher's positions (data.max_length above them) before
+    anything is written: a tensor size error mid-run otherwise. The teacher reads the student's tokens (with the
+    same vocabulary; the validation split always), else the texts tokenized its own way."""
+
+    def unlabeled(tokenizer) -> dict:  # the teacher-labelled texts, truncated as training tokenizes them
+        if not texts:
+            return {}
+        encoded = tokenizer(texts, truncation=True, max_length=cfg.data.max_length)["input_ids"]
+        return {"distill.unlabeled": {"max_tokens": max(len(ids) for ids in encoded)}}
+
+    student_stats = {**data.stats, **unlabeled(models.tokenizer)}
+    if models.same_vocab:
+        teacher_stats = student_stats
+    else:
+        teacher_stats = {split: s for split, s in data.stats.items() if split != "train"}
+        if settings.needs_teacher:  # from the cache (checked above): the training texts, the teacher's way
+            own = prepare_classification_data(cfg.data, models.teacher_tokenizer, False, cfg.train.seed,
+                                              label_names=labels)  # as teacher_view tokenizes them (cached)
+            teacher_stats["train"] = own.stats["train"]
+        teacher_stats.update(unlabeled(models.teacher_tokenizer))
+    for key, model, stats in (("distill.teacher", models.teacher, teacher_stats),
+                              ("distill.student", student, student_stats)):
+        try:
+            check_sequence_length(model, stats)
+        except UserError:
+            limit = model.config.max_position_embeddings
+            split, longest = max(((k, v["max_tokens"]) for k, v in stats.items()), key=lambda kv: kv[1])
+            name = cfg.distill.teacher if key == "distill.teacher" else describe_student(cfg.distill.student, student)
+            where = split if split == "distill.unlabeled" else f"the {split} split"
+            raise UserError(f"data.max_length: {cfg.data.max_length} keeps up to {longest} tokens of an example "
+                            f"({where}), but {key} ({name}) has only {limit} positions; set "
+                            f"data.max_length={limit} (or lower).") from None
 
 
 def build_distillation(cfg: DistillConfig, task: Any, models: TeacherAndTokenizers, labels: list[str],

@@ -603,3 +603,16 @@ def test_structured_pruning_of_gpt2_is_refused(tmp_path, tmp_path_factory, chat_
                "GPT2LMHeadModel has another layout" in output, output
         assert "low_rank / quantize or prune.magnitude" in output and "Traceback" not in output
         assert not (tmp_path / "run").exists()
+
+
+def test_rows_longer_than_the_models_positions_are_refused_before_the_run_directory(tmp_path, compress_config):
+    from tests.conftest import write_csv
+
+    rows = sentiment_rows(32, seed=2) + [{"text": " ".join(["great"] * 100), "label": "positive"}]
+    compress_config["data"].update(validation_file=str(write_csv(tmp_path / "long" / "dev.csv", rows)),
+                                   max_length=100000)
+    needles = ("data.max_length", "only 64 positions", "set data.max_length=64")
+    for extra in (("--dry-run",), ()):
+        result = compress(tmp_path, compress_config, *extra, code=2)
+        assert "Traceback" not in result.output and all(n in result.output for n in needles), result.output
+    assert not Path(compress_config["output_dir"]).exists()

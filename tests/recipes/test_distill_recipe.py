@@ -354,3 +354,73 @@ def test_inference_speedup_is_the_student_speed_over_the_teacher_speed(tmp_path,
     # the ratio of the recorded speeds, give or take their rounding (0.05 each) and the speedup's own (0.0005)
     low, high = (student - 0.05) / (teacher + 0.05), (student + 0.05) / (teacher - 0.05)
     assert low - 0.0005 <= speedup <= high + 0.0005, (speedup, student / teacher)
+
+
+def with_a_long_row(tmp_path, config: dict, words: int) -> None:
+    """The training data plus one row of `words` words (each one WordPiece token), data.max_length above it."""
+    rows = sentiment_rows(64, seed=1) + [{"text": " ".join(["great"] * words), "label": "positive"}]
+    config["data"].update(train_file=str(write_csv(tmp_path / "long" / "train.csv", rows)), max_length=100000)
+
+
+@pytest.mark.parametrize("who, student, words", [
+    ("student", {"from_config": {"family": "bert", "num_layers": 1, "hidden_size": 16, "num_heads": 2,
+                                 "max_position_embeddings": 32}}, 40),  # fits the teacher's 64, not the student's
+    ("teacher", {"from_config": {"family": "bert", "num_layers": 1, "hidden_size": 16, "num_heads": 2,
+                                 "max_position_embeddings": 512}}, 100),  # fits the student, not the teacher
+    ("teacher", {"from_teacher": {"keep_layers": [0, 2]}}, 100),
+])
+def test_rows_longer_than_a_models_positions_are_refused_before_the_run_directory(tmp_path, distill_config, who,
+                                                                                   student, words):
+    distill_config["distill"]["student"] = student
+    with_a_long_row(tmp_path, distill_config, words)
+    limit = 32 if who == "student" else 64
+    needles = ("data.max_length", f"only {limit} positions", f"set data.max_length={limit}", f"distill.{who}")
+    result = invoke("distill", write_yaml(tmp_path / "bad.yaml", distill_config), "--dry-run")
+    assert result.exit_code == 2 and all(n in result.output for n in needles), result.output
+    fails(tmp_path, distill_config, *needles)
+    assert not Path(distill_config["output_dir"]).exists()
+
+
+def test_unlabeled_texts_longer_than_the_teachers_positions_are_refused(tmp_path, distill_config):
+    (tmp_path / "unlabeled.txt").write_text(" ".join(["great"] * 100) + "\ngreat film\n")
+    distill_config["data"]["max_length"] = 100000
+    distill_config["distill"].update(unlabeled=str(tmp_path / "unlabeled.txt"))
+    fails(tmp_path, distill_config, "data.max_length", "distill.unlabeled", "only 64 positions")
+    assert not Path(distill_config["output_dir"]).exists()
+
+
+def test_a_teacher_without_a_trained_classification_head_is_refused(tmp_path, distill_config, tokenizer_dir):
+    from transformers import AutoTokenizer, BertForMaskedLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    masked = tmp_path / "masked-lm"
+    model = BertForMaskedLM(tiny_bert_config(tokenizer, num_hidden_layers=4))  # its config names the classes
+    model.save_pretrained(masked)
+    tokenizer.save_pretrained(masked)
+    distill_config["distill"]["teacher"] = str(masked)
+    fails(tmp_path, distill_config, "distill.teacher", "masked-lm", "llmkit finetune")
+    assert not Path(distill_config["output_dir"]).exists()
+
+
+def test_a_teacher_whose_head_weights_are_missing_is_refused(tmp_path, distill_config, tokenizer_dir):
+    """A config that says sequence classifier over weights without the head: the head would be random."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    headless = tmp_path / "headless"
+    model = BertForSequenceClassification(tiny_bert_config(tokenizer, num_hidden_layers=4))
+    model.save_pretrained(headless)
+    tokenizer.save_pretrained(headless)
+    state = load_file(str(headless / "model.safetensors"))
+    save_file({k: v for k, v in state.items() if not k.startswith("classifier.")}, str(headless / "model.safetensors"),
+              metadata={"format": "pt"})
+    distill_config["distill"]["teacher"] = str(headless)
+    fails(tmp_path, distill_config, "distill.teacher", "newly initialised", "classifier.weight", "llmkit finetune")
+    assert not Path(distill_config["output_dir"]).exists()
+
+
+def test_feature_loss_with_an_empty_layer_map_is_refused(tmp_path, distill_config):
+    distill_config["distill"].update(beta=1.0, layer_map={})
+    fails(tmp_path, distill_config, "distill.layer_map", "at least one", "beta: 0")
+    assert not Path(distill_config["output_dir"]).exists()

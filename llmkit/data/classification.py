@@ -261,6 +261,17 @@ def token_stats(splits: Any) -> dict:
     return stats
 
 
+def model_label_names(data_cfg: Any, labels: list[str]) -> list[str]:
+    """The model's classes (its id2label), which the data's labels are read against; a data.label_names that
+    names others is refused rather than silently replaced (eval and compress score what the model predicts)."""
+    given = data_cfg.label_names
+    if given and [str(name) for name in given] != labels:
+        raise UserError(f"data.label_names: {list(given)} is not the model's classes ({', '.join(labels)}: its "
+                        "config.json id2label), which the labels are read against; remove data.label_names or "
+                        "list the model's classes in that order.")
+    return labels
+
+
 def prepare_classification_data(cfg: Any, tokenizer: Any, multi_label: bool, seed: int,
                                 label_names: list[str] | None = None, from_model: bool = False) -> PreparedData:
     """Load, label and tokenize the data (or take it from the cache).

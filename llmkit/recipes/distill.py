@@ -318,12 +318,7 @@ def run(cfg: DistillConfig, *, config_path: str | None = None, overwrite: bool |
     metrics_fn = task.metrics(labels)
     check_best_metric(cfg.train, task.metric_names(metrics_fn))
     if dry_run:
-        steps = run.plan(args, len(data.splits["train"]), " (before teacher-labelled texts)" if d.unlabeled else "")
-        student_memory(cfg, run, student, models.teacher, args, data)
-        run.preview(preview_splits(models.tokenizer, data.splits, KINDS[cfg.task.type], label_names=labels))
-        return {"dry_run": True, "train_steps": steps, "teacher_params": sizes["teacher_params"],
-                "student_params": sizes["student_params"], "data": data.stats, "label_names": labels,
-                "layer_pairs": settings.layer_pairs}
+        return dry_run_plan(cfg, run, args, models, student, settings, sizes, data, labels)
 
     run_dir = run.claim()
     train_split, extra = data.splits["train"], None
@@ -356,6 +351,18 @@ def run(cfg: DistillConfig, *, config_path: str | None = None, overwrite: bool |
     return result.finish(metrics, sections, summary=run_summary(cfg, models.teacher, student, settings, sizes, labels,
                                                                   data),
                          headline=[k for k in HEADLINE if k in metrics])
+
+
+def dry_run_plan(cfg: DistillConfig, run: Any, args: Any, models: Any, student: Any, settings: Any, sizes: dict,
+                 data: Any, labels: list[str]) -> dict:
+    """--dry-run: the plan, the memory estimate and rendered examples; nothing written."""
+    steps = run.plan(args, len(data.splits["train"]),
+                     " (before teacher-labelled texts)" if cfg.distill.unlabeled else "")
+    student_memory(cfg, run, student, models.teacher, args, data)
+    run.preview(preview_splits(models.tokenizer, data.splits, KINDS[cfg.task.type], label_names=labels))
+    return {"dry_run": True, "train_steps": steps, "teacher_params": sizes["teacher_params"],
+            "student_params": sizes["student_params"], "data": data.stats, "label_names": labels,
+            "layer_pairs": settings.layer_pairs}
 
 
 HEADLINE = ("eval_accuracy", "teacher_eval_accuracy", "accuracy_retention", "eval_perplexity",

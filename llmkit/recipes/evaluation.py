@@ -23,7 +23,7 @@ from llmkit.config import load_config as load
 from llmkit.config.loader import save_config
 from llmkit.config.schema import to_dict
 from llmkit.config.sections import SEED_MAX, DataConfig, ModelConfig, TokenizerConfig, opt
-from llmkit.data.classification import prepare_classification_data
+from llmkit.data.classification import model_label_names, prepare_classification_data
 from llmkit.data.columns import column_values, list_lengths, order_by_length
 from llmkit.data.eval_text import read_eval_texts
 from llmkit.data.loading import SPLIT_KEYS, load_raw_splits, note, require_columns
@@ -469,17 +469,6 @@ def evaluate_classification(cfg: EvalConfig, model_cfg: ModelConfig, tokenizer: 
         sections += split_sections
     extra.update(labels=labels, multi_label=multi_label, threshold=threshold if multi_label else None)
     return metrics, sections, extra
-
-
-def model_label_names(data_cfg: DataConfig, labels: list[str]) -> list[str]:
-    """The model's classes (its id2label), which the data's labels are read against; a data.label_names that
-    names others is refused rather than silently replaced (eval and compress score what the model predicts)."""
-    given = data_cfg.label_names
-    if given and [str(name) for name in given] != labels:
-        raise UserError(f"data.label_names: {list(given)} is not the model's classes ({', '.join(labels)}: its "
-                        "config.json id2label), which the labels are read against; remove data.label_names or "
-                        "list the model's classes in that order.")
-    return labels
 
 
 def predict_logits(model: Any, tokenizer: Any, dataset: Any, batch_size: int, precision: str):

@@ -218,7 +218,8 @@ def _data_cases(c: str) -> list[Case]:
         Case(f"{c}-data-label-outside-set", c,
              data_file(fixed_labels, "odd.csv", csv_text([*ROWS[:6], {"text": "so so film", "label": "neutral"}])),
              ("data.label_column", "'neutral' (1 row)", "outside the label set", "negative, positive",
-              "Fix the data, or list every class in data.label_names"), late=True),
+              "Fix the data, or use a model trained with these labels" if c == "eval"
+              else "Fix the data, or list every class in data.label_names"), late=True),
         Case(f"{c}-data-text-column-is-list", c, put({"data.text_column": ["text", "label"]}),
              ("data.text_column", "expected str", "['text', 'label']")),
         Case(f"{c}-data-max-length-bool", c, put({"data.max_length": True}),

@@ -343,8 +343,10 @@ def run(cfg: DistillConfig, *, config_path: str | None = None, overwrite: bool |
     metrics.update(sizes, student_teacher_param_ratio=round(sizes["student_params"] / sizes["teacher_params"], 4))
     sections = []
     if "validation" in data.splits:
-        sections += compare_on_eval(task, result.trainer, models.teacher, models.tokenizer, data.splits["validation"],
-                                    eval_collate, metrics_fn, metrics, run_dir, run.precision, args)
+        student_view = (data.splits["validation"], eval_collate)
+        sections += compare_on_eval(task, result.trainer, models, student_view,
+                                    teacher_eval_view(cfg, task, models, labels, student_view, run.pad_multiple(args)),
+                                    metrics_fn, metrics, run_dir, run.precision, args)
     if extra is not None:
         metrics.update(extra.counts)
         sections.append(("Teacher-labelled data", extra.describe()))
@@ -805,17 +807,30 @@ def unlabeled_texts(cfg: DistillConfig) -> list[str]:
 # ---------------------------------------------------------------- teacher vs student
 
 
-def compare_on_eval(task, trainer, teacher, tokenizer, eval_split, collate, metrics_fn, metrics: dict, run_dir,
-                    precision: str, args) -> list[tuple[str, str]]:
-    """Evaluate the student and the teacher on the validation set and time both; add the figures to metrics."""
+def teacher_eval_view(cfg: DistillConfig, task, models: TeacherAndTokenizers, labels, student_view: tuple,
+                      pad_multiple: int | None) -> tuple:
+    """The validation rows and collator the teacher reads: the student's when they share the vocabulary, else
+    the same texts tokenized the teacher's way (its ids differ; a classifier student only: causal LMs share)."""
+    if models.same_vocab:
+        return student_view
+    split = prepare_classification_data(cfg.data, models.teacher_tokenizer, False, cfg.train.seed,
+                                        label_names=labels).splits["validation"]
+    return split, task.collator(models.teacher_tokenizer, pad_multiple)
+
+
+def compare_on_eval(task, trainer, models: TeacherAndTokenizers, student_view: tuple, teacher_view: tuple,
+                    metrics_fn, metrics: dict, run_dir, precision: str, args) -> list[tuple[str, str]]:
+    """Evaluate the student and the teacher on the validation set, each as it reads it ((split, collator)), and
+    time both; add the figures to metrics."""
     from llmkit.training.distill import inference_speed
 
-    out = trainer.predict(eval_split, metric_key_prefix="eval")
+    teacher = models.teacher
+    out = trainer.predict(student_view[0], metric_key_prefix="eval")
     metrics.update(without_timings(out.metrics))
     sections = task.report("validation", metrics_fn, out, "eval", metrics,
                            run_dir if trainer.is_world_process_zero() else None)
-    metrics.update(evaluate_teacher(task, teacher, tokenizer, eval_split, collate, metrics_fn, args))
-    speeds = inference_speed({"teacher": teacher, "student": trainer.model}, eval_split, collate,
+    metrics.update(evaluate_teacher(task, teacher, models.teacher_tokenizer, *teacher_view, metrics_fn, args))
+    speeds = inference_speed({"teacher": (teacher, *teacher_view), "student": (trainer.model, *student_view)},
                              args.per_device_eval_batch_size, precision, args.device)
     metrics.update(teacher_examples_per_second=round(speeds["teacher"], 1),
                    student_examples_per_second=round(speeds["student"], 1),

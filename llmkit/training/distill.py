@@ -373,27 +373,33 @@ def cache_size_bytes(dataset, *, per_token_logits: bool, num_outputs: int, layer
     return positions * num_outputs * (2 if per_token_logits else 4) + tokens * hidden_width * 2 * len(layers)
 
 
-def inference_speed(models: dict, dataset, collate, batch_size: int, precision: str, device,
+def inference_speed(models: dict[str, tuple], batch_size: int, precision: str, device,
                     rounds: int = 2) -> dict[str, float]:
-    """Examples per second of a plain no-grad forward pass over `dataset` for each model: batches built once,
-    one warm-up batch per model, then the models timed in turn (alternating, best of `rounds`), so a noisy
-    machine affects both alike."""
+    """Examples per second of a plain no-grad forward pass for each model over its (model, dataset, collate):
+    the same examples, each model reading them tokenized its own way. Batches built once, one warm-up batch
+    per model, then the models timed in turn (alternating, best of `rounds`), so a noisy machine affects both
+    alike."""
+    batches = {name: _batches(dataset, collate, batch_size, device) for name, (_, dataset, collate) in models.items()}
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    best = dict.fromkeys(models, 0.0)
+    with torch.no_grad(), torch.autocast(device_type=torch.device(device).type, dtype=dtype,
+                                         enabled=dtype is not None):
+        for name, (model, _, _) in models.items():
+            model.eval()(**batches[name][0])
+        for _ in range(rounds):
+            for name, (model, dataset, _) in models.items():
+                start = time.perf_counter()
+                for batch in batches[name]:
+                    model(**batch)
+                best[name] = max(best[name], len(dataset) / (time.perf_counter() - start))
+    return best
+
+
+def _batches(dataset, collate, batch_size: int, device) -> list[dict]:
     batches = []
     for start in range(0, len(dataset), batch_size):
         rows = dataset.select(range(start, min(start + batch_size, len(dataset))))
         batch = collate([{k: v for k, v in row.items() if k != INDEX_COLUMN} for row in rows])
         batch.pop("labels", None)
         batches.append({k: v.to(device) for k, v in batch.items()})
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    best = dict.fromkeys(models, 0.0)
-    with torch.no_grad(), torch.autocast(device_type=torch.device(device).type, dtype=dtype,
-                                         enabled=dtype is not None):
-        for model in models.values():
-            model.eval()(**batches[0])
-        for _ in range(rounds):
-            for name, model in models.items():
-                start = time.perf_counter()
-                for batch in batches:
-                    model(**batch)
-                best[name] = max(best[name], len(dataset) / (time.perf_counter() - start))
-    return best
+    return batches

@@ -321,6 +321,16 @@ def test_different_tokenizer_needs_the_cache(tmp_path, distill_config, tmp_path_
     assert "teacher outputs: computing for 64 examples" in result.output
     kd = [h["loss_kd"] for h in history(run) if "loss_kd" in h]
     assert kd[-1] < kd[0]  # the student learns the teacher's distribution through its own tokenizer
+    # the teacher is scored (and timed) on the validation texts tokenized its own way, not on the student's ids:
+    # the same figures as a run whose student shares the teacher's tokenizer
+    other_run = json.loads((run / "metrics.json").read_text())
+    distill_config.pop("tokenizer")
+    distill_config["distill"]["student"] = {"from_teacher": {"keep_layers": [0]}}
+    distill_config["output_dir"] = str(tmp_path / "same-tokenizer")
+    _, same = run_distill(tmp_path, distill_config, name="same.yaml")
+    same_run = json.loads((same / "metrics.json").read_text())
+    for key in ("teacher_eval_loss", "teacher_eval_accuracy"):
+        assert other_run[key] == pytest.approx(same_run[key], abs=1e-5), key
 
 
 def test_unlabeled_file_without_the_text_column(tmp_path, distill_config):

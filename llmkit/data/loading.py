@@ -386,28 +386,30 @@ def split_source(cfg: Any, split: str) -> str:
     return ", ".join(_as_list(files)) if files else split
 
 
-def require_columns(splits: dict, cfg: Any, keys: list[str]) -> None:
-    """Every configured column (data.<key>) must exist in every split; list the real columns otherwise."""
+def require_columns(splits: dict, cfg: Any, keys: list[str], shown: dict[str, str] | None = None) -> None:
+    """Every configured column (data.<key>) must exist in every split; list the real columns otherwise. `shown`
+    names the config key a column comes from where it is not data.<key> (eval.generation.prompt_column, say)."""
     for key in keys:
         column = getattr(cfg, key)
         if column is None:
             continue
+        setting = (shown or {}).get(key, f"data.{key}")
         for name, ds in splits.items():
             if column not in ds.column_names:
                 source = getattr(cfg, SPLIT_KEYS[name], None) or cfg.dataset_name
                 fix = ("; for a file without a header row, name the columns with data.column_names"
                        if cfg.column_names is None else "")
-                raise UserError(f"data.{key}: {column!r} is not a column of the {name} data ({source}). Its columns "
-                                f"are: {', '.join(ds.column_names)}. Set data.{key} to one of them{fix}."
-                                f"{_column_hint(ds, key, column, source)}")
+                raise UserError(f"{setting}: {column!r} is not a column of the {name} data ({source}). Its columns "
+                                f"are: {', '.join(ds.column_names)}. Set {setting} to one of them{fix}."
+                                f"{_column_hint(ds, setting, column, source)}")
 
 
-def _column_hint(ds: Any, key: str, column: str, source: str) -> str:
+def _column_hint(ds: Any, setting: str, column: str, source: str) -> str:
     """Why a wanted column may be missing: spaces around a header name, or records nested in one JSON object."""
     spaced = [c for c in ds.column_names if c.strip() == column]
     if spaced:
         return (f" The header has {spaced[0]!r}, with spaces around the name: remove them from the header, or set "
-                f"data.{key}: {spaced[0]!r} (in quotes).")
+                f"{setting}: {spaced[0]!r} (in quotes).")
     if len(ds) == 1:
         for name in ds.column_names:
             value = ds[0][name]

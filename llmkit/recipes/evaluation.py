@@ -611,7 +611,10 @@ def evaluate_generation(cfg: EvalConfig, model_cfg: ModelConfig, tokenizer: Any,
     splits = {k: v for k, v in load_raw_splits(cfg.data, seed=0).items() if k != "train"}
     check = dataclasses.replace(cfg.data, text_column=spec.prompt_column, label_column=spec.reference_column or
                                 spec.prompt_column)
-    require_columns(splits, check, ["text_column", "label_column"])
+    require_columns(splits, check, ["text_column", "label_column"],
+                    {"text_column": "eval.generation.prompt_column",
+                     "label_column": "eval.generation.reference_column" if spec.reference_column
+                     else "eval.generation.prompt_column"})
     model, _ = load_model("AutoModelForCausalLM", model_cfg, tokenizer)
     settings = GenerationSettings(
         max_new_tokens=spec.max_new_tokens, do_sample=spec.do_sample, temperature=spec.temperature,

@@ -169,6 +169,21 @@ def test_generation_with_exact_match_writes_samples(tmp_path, tiny_causal_lm):
     assert record["generation_settings"]["max_new_tokens"] == 6
 
 
+def test_generation_columns_are_named_by_their_own_keys(tmp_path, tiny_causal_lm):
+    """A prompt or reference column missing from the data is reported under eval.generation.*, the keys that
+    name them (not data.text_column / data.label_column, which the user never set)."""
+    data = tmp_path / "qa.jsonl"
+    data.write_text(json.dumps({"question": "what is 1 plus 1", "answer": "#### 2"}) + "\n")
+    for key, needle in (("prompt_column", "eval.generation.prompt_column: 'q' is not a column"),
+                        ("reference_column", "eval.generation.reference_column: 'q' is not a column")):
+        result = invoke("eval", tiny_causal_lm, "--data", data, "eval.task=generation",
+                        "eval.generation.prompt_column=question", f"eval.generation.{key}=q", "-o", tmp_path / key)
+        assert result.exit_code == 2, result.output
+        text = " ".join(result.output.split())
+        assert needle in text and f"Set eval.generation.{key} to one of them" in text, text
+        assert "data.text_column" not in text and "data.label_column" not in text
+
+
 def test_generation_on_a_masked_lm_is_refused(tmp_path, tokenizer_dir):
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForMaskedLM

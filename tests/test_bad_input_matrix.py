@@ -593,7 +593,9 @@ EVAL = [
          ("eval.task", "'sequence-classification'", "'classify'")),
     Case("eval-precision-fp16", "eval", put({"eval.precision": "fp16"}), ("eval.precision", "'fp32', 'bf16'")),
     Case("eval-stride-above-window", "eval", put({"eval.perplexity": {"max_length": 16, "stride": 32}}),
-         ("eval.perplexity.stride", "between 1 and max_length=16")),
+         ("eval.perplexity.stride", "between 1 and max_length=16", "would skip tokens")),
+    Case("eval-stride-zero", "eval", put({"eval.perplexity": {"max_length": 16, "stride": 0}}),
+         ("eval.perplexity.stride", "between 1 and max_length=16", "got 0", "moves by stride tokens")),
     Case("eval-nothing-to-evaluate", "eval", drop("data.validation_file"),
          ("data.validation_file", "nothing to evaluate", "set data.validation_file (or data.test_file), or pass "
           "--data PATH")),

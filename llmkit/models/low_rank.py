@@ -51,7 +51,8 @@ def choose_ranks(found: list[tuple[str, Any]], rank: int | None, energy: float |
         if rank is not None:
             if rank > full:
                 raise UserError(f"{key}.rank: {rank} is larger than layer {name} ({linear.out_features} x "
-                                f"{linear.in_features}, rank at most {full}); choose a rank below {full}.")
+                                f"{linear.in_features}, whose rank is at most {full}); choose a rank below {full} "
+                                "(a factorization near full rank stores more than the layer).")
             ranks[name] = rank
             continue
         singular = torch.linalg.svdvals(linear.weight.detach().float())

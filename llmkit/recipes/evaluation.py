@@ -79,8 +79,10 @@ class PerplexitySpec:
         if self.max_length is not None and self.max_length < 2:
             issues.append(ConfigIssue("max_length", f"must be >= 2, got {self.max_length}."))
         if self.stride is not None and (self.stride < 1 or self.stride > (self.max_length or self.stride)):
+            why = ("a stride larger than the window would skip tokens" if self.stride >= 1
+                   else "the window moves by stride tokens at each step")
             issues.append(ConfigIssue("stride", f"must be between 1 and max_length={self.max_length}, got "
-                                                f"{self.stride}: a stride larger than the window would skip tokens."))
+                                                f"{self.stride}: {why}."))
         if not 0 < self.mlm_probability < 1:
             issues.append(ConfigIssue("mlm_probability", f"must be between 0 and 1, got {self.mlm_probability}."))
         return issues

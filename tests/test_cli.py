@@ -238,3 +238,21 @@ def test_an_error_on_another_rank_says_which(tmp_path, tiny_config, monkeypatch)
     result = CliRunner().invoke(app, ["finetune", str(config), "train.learning_rate=fast"])
     assert result.exit_code == 2
     assert result.output.startswith("error (rank 1): Invalid config") and "train.learning_rate" in result.output
+
+
+def test_evaluating_on_the_training_data_is_warned_about(tmp_path, tiny_config, sentiment_data):
+    """The validation (or test) data being the training file, or a copy of it, gets a warning before anything
+    runs; held-out data gets none."""
+    import shutil
+
+    train = sentiment_data / "train.csv"
+    shutil.copy(train, tmp_path / "copy.csv")
+    cases = {"same file": {"validation_file": str(train)}, "a copy": {"test_file": str(tmp_path / "copy.csv")},
+             "held out": {}}
+    for name, data in cases.items():
+        cfg = {**tiny_config, "data": {**tiny_config["data"], **data}, "output_dir": str(tmp_path / name)}
+        result = runner.invoke(app, ["finetune", str(write_yaml(tmp_path / f"{name}.yaml", cfg)), "--dry-run"])
+        assert result.exit_code == 0, result.output
+        warned = [key for key in ("validation_file", "test_file")
+                  if f"warning: data.{key} holds the same data as data.train_file" in result.output]
+        assert warned == list(data), (name, result.output)

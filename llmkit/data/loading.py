@@ -6,6 +6,7 @@ import contextlib
 import csv
 import os
 import tempfile
+from pathlib import Path
 from typing import Any
 
 from llmkit.data.columns import column_values
@@ -341,6 +342,30 @@ def read_splits(cfg: Any, text_sample_by: str = "line") -> dict:
         if len(ds) == 0:
             raise UserError(f"data.{SPLIT_KEYS[name]}: the {name} data is empty (0 rows). Check the file.")
     return splits
+
+
+def same_data_as_training(cfg: Any) -> list[str]:
+    """The evaluation settings (validation_file, test_file) that name the training file itself, or a file with
+    the same bytes (sizes compared first, so large files are read only when they could match)."""
+    import filecmp
+
+    def files(value: Any) -> list[Path] | None:
+        if not value or not isinstance(value, (str, list)):
+            return None
+        paths = [Path(v).expanduser() for v in ([value] if isinstance(value, str) else value) if isinstance(v, str)]
+        return paths if paths and all(p.is_file() for p in paths) else None
+
+    train = files(getattr(cfg, "train_file", None))
+    same = []
+    for key in ("validation_file", "test_file"):
+        other = files(getattr(cfg, key, None))
+        if train is None or other is None or len(other) != len(train):
+            continue
+        if [p.stat().st_size for p in other] == [p.stat().st_size for p in train] and (
+                [p.resolve() for p in other] == [p.resolve() for p in train]
+                or all(filecmp.cmp(a, b, shallow=False) for a, b in zip(other, train))):
+            same.append(key)
+    return same
 
 
 def limit_splits(splits: dict, cfg: Any, seed: int) -> dict:

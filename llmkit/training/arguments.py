@@ -29,7 +29,9 @@ def cpu_training_attention(model: Any, requested: str | None, precision: str, de
       mask inside the kernel with torch's per-element generator; in eager attention it is a functional dropout
       that llmkit's CpuDropout replaces: a bare MiniLM 16 x 128 fp32 step went from 959 ms (SDPA, torch's
       dropout) to 753 ms (eager, llmkit's; bench.py's mixed_precision_bare_step_16x128).
-    The forward pass is equally fast either way (inference keeps SDPA); the choice is not saved with the model.
+    Training only: train_and_save switches the model back after training, so evaluation and distill's timing
+    run the attention the model was loaded with (SDPA's forward was 1-5 % faster on MiniLM's SST-2 dev set);
+    the choice is not saved with the model.
     Left alone when model.attn_implementation is set, on GPUs, and for models not using SDPA.
     """
     reason = eager_attention_reason(model, requested, precision, device_type, cpu_dropout)

@@ -22,6 +22,7 @@ from llmkit.training.arguments import (
     cpu_training_attention,
     ddp_find_unused_parameters,
     requested_attention,
+    unwrapped,
 )
 from llmkit.training.callbacks import InterruptCallback, JsonlLogCallback, TrainingStartedCallback
 from llmkit.training.report import write_report
@@ -101,6 +102,7 @@ def train_and_save(*, cfg: Any, command: str, run_dir: Path, args: Any, model: A
     _refuse_label_smoothing(args, trainer_cls, command)
     rundir.check_resume_config(run_dir, cfg)
     key, requested = requested_attention(cfg)
+    loaded_with = attention_implementation(model)
     reason = cpu_training_attention(model, requested, precision, args.device.type, cfg.train.cpu_dropout)
     if reason and main:
         print(f"attention: eager for {reason}; {key} overrides")
@@ -138,6 +140,8 @@ def train_and_save(*, cfg: Any, command: str, run_dir: Path, args: Any, model: A
         _refuse_checkpoint(e, checkpoint, started, run_dir)
         raise
     wall = time.perf_counter() - start
+    if reason:  # inference (evaluation, distill's timing of student against teacher) uses what the model loaded
+        unwrapped(model).set_attn_implementation(loaded_with)
     guard = trainer.guard
     if guard.bad_step is not None:
         several = f" ({len(guard.skipped) + 1} bad steps in a row)" if guard.skipped and cfg.train.on_nan == "skip" \

@@ -344,12 +344,24 @@ def test_unlabeled_file_without_the_text_column(tmp_path, distill_config):
 
 
 @pytest.mark.parametrize("requested", [None, "sdpa"])
-def test_the_students_attention_setting_is_honoured_on_cpu(tmp_path, distill_config, requested):
+def test_the_students_attention_setting_is_honoured_on_cpu(tmp_path, distill_config, requested, monkeypatch):
     """distill.student.attn_implementation plays the part model.attn_implementation plays elsewhere: set, it
     keeps the student's attention; unset, fp32 training with attention dropout switches to eager and names it."""
+    from llmkit.training import distill
+    from llmkit.training.arguments import attention_implementation
+
+    timed = {}
+    speed = distill.inference_speed
+
+    def spy(models, *args, **kwargs):
+        timed.update({name: attention_implementation(view[0]) for name, view in models.items()})
+        return speed(models, *args, **kwargs)
+
+    monkeypatch.setattr(distill, "inference_speed", spy)
     distill_config["distill"]["student"]["attn_implementation"] = requested
     distill_config["train"].update(max_steps=2, precision="fp32")
     result, run = run_distill(tmp_path, distill_config)
+    assert timed == {"teacher": "sdpa", "student": "sdpa"}  # timed alike: the training-only switch is undone
     expected = "sdpa" if requested else "eager"
     assert json.loads((run / "env.json").read_text())["attn_implementation"] == expected
     assert ("attention: eager for attention dropout on CPU" in result.output) == (requested is None), result.output

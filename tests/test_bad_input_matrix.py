@@ -594,6 +594,8 @@ EVAL = [
     Case("eval-precision-fp16", "eval", put({"eval.precision": "fp16"}), ("eval.precision", "'fp32', 'bf16'")),
     Case("eval-stride-above-window", "eval", put({"eval.perplexity": {"max_length": 16, "stride": 32}}),
          ("eval.perplexity.stride", "between 1 and max_length=16", "would skip tokens")),
+    Case("eval-perplexity-seed-negative", "eval", put({"eval.perplexity": {"seed": -1}}),
+         ("eval.perplexity.seed", "between 0 and 2**32 - 1", "got -1")),
     Case("eval-stride-zero", "eval", put({"eval.perplexity": {"max_length": 16, "stride": 0}}),
          ("eval.perplexity.stride", "between 1 and max_length=16", "got 0", "moves by stride tokens")),
     Case("eval-nothing-to-evaluate", "eval", drop("data.validation_file"),

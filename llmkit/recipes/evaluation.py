@@ -85,6 +85,9 @@ class PerplexitySpec:
                                                 f"{self.stride}: {why}."))
         if not 0 < self.mlm_probability < 1:
             issues.append(ConfigIssue("mlm_probability", f"must be between 0 and 1, got {self.mlm_probability}."))
+        if not 0 <= self.seed <= SEED_MAX:
+            issues.append(ConfigIssue("seed", f"must be between 0 and 2**32 - 1 (numpy's seed range), got "
+                                              f"{self.seed}."))
         return issues
 
 

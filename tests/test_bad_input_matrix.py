@@ -602,6 +602,7 @@ EVAL = [
          ("data.validation_file", "nothing to evaluate", "set data.validation_file (or data.test_file), or pass "
           "--data PATH")),
     Case("eval-misspelled", "eval", put({"eval.batchsize": 8}), ("eval.batchsize", "Did you mean 'eval.batch_size'?")),
+    Case("eval-section-in-capitals", "eval", put({"EVAL.batch_size": 8}), ("EVAL", "Did you mean 'eval'?")),
     Case("eval-model-missing", "eval", put({"model.name_or_path": "./no-model"}),
          ("model.name_or_path", "no model directory at './no-model'", "Check the path")),
     Case("eval-perplexity-on-classifier", "eval", put({"eval.task": "perplexity"}),

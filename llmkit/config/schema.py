@@ -207,9 +207,10 @@ def suggest(key: str, candidates: list[str], index: dict[str, list[str]], here: 
     nested = [p for p in index.get(key, []) if "." in p]
     if not here and nested:
         return f" Write it nested under `{nested[0].rsplit('.', 1)[0]}:` (as {' or '.join(nested[:3])})."
-    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    folded = {c.lower(): c for c in candidates}  # case differences count as close (EVAL -> eval)
+    close = difflib.get_close_matches(key.lower(), list(folded), n=1, cutoff=0.6)
     if close:
-        return f" Did you mean '{join(here, close[0])}'?"
+        return f" Did you mean '{join(here, folded[close[0]])}'?"
     elsewhere = [p for p in index.get(key, []) if p != join(here, key)]
     if elsewhere:
         return f" Did you mean '{elsewhere[0]}'? (it belongs to another section)"

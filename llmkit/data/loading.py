@@ -431,6 +431,12 @@ def require_columns(splits: dict, cfg: Any, keys: list[str], shown: dict[str, st
 
 def _column_hint(ds: Any, setting: str, column: str, source: str) -> str:
     """Why a wanted column may be missing: spaces around a header name, or records nested in one JSON object."""
+    if len(ds.column_names) == 1:  # the whole header is one column: the file's delimiter is not the one read
+        header = ds.column_names[0]
+        fmt = next((f for d, f in ((",", "csv"), ("\t", "tsv")) if d in header), None)
+        if fmt is not None:
+            return (f" The whole header {header!r} was read as one column: the file is {fmt} (its delimiter is not "
+                    f"the one its name or data.format says). Name it .{fmt}, or set data.format: {fmt}.")
     spaced = [c for c in ds.column_names if c.strip() == column]
     if spaced:
         return (f" The header has {spaced[0]!r}, with spaces around the name: remove them from the header, or set "

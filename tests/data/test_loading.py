@@ -530,3 +530,20 @@ def test_max_length_truncates(tmp_path, tiny_config, tokenizer):
     assert max(lengths) == 8 and min(lengths) == full[0] < 8
     assert all(ids[-1] == tokenizer.sep_token_id for ids in data.splits["train"]["input_ids"])
     assert data.stats["train"]["max_tokens"] == 8 and data.stats["train"]["tokens"] == sum(lengths)
+
+
+def test_a_file_read_with_the_wrong_delimiter_is_named(tmp_path):
+    """A comma-separated file named .tsv reads as one column whose name is the whole header: the message says
+    so and names the format to use."""
+    from llmkit.config.sections import DataConfig
+    from llmkit.data.loading import load_raw_splits
+    from llmkit.errors import UserError
+
+    path = tmp_path / "commas.tsv"
+    path.write_text("sentence,label\ngood film,1\nbad film,0\n")
+    cfg = DataConfig(validation_file=str(path), text_column="sentence")
+    splits = load_raw_splits(cfg, seed=0)
+    from llmkit.data.loading import require_columns
+
+    with pytest.raises(UserError, match="The whole header 'sentence,label' was read as one column: the file is csv"):
+        require_columns(splits, cfg, ["text_column"])

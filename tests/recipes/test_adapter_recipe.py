@@ -188,7 +188,9 @@ def test_merge_equivalence_for_every_mergeable_method(tmp_path, lora_config, ber
     merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "merged")
     adapted, _ = llmkit.load_model(str(run))
-    torch.testing.assert_close(logits(merged, tokenizer), logits(adapted, tokenizer), rtol=0, atol=1e-5)
+    # 5e-5: the folded weights round differently from the factors applied one by one (LoHa's products reached
+    # 1.9e-5 once in the suite, where training is not bit-reproducible across workers)
+    torch.testing.assert_close(logits(merged, tokenizer), logits(adapted, tokenizer), rtol=0, atol=5e-5)
     base, folded = base_weights(bert_base), merged.state_dict()
     changed = [k for k in base if k in folded and not torch.allclose(base[k], folded[k], atol=1e-4)]
     assert any("encoder.layer" in k for k in changed), changed

@@ -429,7 +429,7 @@ def check_lengths(cfg: DistillConfig, models: TeacherAndTokenizers, student: Any
                   labels: list[str], texts: list[str] | None) -> None:
     """Refuse examples longer than the student's or the teacher's positions (data.max_length above them) before
     anything is written: a tensor size error mid-run otherwise. The teacher reads the student's tokens (with the
-    same vocabulary; the validation split always), else the texts tokenized its own way."""
+    same vocabulary), else the texts tokenized its own way."""
 
     def unlabeled(tokenizer) -> dict:  # the teacher-labelled texts, truncated as training tokenizes them
         if not texts:
@@ -441,11 +441,10 @@ def check_lengths(cfg: DistillConfig, models: TeacherAndTokenizers, student: Any
     if models.same_vocab:
         teacher_stats = student_stats
     else:
-        teacher_stats = {split: s for split, s in data.stats.items() if split != "train"}
-        if settings.needs_teacher:  # from the cache (checked above): the training texts, the teacher's way
-            own = prepare_classification_data(cfg.data, models.teacher_tokenizer, False, cfg.train.seed,
-                                              label_names=labels)  # as teacher_view tokenizes them (cached)
-            teacher_stats["train"] = own.stats["train"]
+        own = prepare_classification_data(cfg.data, models.teacher_tokenizer, False, cfg.train.seed,
+                                          label_names=labels)  # as teacher_view / teacher_eval_view read them
+        # the training texts only when the teacher reads them (from the cache, checked above)
+        teacher_stats = {split: s for split, s in own.stats.items() if split != "train" or settings.needs_teacher}
         teacher_stats.update(unlabeled(models.teacher_tokenizer))
     for key, model, stats in (("distill.teacher", models.teacher, teacher_stats),
                               ("distill.student", student, student_stats)):

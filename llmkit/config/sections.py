@@ -483,6 +483,14 @@ TRAIN_MINIMUMS = {"learning_rate": 0, "weight_decay": 0, "dataloader_num_workers
 SEED_MAX = 2**32 - 1
 
 
+def seed_issue(key: str, value: int | list[int] | None) -> list[ConfigIssue]:
+    """A seed (or a list of seeds) outside numpy's seed range, which every seeded library accepts."""
+    seeds = value if isinstance(value, list) else [value]
+    if value is None or all(0 <= seed <= SEED_MAX for seed in seeds):
+        return []
+    return [ConfigIssue(key, f"must be between 0 and 2**32 - 1 (numpy's seed range), got {value}.")]
+
+
 @functools.lru_cache(maxsize=1)
 def training_argument_fields() -> dict[str, tuple[Any, Any]]:
     """Every `TrainingArguments` field llmkit passes through, with its type hint and default."""
@@ -592,9 +600,7 @@ class TrainConfig:
         """Values TrainingArguments accepts but torch rejects mid-run (or never: a negative weight_decay)."""
         issues = [ConfigIssue(key, f"must be >= {low}, got {getattr(self, key)}.")
                   for key, low in TRAIN_MINIMUMS.items() if getattr(self, key) is not None and getattr(self, key) < low]
-        issues += [ConfigIssue(key, f"must be between 0 and 2**32 - 1 (numpy's seed range), got {getattr(self, key)}.")
-                   for key in ("seed", "data_seed") if getattr(self, key) is not None
-                   and not 0 <= getattr(self, key) <= SEED_MAX]
+        issues += seed_issue("seed", self.seed) + seed_issue("data_seed", self.data_seed)
         if self.max_steps == 0 or self.max_steps < -1:
             issues.append(ConfigIssue("max_steps", "must be >= 1, or -1 to train for train.num_train_epochs; got "
                                                    f"{self.max_steps}."))

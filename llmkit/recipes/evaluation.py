@@ -22,7 +22,7 @@ from llmkit.config import apply_overrides, read_yaml
 from llmkit.config import load_config as load
 from llmkit.config.loader import save_config
 from llmkit.config.schema import to_dict
-from llmkit.config.sections import SEED_MAX, DataConfig, ModelConfig, TokenizerConfig, opt
+from llmkit.config.sections import DataConfig, ModelConfig, TokenizerConfig, opt, seed_issue
 from llmkit.data.classification import model_label_names, prepare_classification_data
 from llmkit.data.columns import column_values, list_lengths, order_by_length
 from llmkit.data.eval_text import read_eval_texts
@@ -85,10 +85,7 @@ class PerplexitySpec:
                                                 f"{self.stride}: {why}."))
         if not 0 < self.mlm_probability < 1:
             issues.append(ConfigIssue("mlm_probability", f"must be between 0 and 1, got {self.mlm_probability}."))
-        if not 0 <= self.seed <= SEED_MAX:
-            issues.append(ConfigIssue("seed", f"must be between 0 and 2**32 - 1 (numpy's seed range), got "
-                                              f"{self.seed}."))
-        return issues
+        return issues + seed_issue("seed", self.seed)
 
 
 @dataclass
@@ -130,8 +127,7 @@ class GenerationSpec:
         if self.repetition_penalty <= 0:
             issues.append(ConfigIssue("repetition_penalty", f"must be > 0 (1: no penalty, above 1 discourages "
                                                             f"repeats), got {self.repetition_penalty}."))
-        if not 0 <= self.seed <= SEED_MAX:
-            issues.append(ConfigIssue("seed", f"must be between 0 and 2**32 - 1, got {self.seed}."))
+        issues += seed_issue("seed", self.seed)
         if "{prompt}" not in self.prompt_template:
             issues.append(ConfigIssue("prompt_template", "must contain {prompt}."))
         for key in ("answer_pattern", "reference_pattern"):

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from llmkit.config.adapter import AdapterSection
-from llmkit.config.sections import DataConfig, ModelConfig, TokenizerConfig, TrainConfig, opt
+from llmkit.config.sections import DataConfig, ModelConfig, TokenizerConfig, TrainConfig, opt, seed_issue
 from llmkit.data.classification import tokenize_splits
 from llmkit.errors import ConfigIssue, UserError
 from llmkit.metrics.classification import ClassificationMetrics
@@ -130,9 +130,8 @@ class PromptSection:
                                                    "remove prompt.seeds."))
             elif not self.seeds or len(set(self.seeds)) != len(self.seeds):
                 issues.append(ConfigIssue("seeds", f"give one or more distinct seeds, got {self.seeds}."))
-            elif any(not 0 <= seed < 2**32 for seed in self.seeds):  # as train.seed: numpy's seed range
-                issues.append(ConfigIssue("seeds", f"each must be between 0 and 2**32 - 1 (numpy's seed range), got "
-                                                   f"{self.seeds}."))
+            else:
+                issues += seed_issue("seeds", self.seeds)
         if self.head_baseline and mode not in TRAINING_MODES:
             issues.append(ConfigIssue("head_baseline", f"compares training on the same examples; only with mode "
                                                        f"few-shot or soft-prompt, not {mode}."))

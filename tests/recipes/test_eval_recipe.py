@@ -287,6 +287,21 @@ def test_compare_of_a_damaged_results_file(tmp_path, name, content, problem):
 def test_compare_of_a_path_that_does_not_exist(tmp_path):
     result = invoke("eval", "compare", tmp_path / "runs/nope")
     assert result.exit_code == 2 and f"{tmp_path / 'runs/nope'} does not exist" in result.output, result.output
+    (tmp_path / "metrics.json").write_text("{}")
+    result = invoke("eval", "compare", tmp_path / "metrics.json")
+    assert result.exit_code == 2, result.output
+    assert f"{tmp_path / 'metrics.json'} is a file, not a directory" in " ".join(result.output.split())
+
+
+def test_perplexity_of_a_hub_dataset_alone_is_refused(tmp_path, tiny_causal_lm):
+    """Perplexity scores files; a hub dataset without a file is refused naming data.dataset_name (it was a
+    TypeError)."""
+    result = invoke("eval", tiny_causal_lm, "eval.task=perplexity", "data.dataset_name=some/dataset",
+                    "-o", tmp_path / "ev")
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "data.dataset_name: some/dataset is not read for perplexity, which scores files" in text, text
+    assert "Traceback" not in text and not (tmp_path / "ev").exists()
 
 
 @pytest.mark.parametrize("option", [["-o", "OUT"], ["--smoke"], ["--data", "missing.csv"], ["--overwrite"]])

@@ -25,6 +25,7 @@ from llmkit.training.arguments import (
     unwrapped,
 )
 from llmkit.training.callbacks import InterruptCallback, JsonlLogCallback, TrainingStartedCallback
+from llmkit.training.embedding_grad import embedding_gradients_in_place
 from llmkit.training.report import write_report
 from llmkit.training.tracking import use_llmkit_tracking
 from llmkit.training.trainer import MeanLossTrainer
@@ -129,8 +130,10 @@ def train_and_save(*, cfg: Any, command: str, run_dir: Path, args: Any, model: A
     start = time.perf_counter()
     top = resume_dir or run_dir  # the whole run resumes (finished seeds and sizes are kept), not one member
     resume_hint = f"llmkit {command} {top / 'config.yaml'} train.resume=auto --output-dir {top}"
+    in_place = args.device.type == "cpu" and args.world_size == 1 and not args.torch_compile
     try:
-        output = trainer.train(resume_from_checkpoint=checkpoint)
+        with embedding_gradients_in_place(model, enabled=in_place):
+            output = trainer.train(resume_from_checkpoint=checkpoint)
     except OSError as e:
         if e.errno in DISK_ERRORS:
             raise _save_failed(e, run_dir, "a checkpoint", resume_hint) from None

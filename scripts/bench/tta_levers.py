@@ -39,7 +39,11 @@ VARIANTS = {
     # the word embeddings (half of MiniLM's weights) frozen: no dense 30,522 x 384 gradient and AdamW update per step
     "freeze_embeddings": {"model.freeze_embeddings": True},
     "fp32_freeze_embeddings": {"precision": "fp32", "model.freeze_embeddings": True},
+    # llmkit's code, not a setting ("patch:" sets a module attribute for the run): the word embeddings' dense
+    # gradient allocated afresh each step, as before llmkit/training/embedding_grad.py
+    "dense_embedding_gradient": {"patch:llmkit.training.embedding_grad.MIN_ELEMENTS": 1 << 62},
 }
+PATCH = "patch:"
 
 
 def config(data_dir: Path, work: Path, train_file: Path, name: str, train: dict) -> dict:
@@ -47,19 +51,34 @@ def config(data_dir: Path, work: Path, train_file: Path, name: str, train: dict)
     cfg["data"].update(data_dir=str(data_dir), train_file=str(train_file), cache_dir=str(work / "cache"))
     cfg["train"].update(save_strategy="no", disable_tqdm=True)
     for key, value in train.items():  # "section.key" for another section, a plain key for train:
+        if key.startswith(PATCH):
+            continue
         section, _, name = key.rpartition(".")
         cfg.setdefault(section or "train", {})[name] = value
     cfg["output_dir"] = str(work / "runs" / name)
     return cfg
 
 
-def run(cfg: dict) -> dict:
+def run(cfg: dict, settings: dict | None = None) -> dict:
+    import importlib
+
     from llmkit.config import load_config
     from llmkit.recipes.finetune import FinetuneConfig, run
 
-    start = time.perf_counter()
-    metrics = run(load_config(FinetuneConfig, None, data=cfg), overwrite=True)
-    seconds = time.perf_counter() - start
+    patches = [(key[len(PATCH):].rpartition("."), value) for key, value in (settings or {}).items()
+               if key.startswith(PATCH)]
+    saved = []
+    for (module, _, name), value in patches:
+        target = importlib.import_module(module)
+        saved.append((target, name, getattr(target, name)))
+        setattr(target, name, value)
+    try:
+        start = time.perf_counter()
+        metrics = run(load_config(FinetuneConfig, None, data=cfg), overwrite=True)
+        seconds = time.perf_counter() - start
+    finally:
+        for target, name, value in saved:
+            setattr(target, name, value)
     return {"seconds": round(seconds, 2), "train_s": round(metrics["train_runtime"], 2),
             "other_s": round(seconds - metrics["train_runtime"], 2), "accuracy": round(metrics["eval_accuracy"], 4)}
 
@@ -83,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(args.rounds):
             for name in names:
                 base = run(config(Path(args.data_dir), work, train_file, "baseline", {}))
-                variant = run(config(Path(args.data_dir), work, train_file, name, VARIANTS[name]))
+                variant = run(config(Path(args.data_dir), work, train_file, name, VARIANTS[name]), VARIANTS[name])
                 row = {"variant": name, "round": r + 1, "settings": VARIANTS[name], "baseline": base,
                        "variant_result": variant, "train_ratio": round(variant["train_s"] / base["train_s"], 3),
                        "other_ratio": round(variant["other_s"] / base["other_s"], 3),

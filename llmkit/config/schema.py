@@ -61,7 +61,9 @@ def describe_type(tp: Any) -> str:
         args = typing.get_args(tp)
         return f"a list of {describe_type(args[0])}" if args else "a list"
     if origin is dict:
-        return "a mapping"
+        args = typing.get_args(tp)
+        both = args and all(a is not Any for a in args)
+        return f"a mapping of {describe_type(args[0])} to {describe_type(args[1])}" if both else "a mapping"
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return "one of: " + ", ".join(repr(m.value) for m in tp)
     if dataclasses.is_dataclass(tp):

@@ -75,8 +75,10 @@ class Renderer:
     the model's context."""
 
     def __init__(self, template: Template, columns: dict[str, str], tokenizer: Any, plan: ScoringPlan,
-                 max_field_tokens: int, context_length: int, chat: bool, separator: str):
+                 max_field_tokens: int, context_length: int, chat: bool, separator: str,
+                 context_key: str | None = None):
         self.template = template
+        self.context_key = context_key  # the config key that set context_length, when one did
         self.columns = columns
         self.tokenizer = tokenizer
         self.plan = plan
@@ -128,10 +130,13 @@ class Renderer:
         longest = max(len(v) for v in row["variants"]) + (self.plan.longest_word if self.plan.kind == "causal" else 0)
         if longest > self.context_length:
             shown = (f"{len(self.demonstrations)} demonstration(s) and " if self.demonstrations else "")
+            limit, raise_it = (f"{self.context_key}={self.context_length}", f"a higher {self.context_key} (up to "
+                               "the model's context), ") if self.context_key else \
+                (f"the model's context of {self.context_length} tokens", "")
             raise UserError(f"prompt: a prompt of {longest} tokens ({shown}the example, each text field cut to "
-                            f"data.max_length={self.max_field_tokens} tokens) does not fit the model's context of "
-                            f"{self.context_length} tokens. Use fewer prompt.demonstrations_per_class, a shorter "
-                            "template, or a lower data.max_length.")
+                            f"data.max_length={self.max_field_tokens} tokens) does not fit {limit}. Use "
+                            f"{raise_it}fewer prompt.demonstrations_per_class, a shorter template, or a lower "
+                            "data.max_length.")
         row["labels"] = label if label is not None else -100
         row["length"] = longest
         return row

@@ -179,10 +179,14 @@ class CompressStepConfig:
         return given[0] if len(given) == 1 else None
 
     def validate(self) -> list[ConfigIssue]:
-        if self.kind is None:
-            return [ConfigIssue("prune", "each step is exactly one of prune: {...}, low_rank: {...}, recover: "
-                                         "{...} or quantize: {...}.")]
-        return []
+        if self.kind is not None:
+            return []
+        given = [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
+        found = (f"this one gives {len(given)} ({', '.join(given)}): make each its own step" if given else
+                 "this one gives none (a kind with nothing after it, like `quantize:` or `quantize: null`, is empty: "
+                 "write `quantize: {}` for its defaults)")
+        return [ConfigIssue("", "each step is exactly one of prune: {...}, low_rank: {...}, recover: {...} or "
+                                f"quantize: {{...}}; {found}.")]
 
 
 @dataclass

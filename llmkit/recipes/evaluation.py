@@ -258,6 +258,11 @@ class EvalConfig:
             if getattr(self.model, key):  # eval trains nothing
                 issues.append(ConfigIssue(f"model.{key}", "llmkit eval trains nothing, so nothing is frozen; remove "
                                                           "it."))
+        for key in ("train_file", "max_train_samples", "validation_split"):  # never inherited from a run
+            if getattr(self.data, key) is not None:
+                issues.append(ConfigIssue(f"data.{key}", "llmkit eval trains nothing and reads no training data; "
+                                                         "remove it (it evaluates data.validation_file and "
+                                                         "data.test_file)."))
         if self.eval.task in EMBEDDING_TASKS and not self.data.text_pair_column:
             first = "the first sentence" if self.eval.task == "sts" else "the query"
             issues.append(ConfigIssue("data.text_pair_column", f"eval.task {self.eval.task} reads pairs: set it to "
@@ -977,8 +982,8 @@ def print_table(metrics: dict) -> None:
 
 HEADLINE = ("eval_accuracy", "eval_f1", "test_accuracy", "test_f1", "eval_logps/accuracies",
             "eval_reference_logps/accuracies", "eval_rewards/accuracies", "eval_rewards/margins", "eval_loss",
-            "eval_perplexity",
-            "eval_bits_per_byte", "eval_exact_match", "eval_spearman", "eval_pearson", "test_spearman",
+            "eval_perplexity", "test_perplexity", "eval_bits_per_byte", "test_bits_per_byte", "eval_exact_match",
+            "test_exact_match", "eval_spearman", "eval_pearson", "test_spearman",
             "test_pearson", "eval_recall_at_1", "eval_recall_at_5", "eval_recall_at_10", "eval_mrr",
             "test_recall_at_1", "test_recall_at_5", "test_recall_at_10", "test_mrr", "train_runtime",
             "trainable_params")

@@ -442,7 +442,8 @@ def scoring(cfg: PromptConfig, template: Any, tokenizer: Any, kind: str, words: 
         virtual_tokens=(adapter is not None and adapter.method in VIRTUAL_TOKEN_METHODS) or prepends_tokens(model))
     columns = template.columns(cfg.data.text_column, cfg.data.text_pair_column)
     renderer = Renderer(template, columns, tokenizer, plan, cfg.data.max_length,
-                        p.context_length or model_context(model), p.chat_template, p.demonstration_separator)
+                        p.context_length or model_context(model), p.chat_template, p.demonstration_separator,
+                        context_key="prompt.context_length" if p.context_length else None)
     return plan, renderer
 
 

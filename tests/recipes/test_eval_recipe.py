@@ -151,6 +151,19 @@ def test_compare_of_a_directory_without_results(tmp_path):
     assert result.exit_code == 2 and "neither eval.json nor metrics.json" in result.output
 
 
+def test_compare_shows_the_test_splits_figures_of_perplexity_and_generation(tmp_path):
+    for name, figures in (("a", {"eval_perplexity": 12.5, "test_perplexity": 13.25, "test_exact_match": 0.5}),
+                          ("b", {"eval_perplexity": 11.0, "test_bits_per_byte": 1.5})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "eval.json").write_text(json.dumps({"metrics": figures}))
+    result = invoke("eval", "compare", tmp_path / "a", tmp_path / "b")
+    assert result.exit_code == 0, result.output
+    header, _, first, second = result.output.strip().splitlines()
+    assert header == "| run | eval_perplexity | test_perplexity | test_bits_per_byte | test_exact_match |"
+    assert first == "| a | 12.5000 | 13.2500 | – | 0.5000 |"
+    assert second == "| b | 11.0000 | – | 1.5000 | – |"
+
+
 def test_generation_with_exact_match_writes_samples(tmp_path, tiny_causal_lm):
     rows = [{"question": f"what is {i} plus {i}", "answer": f"twice {i} is {2 * i}\n#### {2 * i}"} for i in range(5)]
     data = tmp_path / "qa.jsonl"

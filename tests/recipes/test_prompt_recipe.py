@@ -220,7 +220,8 @@ def test_masked_lm_zero_shot_and_text_pairs(tmp_path, config, bert_mlm, sentimen
     ({"mode": "few-shot", "shots_per_class": 33}, "class 'negative' has 32 training example(s)"),
     ({"mode": "few-shot"}, "shots_per_class: few-shot trains on K examples per class"),
     ({"seeds": [1, 2]}, "zero-shot samples nothing"),
-    ({"mode": "in-context", "demonstrations_per_class": 8, "context_length": 64}, "does not fit the model's context"),
+    ({"mode": "in-context", "demonstrations_per_class": 8, "context_length": 64},
+     "does not fit prompt.context_length=64. Use a higher prompt.context_length (up to the model's context)"),
     ({"template": "{text} ({source}) It was {mask}."}, "the template field {source} reads column 'source'"),
     ({"head_baseline": True}, "only with mode few-shot or soft-prompt"),
 ])
@@ -228,6 +229,13 @@ def test_bad_prompt_settings_exit_2_naming_the_key_and_the_fix(tmp_path, config,
     out = fails(tmp_path, with_prompt(config, **prompt))
     assert message in out
     assert not Path(config["output_dir"]).exists()
+
+
+def test_a_prompt_longer_than_the_models_context_names_the_model_not_the_setting(tmp_path, config, bert_mlm):
+    cfg = {**with_prompt(config, template="very " * 70 + "{text} It was {mask}."), "model": {"name_or_path": bert_mlm}}
+    out = fails(tmp_path, cfg)
+    assert "does not fit the model's context of 64 tokens" in out
+    assert "prompt.context_length" not in out  # not set, so not the limit to raise
 
 
 def test_label_words_unknown_to_the_tokenizer(tmp_path, config, bert_mlm):

@@ -587,7 +587,7 @@ EVAL = [
     Case("eval-batch-size-zero", "eval", put({"eval.batch_size": 0}), ("eval.batch_size", "must be >= 1, got 0")),
     Case("eval-freeze-layers", "eval", put({"model.freeze_layers": 2}),
          ("model.freeze_layers", "llmkit eval trains nothing", "remove it")),
-    Case("eval-train-file", "eval", put({"data.train_file": "train.csv"}),
+    Case("eval-train-file", "eval", data_file("train_file", "train.csv", csv_text(ROWS)),
          ("data.train_file", "llmkit eval trains nothing and reads no training data", "remove it")),
     Case("eval-batch-size-string", "eval", put({"eval.batch_size": "all"}),
          ("eval.batch_size", "expected int, got 'all'")),

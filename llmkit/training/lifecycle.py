@@ -88,7 +88,8 @@ class RunLifecycle:
 
         device = args.device.type
         _, requested = requested_attention(self.cfg)
-        eager = eager_attention_reason(model, requested, self.precision, device, self.cfg.train.cpu_dropout)
+        eager = eager_attention_reason(model, requested, self.precision, device, self.cfg.train.cpu_dropout,
+                                       packed)
         rows = args.per_device_train_batch_size * rows_per_example
         rows, length = (1, rows * length) if packed else (rows, length)
         work = Workload(rows=rows, length=length, logits=logits,

@@ -21,6 +21,7 @@ from llmkit.training.arguments import (
     attention_implementation,
     cpu_training_attention,
     ddp_find_unused_parameters,
+    packed_rows,
     requested_attention,
     unwrapped,
 )
@@ -104,7 +105,8 @@ def train_and_save(*, cfg: Any, command: str, run_dir: Path, args: Any, model: A
     rundir.check_resume_config(run_dir, cfg)
     key, requested = requested_attention(cfg)
     loaded_with = attention_implementation(model)
-    reason = cpu_training_attention(model, requested, precision, args.device.type, cfg.train.cpu_dropout)
+    reason = cpu_training_attention(model, requested, precision, args.device.type, cfg.train.cpu_dropout,
+                                    packed_rows(cfg))
     if reason and main:
         print(f"attention: eager for {reason}; {key} overrides")
     if args.world_size > 1 and args.ddp_find_unused_parameters is None:

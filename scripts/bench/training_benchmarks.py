@@ -189,7 +189,7 @@ def sft_plain(config: dict, steps: int, precision: str) -> dict:
     prompt tokens) and -100 on the padding. AdamW (fused, the Trainer's default adamw_torch_fused) at the config's
     learning rate and weight decay, gradient clipping at train.max_grad_norm, bf16 autocast when precision is bf16,
     constant learning rate (the schedule costs no memory). The model keeps the attention it loads with (SDPA), as
-    a user's would; llmkit trains with eager attention in bf16 on CPU (cpu_training_attention)."""
+    a user's would; llmkit trains with the attention cpu_training_attention picks (SDPA on packed rows)."""
     import torch
     from torch.utils.data import DataLoader, Subset
     from transformers import AutoModelForCausalLM
@@ -198,7 +198,7 @@ def sft_plain(config: dict, steps: int, precision: str) -> dict:
     from llmkit.models.loading import load_tokenizer, model_source
     from llmkit.recipes.finetune import FinetuneConfig
     from llmkit.tasks.strategies import task_for
-    from llmkit.training.arguments import attention_implementation, eager_attention_reason
+    from llmkit.training.arguments import attention_implementation, eager_attention_reason, packed_rows
 
     cfg = load_config(FinetuneConfig, None, data=config)
     seed = cfg.train.seed
@@ -207,7 +207,8 @@ def sft_plain(config: dict, steps: int, precision: str) -> dict:
     path = model_source(cfg.model)
     model = AutoModelForCausalLM.from_pretrained(path)
     llmkit_attention = "eager" if eager_attention_reason(model, cfg.model.attn_implementation, precision, "cpu",
-                                                         cfg.train.cpu_dropout) else attention_implementation(model)
+                                                         cfg.train.cpu_dropout, packed_rows(cfg)) \
+        else attention_implementation(model)
     pad = tokenizer.pad_token_id
 
     def collate(rows: list[dict]) -> dict:

@@ -1,5 +1,7 @@
 """llmkit's CPU dropout (train.cpu_dropout=fast): the masks are dropout's, and every dropout of a step uses them."""
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -113,7 +115,30 @@ def test_attention_switch_reads_each_familys_attention_dropout_and_padding_stays
     assert gpt2.config._attn_implementation == "sdpa"
     assert "attention dropout" in cpu_training_attention(gpt2, None, "fp32", "cpu", "fast")
     assert gpt2.config._attn_implementation == "eager"
+    # bf16 packed rows (causal-LM SFT with task.packing) keep SDPA: eager would score the whole packed row
+    assert cpu_training_attention(llama, None, "bf16", "cpu", "torch", packed=True) is None
+    assert llama.config._attn_implementation == "sdpa"
     assert "bf16" in cpu_training_attention(llama, None, "bf16", "cpu", "torch")
     # padding to a multiple of 8 only where tensor cores want it
     assert pad_multiple("bf16", "cpu") is None and pad_multiple("fp32", "cuda") is None
     assert pad_multiple("bf16", "cuda") == 8 and pad_multiple("fp16", "cuda") == 8
+
+
+def test_packed_rows_are_causal_lm_fine_tuning_with_packing():
+    from llmkit.config import load_config
+    from llmkit.recipes.adapter import AdapterConfig
+    from llmkit.recipes.finetune import FinetuneConfig
+    from llmkit.training.arguments import packed_rows
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    shared = root.parent.parent / "shared" / "data"
+    if not shared.is_dir():
+        pytest.skip(f"{shared} is not beside this checkout")
+    overrides = [f"data.data_dir={shared}"]
+    sft = load_config(FinetuneConfig, root / "finetune" / "smollm2-alpaca.yaml", overrides)
+    assert packed_rows(sft)
+    sft.task.packing = False
+    assert not packed_rows(sft)
+    assert not packed_rows(load_config(FinetuneConfig, root / "finetune" / "minilm-sst2.yaml", overrides))
+    lora_sft = load_config(AdapterConfig, root / "adapter" / "smollm2-alpaca-lora.yaml", overrides)
+    assert packed_rows(lora_sft)

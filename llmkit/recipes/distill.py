@@ -42,7 +42,7 @@ from llmkit.models.resolve import ModelNotFound, resolve_model_path
 from llmkit.models.student import select_layers, student_from_teacher
 from llmkit.smoke import EXTRA_TEXTS, Shrink, SmokeSpec, cap, honoured, model_references
 from llmkit.tasks import TASKS, TaskConfig, describe_splits, refuse_adapter_model
-from llmkit.training.arguments import check_best_metric
+from llmkit.training.arguments import check_best_metric, packed_rows
 from llmkit.training.rundir import find_run_directory
 
 COMMAND = "distill"
@@ -528,7 +528,7 @@ def teacher_labels(teacher, data_cfg: DataConfig) -> list[str]:
 def student_memory(cfg: DistillConfig, run: Any, student: Any, teacher: Any, args: Any, data: Any) -> Any:
     """The memory estimate of training the student beside the frozen teacher (training/memory.py)."""
     return run.memory(student, args, data.stats["train"]["max_tokens"], logits=cfg.task.type == "causal-lm",
-                      frozen=(teacher,))
+                      frozen=(teacher,), packed=packed_rows(cfg))
 
 
 def prepare_data(cfg: DistillConfig, task, tokenizer, labels: list[str]):

@@ -25,7 +25,7 @@ from llmkit.models.loading import (
 )
 from llmkit.smoke import NEW_TOKENS, Shrink, SmokeSpec, cap
 from llmkit.tasks.strategies import task_for
-from llmkit.training.arguments import check_best_metric
+from llmkit.training.arguments import check_best_metric, packed_rows
 
 HEADLINE = ("eval_rewards/accuracies", "eval_rewards/margins",
             "eval_accuracy", "eval_f1", "test_accuracy", "test_f1", "eval_spearman", "eval_pearson", "test_spearman",
@@ -178,7 +178,7 @@ def memory_estimate(run: Any, cfg: Any, task: Any, model: Any, data: Any, args: 
         rows = len(data.roles) if kind == "sentence-embedding" else 1
     return run.memory(model, args, data.stats["train"]["max_tokens"], logits=kind in ("causal-lm", "preference"),
                       rows_per_example=rows, frozen=reference_copy(cfg, task, model),
-                      packed=kind == "causal-lm" and bool(cfg.task.packing))
+                      packed=packed_rows(cfg))
 
 
 def reference_copy(cfg: Any, task: Any, model: Any) -> tuple:

@@ -53,7 +53,7 @@ def requested_attention(cfg: Any) -> tuple[str, str | None]:
 
 
 def packed_rows(cfg: Any) -> bool:
-    """The run trains on packed rows: causal-LM fine-tuning with task.packing (finetune and adapter SFT)."""
+    """The run trains on packed rows: a causal LM with task.packing (finetune and adapter SFT, distill)."""
     task = getattr(cfg, "task", None)
     return getattr(task, "type", None) == "causal-lm" and bool(getattr(task, "packing", False))
 

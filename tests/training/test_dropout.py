@@ -127,6 +127,7 @@ def test_attention_switch_reads_each_familys_attention_dropout_and_padding_stays
 def test_packed_rows_are_causal_lm_fine_tuning_with_packing():
     from llmkit.config import load_config
     from llmkit.recipes.adapter import AdapterConfig
+    from llmkit.recipes.distill import DistillConfig
     from llmkit.recipes.finetune import FinetuneConfig
     from llmkit.training.arguments import packed_rows
 
@@ -142,3 +143,7 @@ def test_packed_rows_are_causal_lm_fine_tuning_with_packing():
     assert not packed_rows(load_config(FinetuneConfig, root / "finetune" / "minilm-sst2.yaml", overrides))
     lora_sft = load_config(AdapterConfig, root / "adapter" / "smollm2-alpaca-lora.yaml", overrides)
     assert packed_rows(lora_sft)
+    # distill of a causal LM collates with the SFT task's collator: packed rows too
+    distill = load_config(DistillConfig, root / "distill" / "gpt-tiny-wikitext2-half.yaml",
+                          [f"data.data_dir={shared / 'wikitext2'}"])
+    assert packed_rows(distill)

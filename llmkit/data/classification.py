@@ -277,11 +277,14 @@ def prepare_classification_data(cfg: Any, tokenizer: Any, multi_label: bool, see
     """Load, label and tokenize the data (or take it from the cache).
 
     `label_names` fixes the label set (e.g. a trained model's `id2label` for evaluation: `from_model`, which
-    messages then name as the model's classes); otherwise it comes from data.label_names or the training data.
+    refuses a data.label_names naming other classes and names them in messages as the model's classes);
+    otherwise it comes from data.label_names or the training data.
     """
     import datasets
 
     start = time.perf_counter()
+    if from_model:
+        label_names = model_label_names(cfg, label_names)
     if label_names is not None:
         cfg = dataclasses.replace(cfg, label_names=list(label_names))
 

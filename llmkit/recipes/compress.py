@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from llmkit.config.sections import TRAIN_DEFAULTS, DataConfig, ModelConfig, TokenizerConfig, TrainConfig, opt
-from llmkit.data.classification import model_label_names, prepare_classification_data
+from llmkit.data.classification import prepare_classification_data
 from llmkit.data.eval_text import read_eval_text
 from llmkit.errors import ConfigIssue, UserError
 from llmkit.models import compression as surgery
@@ -414,7 +414,7 @@ def build_eval_set(cfg: CompressConfig, kind: str, tokenizer: Any, model: Any) -
                        train_source="data.train_file" if cfg.data.train_file else "data.validation_file")
     labels = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
     data = prepare_classification_data(cfg.data, tokenizer, False, cfg.train.seed,
-                                       label_names=model_label_names(cfg.data, labels), from_model=True)
+                                       label_names=labels, from_model=True)
     check_sequence_length(model, data.stats)  # as finetune and eval: a tensor size error mid-run otherwise
     evaluation = [dict(row) for row in data.splits["validation"]]
     train = [dict(row) for row in data.splits["train"]] if "train" in data.splits else evaluation

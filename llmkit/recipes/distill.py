@@ -331,8 +331,8 @@ def run(cfg: DistillConfig, *, config_path: str | None = None, overwrite: bool |
     run.plan(args, len(train_split), ", teacher outputs cached" if d.cache_teacher and settings.needs_teacher else "")
     student_memory(cfg, run, student, models.teacher, args, data)
     if settings.needs_teacher and d.cache_teacher:
-        settings.cache = teacher_cache(cfg, models.teacher, models.teacher_tokenizer, models.same_vocab, train_split,
-                                       labels, settings.layer_pairs, run.precision, args, extra)
+        settings.cache = teacher_cache(cfg, models, train_split, labels, settings.layer_pairs, run.precision, args,
+                                       extra)
     eval_collate = task.collator(models.tokenizer, run.pad_multiple(args))  # first: SFT counts its training padding
     result = run.train(
         args=args, model=student, tokenizer=models.tokenizer, train_dataset=train_split,
@@ -380,6 +380,15 @@ class TeacherAndTokenizers:
     teacher_tokenizer: Any
     tokenizer: Any
     same_vocab: bool
+    _teacher_data: Any = dataclasses.field(default=None, repr=False)
+
+    def teacher_data(self, cfg: DistillConfig, labels: list[str]) -> Any:
+        """The data tokenized the teacher's way (its tokenizer differs from the student's): prepared once, read by
+        the length check, the teacher's cache and its evaluation."""
+        if self._teacher_data is None:
+            self._teacher_data = prepare_classification_data(cfg.data, self.teacher_tokenizer, False, cfg.train.seed,
+                                                             label_names=labels)
+        return self._teacher_data
 
 
 def load_teacher(cfg: DistillConfig, task: Any) -> TeacherAndTokenizers:
@@ -441,9 +450,8 @@ def check_lengths(cfg: DistillConfig, models: TeacherAndTokenizers, student: Any
     if models.same_vocab:
         teacher_stats = student_stats
     else:
-        own = prepare_classification_data(cfg.data, models.teacher_tokenizer, False, cfg.train.seed,
-                                          label_names=labels)  # as teacher_view / teacher_eval_view read them
-        # the training texts only when the teacher reads them (from the cache, checked above)
+        own = models.teacher_data(cfg, labels)  # as teacher_view / teacher_eval_view read them
+        # the training texts only when the teacher reads them
         teacher_stats = {split: s for split, s in own.stats.items() if split != "train" or settings.needs_teacher}
         teacher_stats.update(unlabeled(models.teacher_tokenizer))
     for key, model, stats in (("distill.teacher", models.teacher, teacher_stats),
@@ -631,8 +639,8 @@ def describe_loss(s) -> str:
 # ---------------------------------------------------------------- teacher outputs
 
 
-def teacher_cache(cfg: DistillConfig, teacher, teacher_tokenizer, same_vocab: bool, train_split, labels, pairs,
-                  precision: str, args, extra):
+def teacher_cache(cfg: DistillConfig, models: TeacherAndTokenizers, train_split, labels, pairs, precision: str,
+                  args, extra):
     """The teacher's outputs for every training example, from the cache or computed once and stored."""
     from accelerate import PartialState
 
@@ -640,7 +648,8 @@ def teacher_cache(cfg: DistillConfig, teacher, teacher_tokenizer, same_vocab: bo
 
     d = cfg.distill
     causal_lm = cfg.task.type == "causal-lm"
-    teacher_split = train_split if same_vocab else teacher_view(cfg, teacher_tokenizer, labels, extra)
+    teacher, teacher_tokenizer = models.teacher, models.teacher_tokenizer
+    teacher_split = train_split if models.same_vocab else teacher_view(cfg, models, labels, extra)
     layers = [t for _, t in pairs]
     num_outputs = teacher.get_output_embeddings().weight.shape[0] if causal_lm else teacher.config.num_labels
     size = cache_size_bytes(teacher_split, per_token_logits=causal_lm, num_outputs=num_outputs, layers=layers,
@@ -670,11 +679,10 @@ def teacher_cache(cfg: DistillConfig, teacher, teacher_tokenizer, same_vocab: bo
         return cache
 
 
-def teacher_view(cfg: DistillConfig, teacher_tokenizer, labels, extra):
+def teacher_view(cfg: DistillConfig, models: TeacherAndTokenizers, labels, extra):
     """The training examples tokenized the teacher's way, in the student's order (different tokenizers)."""
-    split = prepare_classification_data(cfg.data, teacher_tokenizer, False, cfg.train.seed,
-                                        label_names=labels).splits["train"]
-    return extra.merged(split, teacher_tokenizer) if extra is not None else split
+    split = models.teacher_data(cfg, labels).splits["train"]
+    return extra.merged(split, models.teacher_tokenizer) if extra is not None else split
 
 
 @dataclass
@@ -813,9 +821,7 @@ def teacher_eval_view(cfg: DistillConfig, task, models: TeacherAndTokenizers, la
     the same texts tokenized the teacher's way (its ids differ; a classifier student only: causal LMs share)."""
     if models.same_vocab:
         return student_view
-    split = prepare_classification_data(cfg.data, models.teacher_tokenizer, False, cfg.train.seed,
-                                        label_names=labels).splits["validation"]
-    return split, task.collator(models.teacher_tokenizer, pad_multiple)
+    return models.teacher_data(cfg, labels).splits["validation"], task.collator(models.teacher_tokenizer, pad_multiple)
 
 
 def compare_on_eval(task, trainer, models: TeacherAndTokenizers, student_view: tuple, teacher_view: tuple,

@@ -23,7 +23,7 @@ from llmkit.config import load_config as load
 from llmkit.config.loader import save_config
 from llmkit.config.schema import to_dict
 from llmkit.config.sections import DataConfig, ModelConfig, TokenizerConfig, opt, seed_issue
-from llmkit.data.classification import model_label_names, prepare_classification_data
+from llmkit.data.classification import prepare_classification_data
 from llmkit.data.columns import column_values, list_lengths, order_by_length
 from llmkit.data.eval_text import read_eval_texts
 from llmkit.data.loading import SPLIT_KEYS, load_raw_splits, note, require_columns
@@ -455,7 +455,7 @@ def evaluate_classification(cfg: EvalConfig, model_cfg: ModelConfig, tokenizer: 
     saved_threshold = ((run_dir.config.get("task") or {}).get("threshold") if run_dir else None)
     threshold = cfg.eval.threshold or saved_threshold or 0.5
     data = prepare_classification_data(cfg.data, tokenizer, multi_label, seed=0,
-                                       label_names=model_label_names(cfg.data, labels), from_model=True)
+                                       label_names=labels, from_model=True)
     check_sequence_length(model, data.stats)
     if dry_run:
         return {"examples": {split: len(ds) for split, ds in data.splits.items()}}, [], {}

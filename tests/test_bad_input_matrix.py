@@ -579,6 +579,8 @@ DISTILL = [
           "use the teacher's names, or drop data.label_names to take them from the teacher"), late=True),
     Case("distill-cache-limit-negative", "distill", put({"distill.cache_limit_gb": -1.0}),
          ("distill.cache_limit_gb", "must be > 0, got -1.0")),
+    Case("distill-layer-map-not-int", "distill", put({"distill.beta": 1.0, "distill.layer_map": {0: 1.5}}),
+         ("distill.layer_map", "expected a mapping of int to int or null, got {0: 1.5}")),
     *_data_cases("distill"),
     *[case for case in _train_cases("distill") if "lr" in case.id or "batch" in case.id or "existing" in case.id],
 ]

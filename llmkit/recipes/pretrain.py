@@ -416,7 +416,8 @@ class Plan:
 
     def memory(self, cfg: PretrainConfig, model: Any, args: Any) -> Any:
         """The memory estimate of one model: batches of whole blocks, logits over the vocabulary everywhere."""
-        return self.run.memory(model, args, cfg.pretrain.block_size, logits=True)
+        return self.run.memory(model, args, cfg.pretrain.block_size, logits=True,
+                               fused_head=cfg.pretrain.objective == "clm")
 
     def dry_run(self, sizes: list[dict]) -> dict:
         out = {"dry_run": True, "data": self.data.stats, "sizes": []}

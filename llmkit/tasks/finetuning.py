@@ -178,7 +178,7 @@ def memory_estimate(run: Any, cfg: Any, task: Any, model: Any, data: Any, args: 
         rows = len(data.roles) if kind == "sentence-embedding" else 1
     return run.memory(model, args, data.stats["train"]["max_tokens"], logits=kind in ("causal-lm", "preference"),
                       rows_per_example=rows, frozen=reference_copy(cfg, task, model),
-                      packed=packed_rows(cfg))
+                      packed=packed_rows(cfg), fused_head=kind == "causal-lm")
 
 
 def reference_copy(cfg: Any, task: Any, model: Any) -> tuple:

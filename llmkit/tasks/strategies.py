@@ -164,9 +164,9 @@ class CausalLMTask(SequenceClassificationTask):
 
     @property
     def trainer_cls(self):
-        from llmkit.training.trainer import GuardedTrainer
+        from llmkit.training.trainer import CausalLMTrainer
 
-        return GuardedTrainer  # causal-LM losses are normalised over the tokens of the accumulation window already
+        return CausalLMTrainer  # causal-LM losses are normalised over the tokens of the accumulation window already
 
     def prepare(self, tokenizer, seed: int):
         data = prepare_sft_data(self.cfg.data, tokenizer, seed)

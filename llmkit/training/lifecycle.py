@@ -77,12 +77,15 @@ class RunLifecycle:
         return steps
 
     def memory(self, model: Any, args: Any, length: int, *, logits: bool, rows_per_example: int = 1,
-               frozen: tuple[Any, ...] = (), packed: bool = False) -> Any:
+               frozen: tuple[Any, ...] = (), packed: bool = False, fused_head: bool = False) -> Any:
         """Print the memory estimate of training `model` with `args` on examples of up to `length` tokens
         (`rows_per_example`: rows one example puts in the batch, 2 for preference pairs; `logits`: the loss takes
         vocabulary-wide logits at every position; `frozen`: models kept beside it), and a warning with the
         settings that reduce it when it exceeds the free memory; `packed`: the batch is flattened into one row
-        (task.packing), so attention spans all of its tokens; return the estimate (training/memory.py)."""
+        (task.packing), so attention spans all of its tokens; `fused_head`: the command's trainer computes a causal
+        LM's loss through training/fused_loss.py where the model allows it; return the estimate
+        (training/memory.py)."""
+        from llmkit.training import fused_loss
         from llmkit.training.arguments import eager_attention_reason, requested_attention
         from llmkit.training.memory import BASELINE, Workload, estimate, free_memory
 
@@ -94,7 +97,8 @@ class RunLifecycle:
         rows, length = (1, rows * length) if packed else (rows, length)
         work = Workload(rows=rows, length=length, logits=logits,
                         mixed=self.precision in ("bf16", "fp16"), checkpointing=bool(args.gradient_checkpointing),
-                        device=device, eager=bool(eager))
+                        device=device, eager=bool(eager),
+                        fused=fused_head and fused_loss.fusable(args) and fused_loss.fused_head(model) is not None)
         found = estimate(model, work, args.optim, frozen, baseline=0 if device == "cuda" else BASELINE)
         found.free, found.where = free_memory(device)
         self.print(found.line())

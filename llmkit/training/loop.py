@@ -81,10 +81,12 @@ class TrainingRun:
 
 def _refuse_label_smoothing(args: Any, trainer_cls: type, command: str) -> None:
     """transformers smooths labels inside Trainer.compute_loss; a trainer with its own loss (distillation,
-    contrastive, preference, prompt scoring) never reads train.label_smoothing_factor: refuse it, not ignore it."""
+    contrastive, preference, prompt scoring, pretraining's token loss) never reads train.label_smoothing_factor:
+    refuse it, not ignore it. A trainer that hands smoothing back to transformers says so (`smooths_labels`)."""
     from transformers import Trainer
 
-    if args.label_smoothing_factor and trainer_cls.compute_loss is not Trainer.compute_loss:
+    own_loss = trainer_cls.compute_loss is not Trainer.compute_loss
+    if args.label_smoothing_factor and own_loss and not getattr(trainer_cls, "smooths_labels", False):
         raise UserError(f"train.label_smoothing_factor: {args.label_smoothing_factor} applies to transformers' own "
                         f"loss, and llmkit {command} trains this model with its own ({trainer_cls.__name__}), which "
                         "does not smooth labels. Remove it (a preference run's conservative DPO is "

@@ -94,6 +94,7 @@ class Workload:
     checkpointing: bool = False
     device: str = "cpu"
     eager: bool = False  # training switches the model to eager attention (training/arguments.py, CPU)
+    fused: bool = False  # the loss runs the LM head chunk by chunk (training/fused_loss.py): no fp32 logits kept
 
 
 def layer_bytes(shape: Shape, work: Workload, compute: int, stream: int) -> int:
@@ -120,8 +121,14 @@ def activation_bytes(shape: Shape, work: Workload, compute: int, stream: int) ->
     per_layer = layer_bytes(shape, work, compute, stream)
     layers = (shape.layers * n * shape.hidden * stream + per_layer if work.checkpointing
               else shape.layers * per_layer)
-    # logits in the compute dtype, their fp32 upcast under autocast, log-softmax and its gradient in fp32
-    logits = n * shape.vocab * (compute + (4 if work.mixed else 0) + 8) if work.logits else 0
+    # logits in the compute dtype, their fp32 upcast under autocast, log-softmax and its gradient in fp32; fused:
+    # the logits' gradient in the compute dtype (one block of rows) and one chunk's fp32 logits and softmax
+    if work.logits and work.fused:
+        from llmkit.training.fused_loss import CHUNK_ROWS, GRADIENT_BYTES
+
+        logits = min(n * shape.vocab * compute, GRADIENT_BYTES) + min(n, CHUNK_ROWS) * shape.vocab * 8
+    else:
+        logits = n * shape.vocab * (compute + (4 if work.mixed else 0) + 8) if work.logits else 0
     return layers + 2 * n * shape.hidden * stream + logits
 
 

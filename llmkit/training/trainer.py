@@ -242,6 +242,47 @@ class MeanLossTrainer(GuardedTrainer):
         self.model_accepts_loss_kwargs = False
 
 
+class FusedCausalLoss:
+    """A causal-LM trainer's training steps compute the loss through training/fused_loss.py (LM head and
+    cross-entropy chunk by chunk over the scored tokens, no vocabulary-sized logits) where the model allows it
+    (`fused_head`); evaluation, prediction and every other model keep the Trainer's path."""
+
+    _fused: Any = False  # not looked up yet
+
+    def _fused_head(self, model, inputs) -> Any:
+        import torch
+
+        from llmkit.training.fused_loss import fusable, fused_head
+
+        if self._fused is False:
+            self._fused = fused_head(self.model) if fusable(self.args) else None
+        usable = model is self.model and model.training and torch.is_grad_enabled() and "labels" in inputs
+        return self._fused if usable else None
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        from llmkit.training.fused_loss import causal_lm_loss
+
+        fused = None if return_outputs else self._fused_head(model, inputs)
+        if fused is None:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        # Over the accumulation window's tokens (num_items_in_batch), as the model's own loss is: every model type
+        # in FUSED_MODEL_TYPES takes the loss kwargs, so the Trainer passes it the count and then leaves the loss as
+        # it is (TokenLossTrainer's compute_loss_func divides by it too).
+        with self.accelerator.autocast():  # as accelerate wraps the model's forward (bf16), not its backbone's
+            return causal_lm_loss(*fused, inputs, labels, num_items_in_batch)
+
+
+class CausalLMTrainer(FusedCausalLoss, GuardedTrainer):
+    """Supervised fine-tuning of a causal LM (finetune and adapter, task causal-lm): the model's loss, already
+    normalised over the tokens of the accumulation window, with the fused head in training steps. Under
+    train.label_smoothing_factor the Trainer's label smoother runs instead (it needs the logits)."""
+
+    smooths_labels = True
+
+
 def per_example_nll(logits, labels, shift: bool):
     """Summed float32 negative log-likelihood and the number of scored tokens of each row.
 
@@ -259,7 +300,7 @@ def per_example_nll(logits, labels, shift: bool):
     return nll.sum(dim=1), (labels != -100).sum(dim=1)
 
 
-class TokenLossTrainer(GuardedTrainer):
+class TokenLossTrainer(FusedCausalLoss, GuardedTrainer):
     """Language-model pretraining: the loss is the mean negative log-likelihood per predicted token.
 
     Training: summed token NLL over the tokens of the whole gradient-accumulation window (`num_items_in_batch`,
@@ -272,6 +313,8 @@ class TokenLossTrainer(GuardedTrainer):
     def __init__(self, *args, shift_labels: bool, **kwargs):
         super().__init__(*args, compute_loss_func=self._token_loss, compute_metrics=self._perplexity, **kwargs)
         self.shift_labels = shift_labels
+        if not shift_labels:
+            self._fused = None  # masked LMs score positions in place, not the next token
         # transformers counts num_items_in_batch over labels[..., 1:] only for models whose loss_type is
         # ForCausalLM; GPT-2's is None, so say what this loss shifts.
         self._loss_shifts_labels = shift_labels

@@ -74,3 +74,31 @@ def test_checkpointing_and_mixed_precision_shrink_activations_and_add_copies():
     assert mixed.casts == plain.gradients // 2 and plain.casts == 0  # bf16 copies of the fp32 trainable weights
     longer = estimate(model, Workload(rows=4, length=64, logits=False, mixed=False))
     assert longer.activations == 2 * plain.activations  # linear in tokens without eager attention
+
+
+def test_the_fused_loss_keeps_no_float32_logits():
+    """With the LM head fused into the loss (training/fused_loss.py) the estimate drops the logits' fp32 copies, and
+    stays within reach of what autograd keeps then plus the logits' gradient the fused forward builds."""
+    import torch
+
+    from llmkit.training.fused_loss import causal_lm_loss, fused_head
+
+    model = tiny_llama()
+    rows, length, vocab = 8, 64, model.config.vocab_size
+    logits = estimate(model, Workload(rows=rows, length=length, logits=True, mixed=False))
+    fused = estimate(model, Workload(rows=rows, length=length, logits=True, mixed=False, fused=True))
+    assert fused.activations <= logits.activations - (rows * length - 128) * vocab * 8
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    ids = torch.randint(0, vocab, (rows, length))
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        causal_lm_loss(*fused_head(model), {"input_ids": ids}, ids, None)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept = sum(n for ptr, n in seen.items() if ptr not in params)
+    transient = rows * length * vocab * 4  # the forward's gradient of the logits, freed before the backward
+    assert 0.67 * kept < fused.activations < 1.5 * (kept + transient), (fused.activations, kept)

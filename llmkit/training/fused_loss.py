@@ -24,8 +24,8 @@ Used for the training steps of `llmkit pretrain` (objective clm) and causal-LM `
 model classes whose logits are exactly `lm_head(last hidden state)` (`FUSED_MODEL_TYPES`; others, such as
 Granite's scaled logits, keep the model's own loss), with a plain `nn.Linear` head without bias (a LoRA-wrapped or
 saved-module head keeps the model's loss; so does a soft prompt or prefix, which peft's forward adds), on one
-process (DDP, DeepSpeed and FSDP run the wrapped model's forward), without torch.compile. Evaluation keeps the
-model's forward.
+CPU process (DDP, DeepSpeed and FSDP run the wrapped model's forward; a GPU keeps the model's loss until
+scripts/gpu_check.sh has timed both), without torch.compile. Evaluation keeps the model's forward.
 """
 
 from __future__ import annotations
@@ -105,9 +105,11 @@ def _softmax_minus_one_hot(rows: torch.Tensor, w: torch.Tensor, targets: torch.T
 
 
 def fusable(args: Any) -> bool:
-    """Whether training arguments allow the fused loss: one process, no torch.compile, no label smoothing (the
-    Trainer's label smoother needs the logits)."""
-    return args.world_size == 1 and not args.torch_compile and not args.label_smoothing_factor
+    """Whether training arguments allow the fused loss: one CPU process (where it was measured; on a GPU the model's
+    own loss stays until the GPU check has timed both), no torch.compile, no label smoothing (the Trainer's label
+    smoother needs the logits)."""
+    return (args.device.type == "cpu" and args.world_size == 1 and not args.torch_compile
+            and not args.label_smoothing_factor)
 
 
 def fused_head(model: Any) -> tuple[Any, torch.Tensor] | None:

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import llmkit.training.fused_loss as fused_loss
 from llmkit.cli import app
-from llmkit.training.fused_loss import LinearCrossEntropy, causal_lm_loss, fused_head
+from llmkit.training.fused_loss import LinearCrossEntropy, causal_lm_loss, fusable, fused_head
 from tests.conftest import write_yaml
 from tests.recipes.test_sft_recipe import sft_config  # noqa: F401 (fixture)
 
@@ -148,6 +148,20 @@ def test_which_models_use_it():
     biased = tiny("gpt2")
     biased.lm_head.bias = torch.nn.Parameter(torch.zeros(120))
     assert fused_head(biased) is None
+
+
+def test_which_training_arguments_allow_it():
+    from types import SimpleNamespace
+
+    def args(**changes):
+        base = {"device": torch.device("cpu"), "world_size": 1, "torch_compile": False, "label_smoothing_factor": 0.0}
+        return SimpleNamespace(**{**base, **changes})
+
+    assert fusable(args())
+    assert not fusable(args(device=torch.device("cuda")))  # not timed on a GPU yet
+    assert not fusable(args(world_size=2))  # DDP runs the wrapped model's forward
+    assert not fusable(args(torch_compile=True))
+    assert not fusable(args(label_smoothing_factor=0.1))  # the Trainer's label smoother needs the logits
 
 
 # ---------------------------------------------------------------- the trainers

@@ -112,6 +112,12 @@ def fusable(args: Any) -> bool:
             and not args.label_smoothing_factor)
 
 
+def for_training(model: Any, args: Any) -> tuple[Any, torch.Tensor] | None:
+    """(backbone, head weight) where the causal-LM trainers' training steps use the fused loss for `model` under
+    `args` (the trainers and the memory estimate ask the same question), or None."""
+    return fused_head(model) if fusable(args) else None
+
+
 def fused_head(model: Any) -> tuple[Any, torch.Tensor] | None:
     """(backbone, head weight) of a causal LM whose training loss can skip its logits, or None."""
     peft_config = getattr(model, "active_peft_config", None)

@@ -98,7 +98,7 @@ class RunLifecycle:
         work = Workload(rows=rows, length=length, logits=logits,
                         mixed=self.precision in ("bf16", "fp16"), checkpointing=bool(args.gradient_checkpointing),
                         device=device, eager=bool(eager),
-                        fused=fused_head and fused_loss.fusable(args) and fused_loss.fused_head(model) is not None)
+                        fused=fused_head and fused_loss.for_training(model, args) is not None)
         found = estimate(model, work, args.optim, frozen, baseline=0 if device == "cuda" else BASELINE)
         found.free, found.where = free_memory(device)
         self.print(found.line())

@@ -252,10 +252,10 @@ class FusedCausalLoss:
     def _fused_head(self, model, inputs) -> Any:
         import torch
 
-        from llmkit.training.fused_loss import fusable, fused_head
+        from llmkit.training.fused_loss import for_training
 
         if self._fused is False:
-            self._fused = fused_head(self.model) if fusable(self.args) else None
+            self._fused = for_training(self.model, self.args)
         usable = model is self.model and model.training and torch.is_grad_enabled() and "labels" in inputs
         return self._fused if usable else None
 

@@ -228,3 +228,21 @@ def test_label_smoothing_still_smooths_sft_and_is_refused_by_pretrain(tmp_path, 
     result = runner.invoke(app, ["pretrain", str(write_yaml(tmp_path / "pretrain.yaml", pretrain))])
     assert result.exit_code == 2, result.output
     assert "train.label_smoothing_factor: 0.2" in result.output and "TokenLossTrainer" in result.output
+
+
+def test_the_printed_memory_estimate_counts_the_fused_loss(tmp_path, monkeypatch, sft_config):  # noqa: F811
+    """A dry run's memory line: smaller activations where the fused loss will run than with the logits."""
+    import re
+
+    units = {"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+
+    def activations(name: str) -> float:
+        config = {**sft_config, "output_dir": str(tmp_path / name)}
+        result = runner.invoke(app, ["finetune", str(write_yaml(tmp_path / f"{name}.yaml", config)), "--dry-run"])
+        assert result.exit_code == 0, result.output
+        value, unit = re.search(r"activations ([0-9.]+) (KiB|MiB|GiB)", result.output).groups()
+        return float(value) * units[unit]
+
+    fused = activations("fused")
+    monkeypatch.setattr(fused_loss, "FUSED_MODEL_TYPES", frozenset())
+    assert fused < activations("logits")

@@ -38,7 +38,7 @@ class FromConfigSpec:
     family: Literal["bert", "gpt2", "llama"] = opt(
         "Model family: bert (encoder), gpt2 or llama (decoders). gpt2 is built with activation_function "
         "gelu_pytorch_tanh (GPT-2's tanh GELU in one kernel; transformers' gelu_new computes the same function in "
-        "seven) unless extra sets it.")
+        "eight) unless extra sets it.")
     num_layers: int = opt("Number of transformer blocks.", default=2)
     hidden_size: int = opt("Width of the hidden states.", default=64)
     num_heads: int = opt("Attention heads (hidden_size must be divisible by it).", default=2)

@@ -132,7 +132,7 @@ def build_model_config(spec: Any, tokenizer: Any, **task_kwargs: Any):
         raise UserError(f"model.from_config.vocab_size: {spec.vocab_size} is smaller than the tokenizer's "
                         f"{len(tokenizer)} tokens; raise it or leave it unset.")
     if spec.family == "gpt2":
-        # GPT-2's tanh-approximated GELU as one kernel: GPT2Config's default, gelu_new, composes it of seven
+        # GPT-2's tanh-approximated GELU as one kernel: GPT2Config's default, gelu_new, composes it of eight
         # elementwise ops (forward and backward). With the fused loss, 9,542-9,559 instead of 7,953-7,981 tokens/s
         # training the pretraining benchmark's model in bf16 (scripts/bench/lm_head_levers.py);
         # tests/models/test_from_config.py checks that the function is the same.

@@ -1,6 +1,6 @@
 """The pretraining step's levers of issue 26 (MFU), each measured on its own: the fused LM head and loss
 (llmkit/training/fused_loss.py) on and off, crossed with GPT-2's activation (transformers' gelu_new, composed of
-seven elementwise ops, or gelu_pytorch_tanh, the same function in one kernel, which `model.from_config` now picks).
+eight elementwise ops, or gelu_pytorch_tanh, the same function in one kernel, which `model.from_config` now picks).
 
     python scripts/bench/lm_head_levers.py [--steps 40] [--rounds 2] [--data-dir ../shared/data]
 
